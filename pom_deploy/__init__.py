@@ -1,0 +1,8 @@
+"""pom-deploy: export and deploy Polynomial Mixer (PoM) models."""
+
+__version__ = "0.1.0"
+
+from .errors import PomDeployError  # noqa: E402
+from .loading import convert_upstream_layers, load_model, save_checkpoint  # noqa: E402
+
+__all__ = ["PomDeployError", "__version__", "convert_upstream_layers", "load_model", "save_checkpoint"]

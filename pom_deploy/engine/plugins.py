@@ -1,0 +1,113 @@
+"""Finding and loading the pom TensorRT plugin library, and the model-local function rule.
+
+``PolyAggregate`` nodes (domain ``pom_deploy``) come with a model-local ONNX function of
+the same name, their unfused body. TensorRT's ONNX parser tries the function before the
+plugin fallback up to 10.6; from 10.7 a registered plugin wins. So on older TensorRT (JetPack 6
+has 10.3) the function is removed from the model before parsing when the plugin is to be used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import onnx
+
+from ..errors import PomDeployError
+from ..ops.poly_aggregate import OP_DOMAIN, OP_TYPE, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .environment import version_tuple
+
+PLUGIN_ENV = "POM_DEPLOY_PLUGIN"
+LIBRARY_GLOBS = ("libpom_trt_plugin.so", "libpom*plugin*.so", "pom*plugin*.dll")
+PLUGIN_WINS_OVER_FUNCTION = (10, 7)
+
+
+class PluginError(PomDeployError):
+    """The plugin library is missing, cannot be loaded, or does not register PolyAggregate."""
+
+
+def plugin_search_paths() -> list[Path]:
+    """Where the plugin library is looked for, first match wins.
+
+    ``$POM_DEPLOY_PLUGIN`` (files or folders, ``os.pathsep``-separated) first; then next to the
+    package (``pom_deploy/``, ``pom_deploy/lib/``) and the source tree's ``plugins/build/``.
+    """
+    package = Path(__file__).resolve().parent.parent
+    env = [Path(p) for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p]
+    return [*env, package, package / "lib", package.parent / "plugins" / "build", package.parent / "plugins" / "build" / "lib"]
+
+
+def find_plugin_library(explicit: str | Path | None = None) -> Path | None:
+    """The plugin library: ``explicit`` (must exist), else the first one on the search path."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise PluginError(f"plugin library {path} not found")
+        return path
+    for place in plugin_search_paths():
+        if place.is_file():
+            return place
+        if place.is_dir():
+            for pattern in LIBRARY_GLOBS:
+                found = sorted(place.glob(pattern))
+                if found:
+                    return found[0]
+    return None
+
+
+def fused_nodes(model: onnx.ModelProto) -> int:
+    """How many ``PolyAggregate`` nodes the main graph has."""
+    return sum(1 for n in model.graph.node if n.op_type == OP_TYPE and n.domain == OP_DOMAIN)
+
+
+def must_strip_function(tensorrt_version: str, use_plugin: bool) -> bool:
+    """Whether the model-local function has to go for the plugin to be used."""
+    return use_plugin and version_tuple(tensorrt_version)[:2] < PLUGIN_WINS_OVER_FUNCTION
+
+
+def strip_local_function(model: onnx.ModelProto) -> bool:
+    """Remove the model-local ``PolyAggregate`` function in place; True when there was one."""
+    keep = [f for f in model.functions if not (f.name == OP_TYPE and f.domain == OP_DOMAIN)]
+    removed = len(keep) != len(model.functions)
+    if removed:
+        del model.functions[:]
+        model.functions.extend(keep)
+    return removed
+
+
+def load_plugin_library(path: str | Path, trt) -> str:
+    """Load the library so that TensorRT finds ``PolyAggregate``; returns how it was loaded.
+
+    A library that registers its creators when loaded (``REGISTER_TENSORRT_PLUGIN``) works with
+    a plain dlopen; one that exports ``getCreators`` needs the registry's ``load_library``.
+    Both are tried, dlopen first.
+    """
+    path = str(Path(path).resolve())
+    registry = trt.get_plugin_registry()
+    if _registered(registry):
+        return "already loaded"
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise PluginError(f"cannot load plugin library {path}: {exc} (built for another TensorRT/CUDA?)") from None
+    if _registered(registry):
+        return "dlopen"
+    handle = registry.load_library(path)
+    if handle is not None and _registered(registry):
+        return "load_library"
+    raise PluginError(
+        f"{path} loaded but registers no {PLUGIN_NAME} plugin (version {PLUGIN_VERSION}, namespace {PLUGIN_NAMESPACE!r}); "
+        "is it the pom plugin, built for this TensorRT?"
+    )
+
+
+def _registered(registry) -> bool:
+    try:
+        return registry.get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is not None
+    except Exception:
+        pass
+    try:  # older bindings: look through the list of (V2) creators
+        return any(c.name == PLUGIN_NAME and c.plugin_namespace == PLUGIN_NAMESPACE for c in registry.plugin_creator_list)
+    except Exception:
+        return False

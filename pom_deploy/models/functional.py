@@ -1,0 +1,111 @@
+"""The PoM math as export-friendly functions shared by both layer generations.
+
+No Python branching on tensor values, bounds as Python floats (an int clamp bound makes
+``torch.onnx.export(dynamo=True)`` fail), polynomials by Horner's rule so that no
+(B, N, C, degree) tensor exists, and every reduction over tokens in float32 whatever the
+model dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ACCUM_DTYPE = torch.float32
+
+
+@dataclass(frozen=True)
+class BlockCausalMask:
+    """Block-causal mixing over frames of ``frame_tokens`` tokens, without an N x N mask.
+
+    Token i of frame f sees every token of frames 0..f. Equivalent to the (B, N, N) 0/1 mask
+    that upstream builds, but computed as a prefix mean over frame sums.
+    """
+
+    frame_tokens: int
+
+
+def v1_features(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively."""
+    chunks = list(F.gelu(x).chunk(degree, dim=-1))
+    for j in range(1, degree):
+        chunks[j] = chunks[j] * chunks[j - 1]
+    return torch.cat(chunks, dim=-1)
+
+
+def v2_activation(x: torch.Tensor) -> torch.Tensor:
+    """clamp(leaky_relu(x, 0.01), -0.1, 6) with float bounds (exportable)."""
+    return torch.clamp(F.leaky_relu(x, 0.01), min=-0.1, max=6.0)
+
+
+def v2_features(x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
+    """v2: sum_k coeff[:, k-1] * act(x)^k, k = 1..K, by Horner's rule."""
+    a = v2_activation(x)
+    coeff = coeff.to(a.dtype)
+    degree = coeff.shape[-1]
+    acc = coeff[:, degree - 1]
+    for k in range(degree - 2, -1, -1):
+        acc = acc * a + coeff[:, k]
+    return acc * a
+
+
+def aggregate(features: torch.Tensor, mask=None) -> torch.Tensor:
+    """Mean of per-token features over the context, in float32.
+
+    mask: None -> (B, 1, C); "causal" -> (B, N, C) prefix mean; ``BlockCausalMask`` ->
+    (B, N, C) prefix mean over whole frames; (B, N) padding mask -> (B, 1, C);
+    (B, T, N) mask -> (B, T, C). Rows whose mask is all zero give 0.
+    """
+    f = features.to(ACCUM_DTYPE)
+    if mask is None:
+        return f.mean(dim=1, keepdim=True)
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f'unsupported mask {mask!r}: expected None, "causal" or a tensor')
+        counts = torch.arange(1, f.shape[1] + 1, device=f.device, dtype=ACCUM_DTYPE)
+        return f.cumsum(dim=1) / counts.unsqueeze(-1)
+    if isinstance(mask, BlockCausalMask):
+        return _block_causal_mean(f, mask.frame_tokens)
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"unsupported mask of type {type(mask).__name__}")
+    m = mask.to(ACCUM_DTYPE)
+    if m.dim() == 2:
+        weighted = torch.bmm(m.unsqueeze(1), f)
+        total = m.sum(dim=1).view(-1, 1, 1)
+    elif m.dim() == 3:
+        weighted = torch.bmm(m, f)
+        total = m.sum(dim=2, keepdim=True)
+    else:
+        raise ValueError(f"unsupported mask rank {m.dim()}: expected (B, N) or (B, T, N)")
+    return weighted / total.clamp_min(torch.finfo(ACCUM_DTYPE).tiny)
+
+
+def _block_causal_mean(f: torch.Tensor, frame_tokens: int) -> torch.Tensor:
+    batch, tokens, channels = f.shape
+    frames = f.reshape(batch, -1, frame_tokens, channels).sum(dim=2).cumsum(dim=1)
+    counts = torch.arange(1, frames.shape[1] + 1, device=f.device, dtype=ACCUM_DTYPE) * frame_tokens
+    means = frames / counts.view(1, -1, 1)
+    return means.repeat_interleave(frame_tokens, dim=1)
+
+
+def running_mean_update(
+    mean: torch.Tensor, count: torch.Tensor, chunk_mean: torch.Tensor, chunk_tokens: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a chunk's mean into a token-weighted running mean.
+
+    mean (B, 1, C) float32, count (B,) int64 tokens seen. Written as an increment
+    (mean + w * (chunk - mean)) so that it stays accurate over very long streams.
+    """
+    new_count = count + chunk_tokens
+    weight = (chunk_tokens / new_count.to(ACCUM_DTYPE)).view(-1, 1, 1)
+    return mean + weight * (chunk_mean - mean), new_count
+
+
+def initial_state(batch: int, channels: int, device=None) -> dict[str, torch.Tensor]:
+    """The zero state of one PoM layer: nothing seen yet."""
+    return {
+        "mean": torch.zeros(batch, 1, channels, dtype=ACCUM_DTYPE, device=device),
+        "count": torch.zeros(batch, dtype=torch.int64, device=device),
+    }

@@ -1,0 +1,1 @@
+"""Operators that pom-deploy exports as single ONNX nodes (and their oracles)."""

@@ -1,0 +1,81 @@
+"""onnxruntime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import ModelLoadError
+from ..spec import METADATA_KEY, GraphSpec, TensorSpec
+from .base import Backend
+from .providers import select_providers
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+    "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",
+}
+
+
+def read_spec(path: str | Path) -> GraphSpec | None:
+    """The pom-deploy spec stored in an ONNX file's metadata, or None for a foreign file."""
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return GraphSpec.from_json(prop.value)
+    return None
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file")
+        self.path = path
+        self.providers = providers or select_providers(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+            self.spec = read_spec(path)
+        except Exception as exc:
+            raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {str(exc).splitlines()[0]}") from None
+        self.name = f"onnxruntime ({self.session.get_providers()[0]})"
+        self._on_device = self.session.get_providers()[0] != "CPUExecutionProvider"
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(i.name, list(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(o.name, list(o.shape), _ORT_TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def run_keep_on_device(self, feeds, keep):
+        """With a GPU provider, ``keep`` outputs stay in device memory (I/O binding)."""
+        if not self._on_device:
+            return super().run_keep_on_device(feeds, keep)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, value)
+        device = "cuda"
+        for out in self.session.get_outputs():
+            if out.name in keep:
+                binding.bind_output(out.name, device)
+            else:
+                binding.bind_output(out.name)
+        self.session.run_with_iobinding(binding)
+        values = dict(zip([o.name for o in self.session.get_outputs()], binding.get_outputs()))
+        host = {k: v.numpy() for k, v in values.items() if k not in keep}
+        return host, {k: values[k] for k in keep}

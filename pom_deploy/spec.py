@@ -1,0 +1,81 @@
+"""The pom-deploy metadata stored in every exported ONNX file (and engine sidecar).
+
+A runtime reads it to use a file without the Python model: input/output names, symbolic
+shapes, dtypes, suggested shape ranges (TensorRT profiles) and, for step graphs, which
+inputs/outputs carry each PoM layer's state. Layout documented in docs/metadata.md.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+METADATA_KEY = "pom_deploy"
+SPEC_FORMAT_VERSION = 1
+
+
+@dataclass
+class TensorSpec:
+    """One graph input or output.
+
+    ``shape`` mixes ints and symbolic dim names (e.g. ``["batch", "tokens", 32]``);
+    ``min/opt/max_shape`` are concrete shapes for inputs: the range the export config
+    supports, which becomes the default TensorRT optimization profile.
+    """
+
+    name: str
+    shape: list[int | str]
+    dtype: str  # numpy dtype name: float32, float16, bfloat16, int64
+    min_shape: list[int] | None = None
+    opt_shape: list[int] | None = None
+    max_shape: list[int] | None = None
+
+
+@dataclass
+class LayerStateSpec:
+    """Explicit state I/O of one PoM layer in a step graph (``past.*`` in, ``present.*`` out)."""
+
+    index: int
+    module: str  # path of the layer in the module tree, e.g. "blocks.0.mixer"
+    channels: int
+    past_mean: str
+    past_count: str
+    present_mean: str
+    present_count: str
+
+
+@dataclass
+class GraphSpec:
+    kind: str  # "full" or "step"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    architecture: dict[str, Any] | None = None
+    dtype: str = "float32"
+    state: list[LayerStateSpec] = field(default_factory=list)
+    fused_ops: bool = False
+    pom_deploy_version: str = ""
+    format_version: int = SPEC_FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GraphSpec":
+        data = json.loads(text)
+        data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
+        data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
+        data["state"] = [LayerStateSpec(**s) for s in data.get("state", [])]
+        return cls(**data)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def state_input_names(self) -> set[str]:
+        return {n for s in self.state for n in (s.past_mean, s.past_count)}
+
+    @property
+    def data_inputs(self) -> list[TensorSpec]:
+        """Inputs that are not state: the chunk and the model's extra inputs."""
+        return [t for t in self.inputs if t.name not in self.state_input_names]
