@@ -55,6 +55,7 @@ class GraphSpec:
     state: list[LayerStateSpec] = field(default_factory=list)
     fused_ops: bool = False
     pom_deploy_version: str = ""
+    model_digest: str = ""  # sha256 of the weights: tells a state saved from another model
     format_version: int = SPEC_FORMAT_VERSION
 
     def to_json(self) -> str:

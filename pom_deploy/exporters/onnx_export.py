@@ -216,7 +216,8 @@ class _Graph:
         except ArchitectureError:
             architecture = None
         return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, dtype=dtype,
-                         state=self.state_specs(), fused_ops=fused, pom_deploy_version=__version__)
+                         state=self.state_specs(), fused_ops=fused, pom_deploy_version=__version__,
+                         model_digest=_weights_digest(reference))
 
     kind = "full"
 
@@ -573,6 +574,16 @@ def _dtype_name(value) -> str:
 
 
 # --- small helpers ---------------------------------------------------------------------
+
+def _weights_digest(model: nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
 
 def _as_tuple(value) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)

@@ -1,0 +1,1 @@
+"""Command-line tools: ``pom-export`` and ``pom-deploy``, thin layers over the Python API."""

@@ -1,0 +1,75 @@
+"""What every command shares: one-line errors, consoles, atomic writes, formatting."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from .. import __version__
+from ..errors import PomDeployError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def run_command(func: Callable[[], int]) -> int:
+    """Run a command: user errors become one line on stderr and exit 1, Ctrl-C exits 130."""
+    try:
+        return func()
+    except PomDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def stderr_console(quiet: bool = False) -> Console:
+    return Console(stderr=True, quiet=quiet)
+
+
+def version_text(prog: str) -> str:
+    import onnxruntime
+    import torch
+
+    return f"{prog} (pom-deploy {__version__}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__})"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def shape_text(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_new_output(path: Path, force: bool) -> None:
+    from ..errors import ExportError
+
+    if not path.parent.is_dir():
+        raise ExportError(f"output directory {path.parent} does not exist")
+    if path.exists() and not force:
+        raise ExportError(f"{path} exists; pass --force to overwrite it")
+
+
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

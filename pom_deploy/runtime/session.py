@@ -1,0 +1,146 @@
+"""Sessions: the same API over every backend, for full graphs and for step graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RuntimeInputError
+from ..spec import GraphSpec, TensorSpec
+from .base import Backend, check_feed
+
+STATE_FINGERPRINT_KEY = "__pom_deploy_model__"
+
+
+class Session:
+    """A full graph: ``run(**inputs) -> {output name: array}``, inputs checked first."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.spec: GraphSpec | None = backend.spec
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.spec.inputs if self.spec else self.backend.input_specs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.spec.outputs if self.spec else self.backend.output_specs
+
+    def run(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        _check_inputs(self.inputs, inputs)
+        return self.backend.run(inputs)
+
+
+class StreamingSession:
+    """A step graph with its state carried between calls.
+
+    ``step(chunk, **extra)`` feeds the next chunk of every stream in the batch (one row per
+    stream) and returns the chunk's output. ``state`` can be read and assigned to save and
+    resume streams; ``reset()`` starts all streams, or one row, afresh.
+    """
+
+    def __init__(self, backend: Backend):
+        spec = backend.spec
+        if spec is None or spec.kind != "step":
+            raise RuntimeInputError(f"{getattr(backend, 'path', 'this graph')} is not a pom-deploy step graph (export it with --step)")
+        self.backend, self.spec = backend, spec
+        self.chunk_input = spec.data_inputs[0]
+        self.output_name = spec.outputs[0].name
+        self._state: dict[str, Any] | None = None
+        self.batch: int | None = None
+
+    # -- state -------------------------------------------------------------------------
+
+    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        state = {}
+        for layer in self.spec.state:
+            state[layer.past_mean] = np.zeros((batch, 1, layer.channels), np.float32)
+            state[layer.past_count] = np.zeros((batch,), np.int64)
+        return state
+
+    @property
+    def tokens_seen(self) -> np.ndarray:
+        """Tokens consumed so far by each stream (batch row)."""
+        if self._state is None:
+            return np.zeros((0,), np.int64)
+        return _host(self._state[self.spec.state[0].past_count])
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """A host copy of the state, tagged with the model it belongs to."""
+        if self._state is None:
+            raise RuntimeInputError("no state yet: call step() first")
+        saved = {k: _host(v).copy() for k, v in self._state.items()}
+        saved[STATE_FINGERPRINT_KEY] = np.array(self.spec.model_digest)
+        return saved
+
+    @state.setter
+    def state(self, saved: dict[str, np.ndarray]) -> None:
+        owner = str(saved.get(STATE_FINGERPRINT_KEY, ""))
+        if owner != self.spec.model_digest:
+            raise RuntimeInputError("this state was saved from another model (its weights differ); it cannot resume this stream")
+        expected = self._zero_state(int(np.asarray(saved[self.spec.state[0].past_count]).shape[0]))
+        for name, zero in expected.items():
+            if name not in saved:
+                raise RuntimeInputError(f"state misses {name!r}")
+            value = np.asarray(saved[name])
+            if value.shape != zero.shape or value.dtype != zero.dtype:
+                raise RuntimeInputError(f"state {name!r} must be {zero.dtype} {zero.shape}, got {value.dtype} {value.shape}")
+        self._state = {name: np.array(saved[name]) for name in expected}
+        self.batch = int(np.asarray(saved[self.spec.state[0].past_count]).shape[0])
+
+    def save_state(self, path: str | Path) -> None:
+        np.savez(path, **self.state)
+
+    def load_state(self, path: str | Path) -> None:
+        with np.load(path) as data:
+            self.state = dict(data)
+
+    def reset(self, row: int | None = None) -> None:
+        """Forget everything (row None), or restart one stream of the batch."""
+        if row is None or self._state is None:
+            self._state, self.batch = None, None if row is None else self.batch
+            return
+        if not 0 <= row < (self.batch or 0):
+            raise RuntimeInputError(f"row {row} is outside the batch of {self.batch} streams")
+        host = {k: _host(v).copy() for k, v in self._state.items()}
+        for value in host.values():
+            value[row] = 0
+        self._state = host
+
+    # -- stepping ----------------------------------------------------------------------
+
+    def step(self, chunk: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        batch = chunk.shape[0] if chunk.ndim else 0
+        if self._state is None:
+            self._state, self.batch = self._zero_state(batch), batch
+        elif batch != self.batch:
+            raise RuntimeInputError(f"chunk has batch {batch} but the session carries {self.batch} streams; reset() to change it")
+        feeds = {self.chunk_input.name: chunk, **extra}
+        _check_inputs(self.spec.data_inputs, feeds)
+        names = [s.present_mean for s in self.spec.state] + [s.present_count for s in self.spec.state]
+        outputs, kept = self.backend.run_keep_on_device({**feeds, **self._state}, names)
+        self._state = {name.replace("present.", "past.", 1): value for name, value in kept.items()}
+        return outputs[self.output_name]
+
+
+def _host(value: Any) -> np.ndarray:
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def _check_inputs(specs: list[TensorSpec], feeds: dict[str, Any]) -> None:
+    names = {s.name for s in specs}
+    unknown = [k for k in feeds if k not in names]
+    if unknown:
+        raise RuntimeInputError(f"unknown input {unknown[0]!r}; the graph takes {', '.join(sorted(names))}")
+    bound: dict[str, int] = {}
+    for spec in specs:
+        if spec.name not in feeds:
+            raise RuntimeInputError(f"missing input {spec.name!r} {tuple(spec.shape)} {spec.dtype}")
+        value = feeds[spec.name]
+        if not isinstance(value, np.ndarray):
+            raise RuntimeInputError(f"input {spec.name!r} must be a numpy array, got {type(value).__name__}")
+        check_feed(spec, value, bound)
