@@ -25,13 +25,13 @@ def normalize(spec: dict[str, Any]) -> dict[str, Any]:
     """Turn any accepted description into ``{"name": ..., "config": {...}}``."""
     if not isinstance(spec, dict):
         raise ArchitectureError(f"an architecture must be a mapping, got {type(spec).__name__}")
-    if "name" in spec:
-        name, config = spec["name"], spec.get("config", {})
-    elif "generation" in spec and "class" in spec:
+    if "generation" in spec and "class" in spec:
         key = (spec["generation"], spec["class"])
         if key not in _UPSTREAM_NAMES:
             raise ArchitectureError(f"unknown upstream layer {key[1]!r} of generation {key[0]!r}")
         name, config = _UPSTREAM_NAMES[key], spec.get("ctor", {})
+    elif "name" in spec:
+        name, config = spec["name"], spec.get("config", {})
     else:
         raise ArchitectureError('an architecture needs "name" (and "config"), or upstream "generation", "class" and "ctor"')
     if name not in ARCHITECTURES:
@@ -67,13 +67,14 @@ def read_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ArchitectureError(f"cannot read architecture file {path}: {exc.strerror}") from None
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
+        if is_yaml:
             import yaml
 
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
     except Exception as exc:  # both parsers raise their own error types
-        raise ArchitectureError(f"architecture file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+        raise ArchitectureError(f"architecture file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}".splitlines()[0]) from None
     return normalize(data)

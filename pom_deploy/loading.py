@@ -63,7 +63,7 @@ def load_model(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only load failed" not in str(exc):
+        if "Unsupported global" not in str(exc):  # weights_only refused a class: a pickled object
             raise ModelLoadError(f"{path} is corrupted or not a PyTorch file ({_first_line(exc)})") from None
         if not trust_pickle:
             raise UntrustedPickleError(
