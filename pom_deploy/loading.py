@@ -73,7 +73,7 @@ def load_model(
         obj = _load_pickle(path)
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated or foreign files
         raise ModelLoadError(f"{path} is truncated, corrupted or not a PyTorch file ({_first_line(exc)})") from None
-    return _to_model(obj, path, architecture).eval()
+    return _to_model(obj, path, architecture).eval()  # (an exported program returned above is already inference-only)
 
 
 def _check_readable(path: Path) -> None:

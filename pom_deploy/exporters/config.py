@@ -61,6 +61,7 @@ class ExportConfig:
     call: Callable[..., Any] | None = None  # (model, **inputs) -> output(s); default model(*inputs)
     stream_dim: str | None = None  # the dim that chunks split in step graphs ("tokens")
     verify_sizes: list[dict[str, int]] = field(default_factory=list)  # dim values besides opt
+    dim_aliases: dict[str, str] = field(default_factory=dict)  # exporter's dim name -> the name users see
 
     def dim_values(self, which: str = "opt") -> dict[str, int]:
         index = {"min": 0, "opt": 1, "max": 2}[which]
@@ -210,6 +211,40 @@ def _input_width(model: nn.Module) -> int:
     raise ExportError(f"cannot tell the input width of {type(model).__name__}: give an export config")
 
 
+def exported_program_config(program: "torch.export.ExportedProgram") -> ExportConfig:
+    """A config read off a ``torch.export`` program: its user inputs, example shapes and the
+    ranges of its symbolic dims (axis 0 is called ``batch``, axis 1 ``tokens``)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    names: dict[str, str] = {}
+    dims: dict[str, DimSpec] = {}
+    inputs = []
+    for node in placeholders:
+        value = node.meta["val"]
+        shape: list[int | str] = []
+        for axis, size in enumerate(value.shape):
+            if isinstance(size, int):
+                shape.append(size)
+                continue
+            symbol = str(size.node.expr)
+            if symbol not in names:
+                name = {0: "batch", 1: "tokens"}.get(axis, f"{node.name}_{axis}")
+                names[symbol] = name if name not in dims else f"{node.name}_{axis}"
+                bounds = next((r for k, r in program.range_constraints.items() if str(k) == symbol), None)
+                low = max(1, int(bounds.lower)) if bounds is not None else 1
+                high = 16384 if bounds is None or "oo" in str(bounds.upper) else int(bounds.upper)
+                hint = size.node.hint or max(low, 2)
+                cap = BATCH.max if names[symbol] == "batch" else TOKENS.max  # a sensible default profile
+                dims[names[symbol]] = DimSpec(low, max(low, min(int(hint), high)), max(low, min(high, cap)))
+            shape.append(names[symbol])
+        kind = "float" if value.dtype.is_floating_point else "index"
+        inputs.append(InputSpec(node.name, tuple(shape), "float" if kind == "float" else str(value.dtype).split(".")[-1], kind, high=2))
+    outputs = [f"output_{i}" if i else "output" for i in range(len(program.graph_signature.user_outputs))]
+    other_sizes = {name: min(spec.max, spec.opt + 3) for name, spec in dims.items()}
+    return ExportConfig(name="torch.export program", inputs=inputs, outputs=outputs, dims=dims,
+                        verify_sizes=[other_sizes] if dims else [], dim_aliases=names)
+
+
 def config_from_file(path: str | Path) -> ExportConfig:
     """A user config: {"inputs": [{"name", "shape", "dtype"?, "kind"?, "high"?}], "outputs": [...],
     "dims": {name: {"min", "opt", "max", "multiple_of"?}}, "stream_dim"?}."""
@@ -245,6 +280,11 @@ def resolve(model: nn.Module, config: ExportConfig | str | Path | None = None, m
         config = config_from_file(config)
     if config is not None:
         return config, model
+    program = getattr(model, "exported_program", None)
+    if program is not None:
+        if mask != "none" or cross:
+            raise ExportError("--mask and --cross apply to a bare PoM layer, not to a torch.export program")
+        return exported_program_config(program), model
     if isinstance(model, PoMLayer):
         return layer_config(model, mask, cross)
     if mask != "none" or cross:

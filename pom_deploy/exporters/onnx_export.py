@@ -34,6 +34,7 @@ from .verify import DEFAULT_TOLERANCES, VerificationReport, compare_outputs
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 18
+BF16_MIN_OPSET = 22  # HardSigmoid takes bfloat16 from opset 22 on
 MIN_OPSET = 18
 MAX_OPSET = 23
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3  # protobuf's limit for one file
@@ -61,7 +62,7 @@ def export_onnx(
     architecture: dict | str | Path | None = None,
     trust_pickle: bool = False,
     dtype: str = "fp32",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     step: bool = False,
     fused_ops_enabled: bool = False,
     mask: str = "none",
@@ -79,6 +80,8 @@ def export_onnx(
     """
     stage = progress or (lambda name: None)
     output = Path(output)
+    if opset is None:
+        opset = BF16_MIN_OPSET if dtype == "bf16" else DEFAULT_OPSET
     _check_options(output, dtype, opset, force)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -90,7 +93,7 @@ def export_onnx(
         model = load_model(model, architecture=architecture, trust_pickle=trust_pickle)
     elif isinstance(model, torch.export.ExportedProgram):
         model = model.module()
-    reference = model.eval()
+    reference = model if getattr(model, "exported_program", None) is not None else model.eval()  # (.eval() is refused there)
     export_config, target = cfg.resolve(reference, config, mask, cross)
     torch_dtype = DTYPES[dtype]
     exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
@@ -109,7 +112,11 @@ def export_onnx(
     program.model.metadata_props[METADATA_KEY] = spec.to_json()
     seconds["export"] = time.perf_counter() - clock
 
-    with tempfile.TemporaryDirectory(prefix=".pom-export-", dir=output.parent) as staging:
+    try:
+        staging_dir = tempfile.TemporaryDirectory(prefix=".pom-export-", dir=output.parent)
+    except OSError as exc:
+        raise ExportError(f"cannot write in {output.parent}: {exc.strerror}") from None
+    with staging_dir as staging:
         staged = Path(staging) / output.name
         stage("check")
         clock = time.perf_counter()
@@ -143,6 +150,8 @@ def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:
         raise ExportError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
+    if dtype == "bf16" and opset < BF16_MIN_OPSET:
+        raise ExportError(f"bf16 needs opset {BF16_MIN_OPSET} or newer (bfloat16 HardSigmoid); got --opset {opset}")
     parent = output.parent
     if not parent.is_dir():
         raise ExportError(f"output directory {parent} does not exist")
@@ -184,13 +193,18 @@ class _Graph:
             except Exception as exc:
                 shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
                 raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {_first_line(exc)}") from None
+            program = getattr(self.model, "exported_program", None)
+            if program is not None and self.kind == "full":
+                traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
+            else:
+                traced, args, dynamic_shapes = module, tuple(inputs.values()), (self.dynamic_shapes(),)
             with warnings.catch_warnings(), _quiet_exporter():
                 warnings.simplefilter("ignore")
                 try:
                     return torch.onnx.export(
-                        module, tuple(inputs.values()), dynamo=True, opset_version=opset,
+                        traced, args, dynamo=True, opset_version=opset,
                         input_names=self.input_names, output_names=self.output_names,
-                        dynamic_shapes=(self.dynamic_shapes(),), optimize=True, verbose=False,
+                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
                         custom_translation_table=fused_ops.TRANSLATION_TABLE if fused else None,
                     )
                 except Exception as exc:
@@ -261,9 +275,7 @@ class _FullGraph(_Graph):
         return tuple(self.config.shape(spec, self.config.dim_values(w)) for w in ("min", "opt", "max"))
 
     def verify(self, path, reference, atol, rtol):
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _verification_session(path)
         report = VerificationReport(atol, rtol)
         for index, sizes in enumerate([self.config.dim_values()] + self.config.verify_sizes):
             inputs = self.config.dummy_inputs(sizes, dtype=torch.float32, generator=torch.Generator().manual_seed(100 + index))
@@ -303,6 +315,9 @@ class _StepGraph(_Graph):
 
     def __init__(self, model, config, dtype):
         super().__init__(model, config, dtype)
+        if getattr(model, "exported_program", None) is not None:
+            raise ExportError("step export needs the model's modules (its PoM layers); a torch.export program has none: "
+                              "export the original model, or a pom-deploy checkpoint")
         if config.stream_dim is None:
             raise ExportError(f"{config.name} has no token dim to stream over: step export needs a block-causal model "
                               "(or a bare layer with no mask and self-mixing)")
@@ -368,9 +383,7 @@ class _StepGraph(_Graph):
     def verify(self, path, reference, atol, rtol):
         """Stepping through chunks in onnxruntime == the whole sequence in PyTorch with the
         block-causal mask of those chunks (equal and unequal chunk sizes)."""
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _verification_session(path)
         report = VerificationReport(atol, rtol)
         unit = self.config.dims[self.config.stream_dim].multiple_of
         for index, chunks in enumerate(([2 * unit] * 3, [unit, 3 * unit, 1, 2 * unit + 1])):
@@ -383,6 +396,18 @@ class _StepGraph(_Graph):
             report.errors += compare_outputs(case, {self.config.outputs[0]: _float_numpy(expected)},
                                              {self.config.outputs[0]: actual}, atol, rtol)
         return report
+
+
+def _verification_session(path: Path):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(
+            f"onnxruntime (CPU) cannot run the exported graph to verify it: {_first_line(exc).split(' : ')[-1]}; "
+            "verify where a provider supports it, or pass --no-verify"
+        ) from None
 
 
 def _split(config: cfg.ExportConfig, inputs: dict[str, torch.Tensor], chunks: list[int]):
@@ -547,7 +572,7 @@ def _check(path: Path) -> None:
 def _rename_dims(program, config: cfg.ExportConfig) -> None:
     """Name dims as the config does: the exporter writes ``8*tokens_blocks`` for a dim that
     must be a multiple of 8; users see ``tokens``."""
-    names = {}
+    names = dict(config.dim_aliases)
     for name, spec in config.dims.items():
         if spec.multiple_of != 1:
             names[f"{spec.multiple_of}*{name}_blocks"] = name

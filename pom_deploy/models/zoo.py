@@ -130,7 +130,7 @@ class ClassConditionalDiTPoM(nn.Module):
         grid = torch.stack(torch.meshgrid(
             torch.arange(rows, device=image.device), torch.arange(cols, device=image.device), indexing="ij"), dim=-1)
         positions_hw = grid.reshape(-1, 2)
-        cond = self.time_mlp(timestep_embedding(timestep, self.dim)) + self.class_embedding(class_label)
+        cond = self.time_mlp(timestep_embedding(timestep, self.dim).to(image.dtype)) + self.class_embedding(class_label)
         for block in self.blocks:
             x = block(x, cond, positions_hw)
         shift, scale = self.final_modulation(cond).unsqueeze(1).chunk(2, dim=-1)
