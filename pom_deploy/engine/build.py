@@ -20,6 +20,7 @@ from typing import Any
 
 import onnx
 
+from ..cli.common import atomic_output, check_new_output
 from ..errors import ModelLoadError, PomDeployError
 from ..spec import METADATA_KEY, GraphSpec, TensorSpec
 from .environment import current_environment, require_tensorrt, version_tuple
@@ -140,10 +141,7 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, options:
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path}: no such file")
     output = Path(output) if output is not None else onnx_path.with_suffix(".engine")
-    if output.exists() and not options.force:
-        raise EngineBuildError(f"{output} exists; pass --force to overwrite it")
-    if not output.parent.is_dir():
-        raise EngineBuildError(f"{output.parent}: no such directory")
+    check_new_output(output, options.force)
     if options.precision not in PRECISIONS:
         raise EngineBuildError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if options.hardware_compatibility is not None and options.hardware_compatibility not in HARDWARE_COMPATIBILITY:
@@ -188,7 +186,8 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, option
     environment = current_environment()
     strong, flag = resolve_typing(options.precision, plan.graph_precision, options.strongly_typed, trt.__version__)
     warnings = []
-    plugin_info: dict[str, Any] = {"fused_nodes": plan.fused_nodes, "library": None, "loaded_by": None, "function_stripped": False}
+    strip = must_strip_function(trt.__version__, plan.plugin_library is not None and plan.fused_nodes > 0)
+    plugin_info: dict[str, Any] = {"fused_nodes": plan.fused_nodes, "library": None, "loaded_by": None, "function_stripped": strip}
     if plan.plugin_library is not None:
         plugin_info["loaded_by"] = load_plugin_library(plan.plugin_library, trt)
         plugin_info["library"] = str(plan.plugin_library.resolve())
@@ -196,8 +195,6 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, option
         warnings.append(f"{plan.fused_nodes} PolyAggregate node(s) built from their ONNX function body (unfused): "
                         "no pom plugin library found (pass --plugin or set POM_DEPLOY_PLUGIN)")
 
-    with _parse_source(plan, trt.__version__, plugin_info) as parse_path, _quiet_polygraphy(verbose):
-        engine_bytes_tmp = _build_with_polygraphy(plan, parse_path, strong, flag, trt)
     sidecar = make_sidecar(
         environment=environment, precision=plan.graph_precision if strong else options.precision,
         strongly_typed=strong, profiles=profiles_to_json(plan.profiles), spec=plan.spec,
@@ -208,25 +205,25 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, option
                  "timing_cache": str(options.timing_cache) if options.timing_cache else None},
     )
     side = sidecar_path(plan.output)
-    try:
-        os.replace(engine_bytes_tmp, plan.output)
-    except BaseException:
-        Path(engine_bytes_tmp).unlink(missing_ok=True)
-        raise
-    write_json_atomic(side, sidecar)
+    # Both files appear only once the build succeeded (the sidecar first, then the engine).
+    with atomic_output(plan.output) as engine_tmp:
+        with _parse_source(plan.onnx_path, strip) as parse_path, _quiet_polygraphy(verbose):
+            _build_with_polygraphy(plan, parse_path, engine_tmp, strong, flag, trt)
+        write_json_atomic(side, sidecar)
     return BuildResult(plan.output, side, sidecar, time.perf_counter() - start, warnings)
 
 
 @contextlib.contextmanager
-def _parse_source(plan: BuildPlan, tensorrt_version: str, plugin_info: dict):
-    """The path to parse: the source, or (TensorRT < 10.7 with the plugin) a copy without the
-    model-local function, written next to the source so that external weights still resolve."""
-    if not must_strip_function(tensorrt_version, plan.plugin_library is not None and plan.fused_nodes > 0):
-        yield str(plan.onnx_path)
+def _parse_source(onnx_path: Path, strip: bool):
+    """The path to parse: the source, or (``strip``: TensorRT < 10.7 with the plugin) a copy
+    without the model-local function, written next to the source so that external weights
+    still resolve."""
+    if not strip:
+        yield str(onnx_path)
         return
-    model = onnx.load(str(plan.onnx_path), load_external_data=False)
-    plugin_info["function_stripped"] = strip_local_function(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{plan.onnx_path.stem}.", suffix=".plugin.onnx", dir=plan.onnx_path.parent)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    strip_local_function(model)
+    fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.stem}.", suffix=".plugin.onnx", dir=onnx_path.parent)
     os.close(fd)
     try:
         onnx.save(model, tmp)
@@ -235,7 +232,7 @@ def _parse_source(plan: BuildPlan, tensorrt_version: str, plugin_info: dict):
         Path(tmp).unlink(missing_ok=True)
 
 
-def _build_with_polygraphy(plan: BuildPlan, parse_path: str, strong: bool, flag: str | None, trt) -> str:
+def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, strong: bool, flag: str | None, trt) -> None:
     from polygraphy.backend.trt import (  # noqa: PLC0415
         CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine,
     )
@@ -279,17 +276,10 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, strong: bool, flag:
     network = NetworkFromOnnxPath(parse_path, strongly_typed=strong or None)
     engine = EngineFromNetwork(network, config=PostprocessConfig(config, finish_config),
                                save_timing_cache=str(options.timing_cache) if options.timing_cache else None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{plan.output.name}.", suffix=".tmp", dir=plan.output.parent)
-    os.close(fd)
     try:
-        SaveEngine(engine, tmp)()
+        SaveEngine(engine, str(destination))()
     except PolygraphyException as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise EngineBuildError(f"TensorRT could not build {plan.onnx_path}: {_first_line(exc)}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 @contextlib.contextmanager

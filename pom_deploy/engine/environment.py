@@ -14,7 +14,7 @@ from ..errors import BackendUnavailableError
 INSTALL_HINT = (
     "TensorRT is not installed: install it with `pip install 'pom-deploy[trt]'` (tensorrt>=10.3 and polygraphy; "
     "on Jetson use JetPack's python3-libnvinfer) on a machine with an NVIDIA GPU; "
-    "the ONNX paths (onnxruntime: `pom-deploy run model.onnx`) work without it"
+    "the ONNX paths (onnxruntime) keep working without it"
 )
 
 

@@ -19,7 +19,7 @@ from ..ops.poly_aggregate import OP_DOMAIN, OP_TYPE, PLUGIN_NAME, PLUGIN_NAMESPA
 from .environment import version_tuple
 
 PLUGIN_ENV = "POM_DEPLOY_PLUGIN"
-LIBRARY_GLOBS = ("libpom_trt_plugin.so", "libpom*plugin*.so", "pom*plugin*.dll")
+LIBRARY_GLOBS = ("libpom_deploy_plugins.so", "libpom_trt_plugin.so", "libpom*plugin*.so")
 PLUGIN_WINS_OVER_FUNCTION = (10, 7)
 
 
@@ -31,11 +31,12 @@ def plugin_search_paths() -> list[Path]:
     """Where the plugin library is looked for, first match wins.
 
     ``$POM_DEPLOY_PLUGIN`` (files or folders, ``os.pathsep``-separated) first; then next to the
-    package (``pom_deploy/``, ``pom_deploy/lib/``) and the source tree's ``plugins/build/``.
+    package (``pom_deploy/``, ``pom_deploy/lib/``) and, in a source checkout, the CMake build
+    folders ``build/plugins/`` (plugins/CMakeLists.txt's documented one) and ``plugins/build/``.
     """
     package = Path(__file__).resolve().parent.parent
     env = [Path(p) for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p]
-    return [*env, package, package / "lib", package.parent / "plugins" / "build", package.parent / "plugins" / "build" / "lib"]
+    return [*env, package, package / "lib", package.parent / "build" / "plugins", package.parent / "plugins" / "build"]
 
 
 def find_plugin_library(explicit: str | Path | None = None) -> Path | None:
@@ -57,8 +58,17 @@ def find_plugin_library(explicit: str | Path | None = None) -> Path | None:
 
 
 def fused_nodes(model: onnx.ModelProto) -> int:
-    """How many ``PolyAggregate`` nodes the main graph has."""
-    return sum(1 for n in model.graph.node if n.op_type == OP_TYPE and n.domain == OP_DOMAIN)
+    """How many ``PolyAggregate`` nodes the graph has (subgraphs included)."""
+
+    def count(graph: onnx.GraphProto) -> int:
+        total = 0
+        for node in graph.node:
+            total += node.op_type == OP_TYPE and node.domain == OP_DOMAIN
+            for attr in node.attribute:
+                total += sum(count(g) for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs))
+        return total
+
+    return count(model.graph)
 
 
 def must_strip_function(tensorrt_version: str, use_plugin: bool) -> bool:
@@ -98,7 +108,7 @@ def load_plugin_library(path: str | Path, trt) -> str:
         return "load_library"
     raise PluginError(
         f"{path} loaded but registers no {PLUGIN_NAME} plugin (version {PLUGIN_VERSION}, namespace {PLUGIN_NAMESPACE!r}); "
-        "is it the pom plugin, built for this TensorRT?"
+        "is it the pom plugin library built with TensorRT's headers (cmake -DPOM_WITH_TENSORRT=ON) for this TensorRT?"
     )
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import PomDeployError
-from ..spec import GraphSpec, TensorSpec
+from ..spec import TensorSpec
 
 # Ranges for well-known symbolic dims, used only where the metadata gives none.
 DEFAULT_DIM_RANGES: dict[str, tuple[int, int, int]] = {
@@ -177,11 +177,6 @@ def profiles_to_json(profiles: list[Profile]) -> list[dict]:
 
 def profiles_from_json(data: list[dict]) -> list[Profile]:
     return [{name: ShapeRange.from_json(r) for name, r in p.items()} for p in data]
-
-
-def graph_inputs(spec: GraphSpec | None, onnx_inputs: list[TensorSpec]) -> list[TensorSpec]:
-    """The inputs to profile: the metadata's (with ranges) when present, else the ONNX graph's."""
-    return list(spec.inputs) if spec is not None else onnx_inputs
 
 
 def _fmt(shape) -> str:

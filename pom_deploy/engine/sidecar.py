@@ -9,12 +9,11 @@ the same ``GraphSpec`` as from the ONNX file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..cli.common import atomic_output
 from ..errors import ModelLoadError
 from ..spec import GraphSpec
 from .environment import version_tuple
@@ -54,16 +53,8 @@ def make_sidecar(*, environment: dict[str, str], precision: str, strongly_typed:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any] | None:

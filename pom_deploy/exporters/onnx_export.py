@@ -106,9 +106,8 @@ def export_onnx(
     else:
         builder = _FullGraph(exported, export_config, torch_dtype)
     program = builder.export(opset, fused_ops_enabled)
-    if fused_ops_enabled:
-        _add_function_bodies(program, opset, dtype)
-    spec = builder.graph_spec(program, reference, dtype, fused_ops_enabled)
+    fused_nodes = _add_function_bodies(program, opset, dtype) if fused_ops_enabled else 0
+    spec = builder.graph_spec(program, reference, dtype, fused_nodes > 0)
     program.model.metadata_props[METADATA_KEY] = spec.to_json()
     seconds["export"] = time.perf_counter() - clock
 
@@ -482,24 +481,29 @@ class _DecomposedOp(nn.Module):
         return fused_ops.decomposed(x, coeff, mask, self.variant, self.degree, self.mode)
 
 
-def _add_function_bodies(program, opset: int, dtype: str) -> None:
-    """Give each PolyAggregate node a model-local function in standard ops (its overload)."""
+def _add_function_bodies(program, opset: int, dtype: str) -> int:
+    """Give each PolyAggregate node a model-local function in standard ops (its overload);
+    returns the number of such nodes (0 when no aggregation was fusable: RoPE layers and
+    block-causal or (B, T, N) masks stay decomposed)."""
     from onnx_ir import serde
 
     model = program.model
     bodies: dict[str, Any] = {}
+    count = 0
     for node in _all_nodes(model.graph):
         if node.op_type != fused_ops.ref.OP_TYPE or node.domain != fused_ops.ref.OP_DOMAIN:
             continue
+        count += 1
         variant, degree, mode = (node.attributes[a].value for a in ("variant", "degree", "mode"))
         overload = fused_ops.overload_name(variant, mode, degree, dtype)
         node.overload = overload
         if overload not in bodies:
             bodies[overload] = _function_body(variant, degree, mode, DTYPES[dtype], opset, overload)
-    for overload, function in bodies.items():
-        model.functions[function.identifier()] = serde.deserialize_function(function_proto := function.proto)  # noqa: F841
-    if model.ir_version < 10:
+    for function in bodies.values():
+        model.functions[function.identifier()] = serde.deserialize_function(function.proto)
+    if bodies and model.ir_version < 10:
         model.ir_version = 10  # function overloads
+    return count
 
 
 @dataclass

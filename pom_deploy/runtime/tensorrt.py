@@ -57,6 +57,7 @@ class TensorRTBackend(Backend):
                                  f"Rebuild it here with `pom-deploy build-engine`") from None
         self.runner = TrtRunner(engine)
         self.runner.activate()
+        self._engine_inputs = list(self.runner.get_input_metadata().keys())  # TensorRT may drop unused ones
         self._profile = 0
         self._finalizer = weakref.finalize(self, self.runner.deactivate)
         self.name = f"tensorrt {environment['tensorrt_version']} ({environment['gpu_name']})"
@@ -100,7 +101,7 @@ class TensorRTBackend(Backend):
         return specs
 
     def _infer(self, feeds: dict[str, Any], copy_outputs_to_host: bool):
-        names = [t.name for t in self.input_specs]
+        names = self._engine_inputs
         missing = [n for n in names if n not in feeds]
         if missing:
             raise RuntimeInputError(f"missing input(s): {', '.join(missing)}")
@@ -126,10 +127,11 @@ class TensorRTBackend(Backend):
         return {k: _to_host(v) for k, v in self._infer(feeds, copy_outputs_to_host=True).items()}
 
     def run_keep_on_device(self, feeds, keep):
-        """The ``keep`` outputs stay on the GPU (copied out of the runner's reused buffers)."""
+        """The ``keep`` outputs stay on the GPU as Polygraphy ``DeviceArray``s (copied out of
+        the runner's reused output buffers); fed back, they go to TensorRT without a copy, and
+        ``.numpy()`` brings one to the host."""
         outputs = self._infer(feeds, copy_outputs_to_host=False)
         kept = {k: _device_copy(outputs[k]) for k in keep}
-        _sync_torch()
         return {k: _to_host(v) for k, v in outputs.items() if k not in keep}, kept
 
 
@@ -141,34 +143,25 @@ def _to_host(value) -> np.ndarray:
         value = value.detach()
         if str(value.dtype) == "torch.bfloat16":
             import ml_dtypes  # noqa: PLC0415
+            import torch  # noqa: PLC0415
 
-            return value.view(_torch().int16).cpu().numpy().view(ml_dtypes.bfloat16)
+            return value.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
         return value.cpu().numpy().copy()
     return value.numpy()  # polygraphy DeviceView: synchronous device-to-host copy
 
 
 def _device_copy(value):
-    if hasattr(value, "clone"):  # torch CUDA tensor
-        return value.clone()
+    """A new device buffer holding ``value`` (a DeviceView, or a torch CUDA tensor when the
+    caller fed torch tensors)."""
+    if hasattr(value, "clone"):
+        copy = value.clone()
+        import torch  # noqa: PLC0415
+
+        torch.cuda.current_stream().synchronize()  # TensorRT reads it on another stream
+        return copy
     from polygraphy import cuda  # noqa: PLC0415
 
-    if not hasattr(value, "ptr"):  # host array (should not happen): keep it as is
-        return value
-    array = cuda.DeviceArray(shape=value.shape, dtype=value._dtype)
+    array = cuda.DeviceArray(shape=tuple(value.shape), dtype=value._dtype)
     cuda.wrapper().memcpy(dst=array.ptr, src=value.ptr, nbytes=value.nbytes, kind=cuda.MemcpyKind.DeviceToDevice)
     weakref.finalize(array, cuda.wrapper().free, array.ptr)  # DeviceArray frees only when used as a context
     return array
-
-
-def _sync_torch() -> None:
-    torch = _torch()
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.current_stream().synchronize()
-
-
-def _torch():
-    try:
-        import torch  # noqa: PLC0415
-    except ImportError:
-        return None
-    return torch

@@ -1,0 +1,365 @@
+"""build-engine / compare / TensorRTBackend on machines without TensorRT: planning, option
+checks, plugin discovery, the model-local function rule, the comparison, and the one-line
+errors. Uses tiny ONNX files made here with pom-deploy metadata (no exporter needed)."""
+
+import argparse
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from pom_deploy.cli.tensorrt_commands import build_options, register, report_table
+from pom_deploy.engine import plugins
+from pom_deploy.engine.build import (
+    BuildOptions, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing,
+)
+from pom_deploy.engine.compare import ComparisonError, compare_backends, compare_outputs, example_feeds
+from pom_deploy.engine.environment import INSTALL_HINT, tensorrt_available
+from pom_deploy.engine.plugins import (
+    PLUGIN_ENV, PluginError, find_plugin_library, fused_nodes, must_strip_function, strip_local_function,
+)
+from pom_deploy.engine.profiles import ProfileError, ShapeRange
+from pom_deploy.errors import BackendUnavailableError, ExportError, ModelLoadError
+from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
+from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
+from pom_deploy.runtime.tensorrt import TensorRTBackend
+from pom_deploy.spec import METADATA_KEY, GraphSpec, TensorSpec
+
+no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the behaviour without TensorRT")
+
+
+def tiny_onnx(path, fused=False, dtype="float32"):
+    """y = x + x, and with ``fused`` a PolyAggregate node (body: a model-local function)."""
+    elem = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]
+    x = helper.make_tensor_value_info("x", elem, ["batch", "tokens", 16])
+    y = helper.make_tensor_value_info("y", elem, ["batch", "tokens", 16])
+    nodes = [helper.make_node("Add", ["x", "x"], ["h" if fused else "y"])]
+    functions = []
+    opsets = [helper.make_opsetid("", 18)]
+    if fused:
+        nodes.append(helper.make_node(OP_TYPE, ["h"], ["y"], domain=OP_DOMAIN, variant="v2", degree=2, mode="causal",
+                                      plugin_version="1", plugin_namespace=OP_DOMAIN))
+        functions.append(helper.make_function(OP_DOMAIN, OP_TYPE, ["X"], ["Y"], [helper.make_node("Identity", ["X"], ["Y"])],
+                                              [helper.make_opsetid("", 18)],
+                                              attributes=["variant", "degree", "mode", "plugin_version", "plugin_namespace"]))
+        opsets.append(helper.make_opsetid(OP_DOMAIN, 1))
+    model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y]), opset_imports=opsets, functions=functions)
+    model.ir_version = 9
+    spec = GraphSpec(kind="full", dtype=dtype, fused_ops=fused,
+                     inputs=[TensorSpec("x", ["batch", "tokens", 16], dtype, [1, 1, 16], [1, 32, 16], [2, 128, 16])],
+                     outputs=[TensorSpec("y", ["batch", "tokens", 16], dtype)])
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def no_plugin_anywhere(monkeypatch, tmp_path):
+    """An empty plugin search path (the plugin may be built in this checkout)."""
+    monkeypatch.setattr(plugins, "plugin_search_paths", lambda: [tmp_path / "nowhere"])
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="pom-deploy")
+    register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+# ---- planning and options ---------------------------------------------------------------
+
+def test_plan_uses_metadata_profiles_and_default_output(tmp_path, no_plugin_anywhere):
+    plan = plan_build(tiny_onnx(tmp_path / "m.onnx"))
+    assert plan.output == tmp_path / "m.engine"
+    assert plan.profiles == [{"x": ShapeRange((1, 1, 16), (1, 32, 16), (2, 128, 16))}]
+    assert plan.graph_precision == "fp32" and plan.fused_nodes == 0 and plan.plugin_library is None
+    assert plan.spec.kind == "full"
+
+
+def test_plan_profile_override_and_file_checks(tmp_path):
+    source = tiny_onnx(tmp_path / "m.onnx")
+    plan = plan_build(source, tmp_path / "o.engine", BuildOptions(profiles=[{"x": ShapeRange((1, 1, 16), (4, 8, 16), (8, 64, 16))}]))
+    assert plan.profiles[0]["x"].max == (8, 64, 16)
+    (tmp_path / "o.engine").write_bytes(b"old")
+    with pytest.raises(ExportError, match="pass --force"):
+        plan_build(source, tmp_path / "o.engine")
+    assert plan_build(source, tmp_path / "o.engine", BuildOptions(force=True)).output.name == "o.engine"
+    with pytest.raises(ModelLoadError, match="no such file"):
+        plan_build(tmp_path / "missing.onnx")
+    with pytest.raises(ExportError, match="does not exist"):
+        plan_build(source, tmp_path / "nodir" / "m.engine")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
+    with pytest.raises(ModelLoadError, match="not a valid ONNX"):
+        plan_build(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize("options, message", [
+    (BuildOptions(dla_core=0), "DLA runs fp16"),
+    (BuildOptions(dla_core=-1, precision="fp16"), "--dla-core must be >= 0"),
+    (BuildOptions(dla_core=0, precision="fp16", version_compatible=True), "cannot be combined"),
+    (BuildOptions(optimization_level=6), "0..5"),
+    (BuildOptions(precision="int4"), "unknown precision"),
+    (BuildOptions(hardware_compatibility="turing+"), "--hardware-compatibility"),
+])
+def test_plan_rejects_bad_options(tmp_path, options, message):
+    with pytest.raises(EngineBuildError, match=message):
+        plan_build(tiny_onnx(tmp_path / "m.onnx"), None, options)
+
+
+def test_parse_size():
+    assert parse_size("512M") == 512 << 20
+    assert parse_size("2G") == parse_size("2GiB") == 2 << 30
+    assert parse_size("1.5k") == 1536 and parse_size("4096") == 4096
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(EngineBuildError):
+            parse_size(bad)
+
+
+@pytest.mark.parametrize("precision, graph, strongly, version, expected", [
+    ("fp32", "fp32", None, "10.3.0", (False, None)),
+    ("fp16", "fp32", None, "10.3.0", (False, "fp16")),
+    ("bf16", "fp32", None, "10.13.3", (False, "bf16")),
+    ("fp32", "fp16", None, "10.3.0", (True, None)),  # the ONNX carries the types
+    ("fp16", "fp16", None, "10.13.3", (True, None)),
+    ("fp32", "fp32", True, "10.3.0", (True, None)),
+    ("fp32", "fp32", None, "11.1.0", (True, None)),  # TensorRT 11: strongly typed only
+    ("fp16", "fp16", None, "11.1.0", (True, None)),
+])
+def test_resolve_typing(precision, graph, strongly, version, expected):
+    assert resolve_typing(precision, graph, strongly, version) == expected
+
+
+def test_fp16_flag_on_tensorrt_11_asks_for_an_fp16_export():
+    with pytest.raises(EngineBuildError, match="strongly typed networks only.*export the model in fp16"):
+        resolve_typing("fp16", "fp32", None, "11.0.0")
+    with pytest.raises(EngineBuildError, match="strongly typed build"):
+        resolve_typing("bf16", "fp32", True, "10.3.0")
+
+
+def test_fp16_graph_precision_is_read(tmp_path):
+    assert plan_build(tiny_onnx(tmp_path / "h.onnx", dtype="float16")).graph_precision == "fp16"
+
+
+# ---- plugin library and the model-local function -----------------------------------------
+
+def test_plugin_search_env_override(tmp_path, monkeypatch):
+    library = tmp_path / "libpom_deploy_plugins.so"
+    library.write_bytes(b"")
+    monkeypatch.setenv(PLUGIN_ENV, str(tmp_path))
+    assert plugins.plugin_search_paths()[0] == tmp_path
+    assert find_plugin_library() == library
+    monkeypatch.setenv(PLUGIN_ENV, str(library))
+    assert find_plugin_library() == library
+    assert find_plugin_library(library) == library
+    with pytest.raises(PluginError, match="not found"):
+        find_plugin_library(tmp_path / "libmissing.so")
+
+
+def test_default_search_path_looks_next_to_the_package_and_in_plugins_build(monkeypatch):
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    places = [p.as_posix() for p in plugins.plugin_search_paths()]
+    assert any(p.endswith("pom_deploy") for p in places)
+    assert any(p.endswith("build/plugins") for p in places) and any(p.endswith("plugins/build") for p in places)
+
+
+def test_fused_model_plans_plugin_use(tmp_path, monkeypatch, no_plugin_anywhere):
+    source = tiny_onnx(tmp_path / "f.onnx", fused=True)
+    plan = plan_build(source)
+    assert plan.fused_nodes == 1 and plan.plugin_library is None  # none found: unfused body
+    library = tmp_path / "libpom_deploy_plugins.so"
+    library.write_bytes(b"")
+    monkeypatch.setattr(plugins, "plugin_search_paths", lambda: [tmp_path])
+    assert plan_build(source).plugin_library == library
+    assert plan_build(source, None, BuildOptions(plugin=False)).plugin_library is None
+    assert plan_build(source, None, BuildOptions(plugin=str(library))).plugin_library == library
+    with pytest.raises(PluginError, match="not found"):
+        plan_build(source, None, BuildOptions(plugin=str(tmp_path / "other.so")))
+
+
+def test_local_function_rule_and_stripping(tmp_path):
+    assert must_strip_function("10.3.0.30", use_plugin=True)  # JetPack 6: the function would win
+    assert not must_strip_function("10.7.0", use_plugin=True)
+    assert not must_strip_function("11.1.0", use_plugin=True)
+    assert not must_strip_function("10.3.0", use_plugin=False)  # unfused build keeps the body
+    model = onnx.load(str(tiny_onnx(tmp_path / "f.onnx", fused=True)))
+    assert fused_nodes(model) == 1
+    assert strip_local_function(model) and len(model.functions) == 0
+    assert not strip_local_function(model)
+    assert fused_nodes(model) == 1  # the node stays, for the plugin
+
+
+def test_fused_tiny_model_runs_on_onnxruntime(tmp_path):
+    backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "f.onnx", fused=True), device="cpu")
+    x = np.ones((1, 4, 16), np.float32)
+    np.testing.assert_array_equal(backend.run({"x": x})["y"], 2 * x)
+
+
+# ---- without TensorRT ----------------------------------------------------------------------
+
+def assert_install_hint(error):
+    message = str(error)
+    assert message == INSTALL_HINT and "\n" not in message
+    assert "pip install 'pom-deploy[trt]'" in message and "onnxruntime" in message
+
+
+@no_tensorrt
+def test_build_engine_without_tensorrt_says_what_to_install(tmp_path):
+    with pytest.raises(BackendUnavailableError) as info:
+        build_engine(tiny_onnx(tmp_path / "m.onnx"), tmp_path / "m.engine", precision="fp16")
+    assert_install_hint(info.value)
+    assert not (tmp_path / "m.engine").exists()
+
+
+@no_tensorrt
+def test_tensorrt_backend_without_tensorrt(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        TensorRTBackend(tmp_path / "missing.engine")
+    (tmp_path / "m.engine").write_bytes(b"plan")
+    with pytest.raises(BackendUnavailableError) as info:
+        TensorRTBackend(tmp_path / "m.engine")
+    assert_install_hint(info.value)
+
+
+@no_tensorrt
+@pytest.mark.parametrize("argv", [
+    ["build-engine", "{onnx}", "--fp16", "--profile", "x:1x1x16,1x64x16,2x256x16", "--workspace", "1G",
+     "--hardware-compatibility", "ampere+", "--optimization-level", "3", "--timing-cache", "{tmp}/cache.bin"],
+    ["compare", "{onnx}", "--engine", "{tmp}/m.engine", "--fp16"],
+])
+def test_cli_without_tensorrt(tmp_path, argv):
+    source = tiny_onnx(tmp_path / "m.onnx")
+    if argv[0] == "compare":
+        (tmp_path / "m.engine").write_bytes(b"plan")
+    args = parser().parse_args([a.format(onnx=source, tmp=tmp_path) for a in argv])
+    with pytest.raises(BackendUnavailableError) as info:
+        args.func(args)
+    assert_install_hint(info.value)
+
+
+def test_cli_parses_every_build_option(tmp_path):
+    args = parser().parse_args([
+        "build-engine", "m.onnx", "-o", "m.engine", "--bf16", "--strongly-typed", "--profile", "x:1x1x16,1x8x16,2x64x16",
+        "--profile", "x:1x1x16", "--plugin", "lib.so", "--workspace", "256M", "--version-compatible",
+        "--dla-core", "1", "--optimization-level", "5", "--timing-cache", "t.cache", "--force"])
+    options = build_options(args)
+    assert options.precision == "bf16" and options.strongly_typed is True
+    assert [p["x"].max for p in options.profiles] == [(2, 64, 16), (1, 1, 16)]
+    assert options.plugin == "lib.so" and options.workspace == 256 << 20 and options.version_compatible
+    assert (options.dla_core, options.optimization_level, options.timing_cache, options.force) == (1, 5, "t.cache", True)
+    defaults = build_options(parser().parse_args(["build-engine", "m.onnx", "--no-plugin"]))
+    assert (defaults.precision, defaults.strongly_typed, defaults.profiles, defaults.plugin) == ("fp32", None, None, False)
+
+
+@pytest.mark.parametrize("argv", [
+    ["build-engine", "m.onnx", "--fp16", "--bf16"],
+    ["build-engine", "m.onnx", "--plugin", "x.so", "--no-plugin"],
+    ["build-engine", "m.onnx", "--hardware-compatibility", "turing+"],
+    ["compare", "m.onnx"],  # --engine is required
+])
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        parser().parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_cli_reports_bad_values_before_looking_for_tensorrt(tmp_path):
+    source = tiny_onnx(tmp_path / "m.onnx")
+    for argv, error, message in [
+        (["build-engine", str(source), "--profile", "x:1x2"], ProfileError, "fixed to 16|has 3 dims"),
+        (["build-engine", str(source), "--profile", "y:1x1x16"], ProfileError, "no input named 'y'"),
+        (["build-engine", str(source), "--workspace", "huge"], EngineBuildError, "bad size"),
+        (["build-engine", str(source), "--dla-core", "0"], EngineBuildError, "DLA"),
+        (["compare", str(source), "--engine", str(tmp_path / "none.engine")], ModelLoadError, "no such file"),
+    ]:
+        args = parser().parse_args(argv)
+        with pytest.raises(error, match=message):
+            args.func(args)
+    (tmp_path / "m.engine").write_bytes(b"old")
+    args = parser().parse_args(["build-engine", str(source)])
+    with pytest.raises(ExportError, match="--force"):
+        args.func(args)
+
+
+# ---- comparison ----------------------------------------------------------------------------
+
+def test_compare_outputs_figures():
+    ref = {"y": np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 3, 4), "z": np.ones(3, np.float32)}
+    same = compare_outputs(ref, {k: v.copy() for k, v in ref.items()}, atol=1e-5, rtol=1e-5)
+    assert [o.name for o in same] == ["y", "z"] and all(o.passed and o.max_absdiff == 0 for o in same)
+    off = {"y": ref["y"] + 0.01, "z": ref["z"].astype(np.float16)}
+    rows = {o.name: o for o in compare_outputs(ref, off, atol=1e-3, rtol=1e-3)}
+    assert not rows["y"].passed and rows["y"].max_absdiff == pytest.approx(0.01, rel=1e-3)
+    assert rows["y"].shape == (2, 3, 4) and rows["z"].passed  # fp16 candidate is compared in float32
+
+
+def test_compare_outputs_rejects_mismatched_runs():
+    with pytest.raises(ComparisonError, match="different outputs"):
+        compare_outputs({"y": np.zeros(2)}, {"w": np.zeros(2)}, 1e-3, 1e-3)
+    with pytest.raises(ComparisonError, match="shape"):
+        compare_outputs({"y": np.zeros(2)}, {"y": np.zeros(3)}, 1e-3, 1e-3)
+
+
+def test_compare_backends_on_two_onnxruntime_sessions(tmp_path):
+    source = tiny_onnx(tmp_path / "m.onnx")
+    reference, candidate = OnnxRuntimeBackend(source, device="cpu"), OnnxRuntimeBackend(source, device="cpu")
+    plan = plan_build(source)
+    feeds = example_feeds(reference.spec.inputs, plan.profiles[0], seed=3)
+    assert feeds["x"].shape == (1, 32, 16) and feeds["x"].dtype == np.float32
+    report = compare_backends(reference, candidate, feeds, atol=1e-6, rtol=1e-6)
+    assert report.passed and report.shapes == {"x": (1, 32, 16)}
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(report_table(report))
+    assert "PASS" in console.export_text()
+
+
+def test_example_feeds_dtypes_and_zero_state():
+    inputs = [TensorSpec("x", ["b", 4], "float16"), TensorSpec("labels", ["b"], "int64"), TensorSpec("m", ["b", 4], "bool"),
+              TensorSpec("past.0.mean", ["b", 8], "float32")]
+    profile = {t.name: ShapeRange(*(((2, *[d for d in t.shape if isinstance(d, int)]),) * 3)) for t in inputs}
+    feeds = example_feeds(inputs, profile, seed=0, state_inputs={"past.0.mean"})
+    assert [str(feeds[t.name].dtype) for t in inputs] == ["float16", "int64", "bool", "float32"]
+    assert feeds["x"].shape == (2, 4) and not feeds["past.0.mean"].any()
+    assert np.array_equal(feeds["x"], example_feeds(inputs, profile, seed=0)["x"])
+
+
+# ---- build orchestration with TensorRT faked (what build_engine does around Polygraphy) -----
+
+@pytest.mark.parametrize("version, stripped", [("10.3.0.30", True), ("10.13.3.9", False)])
+def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch, version, stripped):
+    from types import SimpleNamespace
+
+    from pom_deploy.engine import build as build_module
+    from pom_deploy.engine.sidecar import read_sidecar, spec_from_sidecar
+
+    source = tiny_onnx(tmp_path / "f.onnx", fused=True)
+    library = tmp_path / "libpom_deploy_plugins.so"
+    library.write_bytes(b"")
+    seen = {}
+
+    def fake_build(plan, parse_path, destination, strong, flag, trt):
+        seen["functions"] = len(onnx.load(parse_path).functions)
+        seen["typing"] = (strong, flag)
+        destination.write_bytes(b"serialized engine")
+
+    monkeypatch.setattr(build_module, "require_tensorrt", lambda: SimpleNamespace(__version__=version))
+    monkeypatch.setattr(build_module, "current_environment",
+                        lambda: {"tensorrt_version": version, "gpu_name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setattr(build_module, "load_plugin_library", lambda path, trt: "dlopen")
+    monkeypatch.setattr(build_module, "_build_with_polygraphy", fake_build)
+    result = build_engine(source, tmp_path / "f.engine", precision="fp16", plugin=str(library), workspace=1 << 30)
+    assert (tmp_path / "f.engine").read_bytes() == b"serialized engine"
+    assert seen == {"functions": 0 if stripped else 1, "typing": (False, "fp16")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.engine", "f.engine.json", "f.onnx", "libpom_deploy_plugins.so"]
+    sidecar = read_sidecar(result.engine_path)
+    assert sidecar == result.sidecar
+    assert (sidecar["tensorrt_version"], sidecar["gpu_name"], sidecar["compute_capability"]) == (version, "Orin", "8.7")
+    assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] is False
+    assert sidecar["plugin"] == {"fused_nodes": 1, "library": str(library.resolve()), "loaded_by": "dlopen", "function_stripped": stripped}
+    assert sidecar["profiles"] == [{"x": {"min": [1, 1, 16], "opt": [1, 32, 16], "max": [2, 128, 16]}}]
+    assert sidecar["options"]["workspace"] == 1 << 30 and len(sidecar["source_onnx"]["sha256"]) == 64
+    assert spec_from_sidecar(sidecar).fused_ops is True
+    with pytest.raises(ExportError, match="--force"):
+        build_engine(source, tmp_path / "f.engine")
