@@ -1,0 +1,341 @@
+"""pom-export: zoo models and every mask kind export, run in onnxruntime and match PyTorch."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import spread_coefficients
+from pom_deploy import save_checkpoint
+from pom_deploy.cli import deploy as deploy_cli
+from pom_deploy.cli import export as export_cli
+from pom_deploy.errors import ExportError, VerificationError
+from pom_deploy.exporters import export_onnx
+from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
+from pom_deploy.models.zoo import create_zoo_model
+from pom_deploy.runtime.onnxrt import read_spec
+from pom_deploy.spec import METADATA_KEY
+
+
+def _ort(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _run(session, **feeds):
+    return session.run(None, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()})[0]
+
+
+def test_video_full_graph_runs_at_other_sizes(exported_video, video_model):
+    full, _ = exported_video
+    assert full.verification.passed and len(full.verification.errors) >= 3
+    session = _ort(full.path)
+    for batch, frames in ((1, 1), (3, 7), (2, 31)):
+        x = torch.randn(batch, frames * video_model.frame_tokens, 16)
+        with torch.no_grad():
+            expected = video_model(x).numpy()
+        np.testing.assert_allclose(_run(session, tokens=x), expected, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def exported_dit(tmp_path_factory):
+    model = create_zoo_model("dit_pom", seed=0)
+    return model, export_onnx(model, tmp_path_factory.mktemp("dit") / "dit.onnx")
+
+
+def test_dit_runs_at_other_sizes(exported_dit):
+    model, result = exported_dit
+    session = _ort(result.path)
+    for batch, height, width in ((1, 2, 2), (3, 10, 6), (2, 16, 12)):
+        image, t, label = torch.randn(batch, 4, height, width), torch.rand(batch) * 1000, torch.randint(0, 10, (batch,))
+        with torch.no_grad():
+            expected = model(image, t, label).numpy()
+        np.testing.assert_allclose(_run(session, image=image, timestep=t, class_label=label), expected, atol=1e-4, rtol=0)
+
+
+LAYERS = {
+    "v1": lambda: PoMv1(16, 3, 2),
+    "v2": lambda: spread_coefficients(PoMv2(16, 3, 2, 1, 4)),
+    "v2-grouped": lambda: spread_coefficients(PoMv2(16, 2, 2, 2, 0, bias=True)),
+    "rope1d": lambda: spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=128)),
+    "rope2d": lambda: spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_h=8, max_w=8, rope_2d=True)),
+}
+LAYER_CASES = [
+    ("v1", "none", False), ("v1", "causal", False), ("v1", "padding", True), ("v1", "full", True),
+    ("v2", "none", False), ("v2", "causal", False), ("v2", "padding", False), ("v2", "full", False),
+    ("v2", "none", True), ("v2", "padding", True), ("v2", "full", True),
+    ("v2-grouped", "causal", False), ("v2-grouped", "none", True),
+    ("rope1d", "none", False), ("rope1d", "causal", False), ("rope1d", "full", False), ("rope2d", "none", False),
+]
+
+
+def _layer_inputs(layer, mask, cross, batch, tokens, context):
+    n = context if cross else tokens
+    feeds = {"xq": torch.randn(batch, tokens, 16)}
+    if cross:
+        feeds["xc"] = torch.randn(batch, context, 16)
+    if mask in ("padding", "full"):
+        m = (torch.rand((batch, n) if mask == "padding" else (batch, tokens, n)) < 0.6).float()
+        m[..., 0] = 1
+        feeds["mask"] = m
+    if isinstance(layer, PoMv2RoPE):
+        if layer.rope_2d:
+            feeds["positions_hw"] = torch.randint(0, 8, (tokens, 2))
+        else:
+            feeds["positions"] = torch.randperm(128)[:tokens]
+    return feeds
+
+
+def _call_layer(layer, mask, feeds):
+    kwargs = {k: v for k, v in feeds.items() if k.startswith("positions")}
+    layer_mask = feeds.get("mask", "causal" if mask == "causal" else None)
+    return layer(feeds["xq"], feeds.get("xc"), mask=layer_mask, **kwargs)
+
+
+@pytest.mark.parametrize("kind,mask,cross", LAYER_CASES, ids=[f"{k}-{m}{'-cross' if c else ''}" for k, m, c in LAYER_CASES])
+def test_layer_mask_kinds_match_torch(tmp_path, kind, mask, cross):
+    torch.manual_seed(0)
+    layer = LAYERS[kind]().eval()
+    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, cross=cross)
+    assert result.verification.passed
+    session = _ort(result.path)
+    for batch, tokens, context in ((2, 11, 13), (1, 40, 7)):
+        feeds = _layer_inputs(layer, mask, cross, batch, tokens, context)
+        with torch.no_grad():
+            expected = _call_layer(layer, mask, feeds).numpy()
+        np.testing.assert_allclose(_run(session, **feeds), expected, atol=1e-4, rtol=0)
+
+
+def _relative_to_peak(actual, expected):
+    return float(np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max())
+
+
+def test_fp16_video_matches_within_one_percent(tmp_path, video_model):
+    result = export_onnx(video_model, tmp_path / "v16.onnx", dtype="fp16")
+    session = _ort(result.path)
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    x = torch.randn(2, 6 * video_model.frame_tokens, 16)
+    with torch.no_grad():
+        expected = video_model(x).numpy()
+    assert _relative_to_peak(_run(session, tokens=x.half()), expected) <= 1e-2
+
+
+@pytest.mark.parametrize("mask", ["none", "causal"])
+def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
+    """Against a float64 reference at 65,536 tokens; a naive fp16 reduction loses it."""
+    torch.manual_seed(0)
+    layer = spread_coefficients(PoMv2(8, 2, 1, 1, 0))
+    with torch.no_grad():
+        layer.qc_proj.weight.mul_(3)
+        layer.qc_proj.weight[:8].abs_()  # positive projected context: the mean cannot cancel out
+    result = export_onnx(layer, tmp_path / "l16.onnx", dtype="fp16", mask=mask, verify=False)
+    x = torch.rand(1, 65536, 8) + 0.5
+    ref64 = PoMv2(8, 2, 1, 1, 0).double()
+    ref64.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        expected = ref64(x.double(), mask=None if mask == "none" else "causal").numpy()
+    actual = _run(_ort(result.path), xq=x.half())
+    assert _relative_to_peak(actual, expected) <= 1e-2
+    # The same mean computed by a naive fp16 reduction drifts far more:
+    with torch.no_grad():
+        h, s = layer.half()._projections(x.half(), x.half())
+        f = layer._features(h)
+        naive = f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1) if mask == "causal" else f.sum(1, keepdim=True) / f.shape[1]
+        exact = layer.float()._features(h.float()).double()
+        exact = exact.cumsum(1) / torch.arange(1, f.shape[1] + 1).view(1, -1, 1) if mask == "causal" else exact.mean(1, keepdim=True)
+    naive_error = float(((naive.double() - exact).abs().max() / exact.abs().max()))
+    assert not naive_error <= 5e-2  # (an fp16 running sum past 65504 overflows: inf/nan fail this too)
+
+
+def test_bf16_exports_and_says_why_it_cannot_verify_on_cpu(tmp_path, video_model):
+    result = export_onnx(video_model, tmp_path / "b.onnx", dtype="bf16", verify=False)
+    assert result.opset >= 22
+    model = onnx.load(str(result.path))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    with pytest.raises(ExportError, match="--no-verify"):
+        export_onnx(video_model, tmp_path / "b2.onnx", dtype="bf16")
+    assert not (tmp_path / "b2.onnx").exists()
+
+
+def test_metadata_round_trips(exported_video, video_model):
+    full, step = exported_video
+    for result in (full, step):
+        spec = read_spec(result.path)
+        assert spec == result.spec
+        assert spec.architecture == {"name": "video_pom", "config": video_model.config()}
+        assert spec.inputs[0].shape[:2] == ["batch", "tokens" if result is full else "chunk"]
+        assert spec.inputs[0].min_shape[0] == 1 and spec.inputs[0].max_shape[0] == 64
+    assert full.spec.kind == "full" and step.spec.kind == "step"
+    onnx.checker.check_model(str(full.path), full_check=True)
+
+
+def test_graph_is_clean(exported_video):
+    """No (B, N, C, degree) tensor, shapes inferred, constants folded."""
+    full, _ = exported_video
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(full.path)), strict_mode=True)
+    ranks = [len(v.type.tensor_type.shape.dim) for v in model.graph.value_info]
+    assert ranks and max(ranks) <= 3  # the block-causal reshape to (B, frames, P, C) is the only 4-D view...
+    constants = {i.name for i in model.graph.initializer}
+    foldable = [n.op_type for n in model.graph.node if n.input and all(i in constants for i in n.input)]
+    assert foldable == []
+
+
+def test_fused_and_decomposed_exports_agree(tmp_path):
+    layer = spread_coefficients(PoMv2(16, 3, 2, 1, 4))
+    x = torch.randn(2, 21, 16)
+    mask = (torch.rand(2, 21) < 0.5).float()
+    mask[:, 0] = 1
+    for kind in ("none", "causal", "padding"):
+        plain = export_onnx(layer, tmp_path / f"{kind}.onnx", mask=kind)
+        fused = export_onnx(layer, tmp_path / f"{kind}.fused.onnx", mask=kind, fused_ops_enabled=True)
+        model = onnx.load(str(fused.path))
+        nodes = [n for n in model.graph.node if n.op_type == "PolyAggregate"]
+        assert len(nodes) == 1 and nodes[0].domain == "pom_deploy" and nodes[0].overload
+        assert {(f.name, f.overload) for f in model.functions} == {("PolyAggregate", nodes[0].overload)}
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["degree"] == 3 and attrs["variant"] == b"v2"
+        feeds = {"xq": x} if kind != "padding" else {"xq": x, "mask": mask}
+        np.testing.assert_allclose(_run(_ort(fused.path), **feeds), _run(_ort(plain.path), **feeds), atol=1e-6, rtol=0)
+
+
+def test_fused_v1_and_dit_keep_rope_decomposed(tmp_path):
+    result = export_onnx(PoMv1(8, 2, 1), tmp_path / "v1.onnx", fused_ops_enabled=True, mask="causal")
+    assert result.verification.passed
+    dit = export_onnx(create_zoo_model("dit_pom"), tmp_path / "dit.onnx", fused_ops_enabled=True)
+    assert not [n for n in onnx.load(str(dit.path)).graph.node if n.op_type == "PolyAggregate"]
+
+
+class _TwoInputs(nn.Module):
+    """A user model pom-deploy has no config for: needs one given."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixer = PoMv2(8, 2, 1, 1, 2)
+        self.bias = nn.Linear(3, 8)
+
+    def forward(self, x, style):
+        return self.mixer(x + self.bias(style).unsqueeze(1))
+
+
+def test_user_export_config_file(tmp_path):
+    config = {"inputs": [{"name": "x", "shape": ["batch", "tokens", 8]}, {"name": "style", "shape": ["batch", 3]}],
+              "outputs": ["y"], "dims": {"batch": {"min": 1, "opt": 2, "max": 4}, "tokens": {"min": 1, "opt": 16, "max": 256}}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    result = export_onnx(_TwoInputs().eval(), tmp_path / "user.onnx", config=tmp_path / "config.json")
+    assert [t.name for t in result.spec.inputs] == ["x", "style"] and result.spec.inputs[0].max_shape == [4, 256, 8]
+
+
+def test_torch_export_program(tmp_path):
+    layer = spread_coefficients(PoMv2(16, 2, 2, 1, 4))
+    dims = {0: torch.export.Dim("b"), 1: torch.export.Dim("n")}
+    torch.export.save(torch.export.export(layer, (torch.randn(2, 5, 16),), dynamic_shapes=(dims,)), tmp_path / "m.pt2")
+    result = export_onnx(tmp_path / "m.pt2", tmp_path / "m.onnx")
+    assert result.spec.inputs[0].shape == ["batch", "tokens", 16] and len(result.verification.errors) == 2
+
+
+# --- command line and bad input ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(PoMv1(8, 2, 1), tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def _cli_error(capsys, argv):
+    code = export_cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--opset", "11"], "opset 11 is not supported"),
+    (["--dtype", "bf16", "--opset", "18"], "bf16 needs opset 22"),
+    (["--mask", "diagonal"], "unknown mask kind"),
+    (["--step", "--mask", "causal"], "no token dim to stream over"),
+])
+def test_bad_options_fail_with_one_line(tmp_path, capsys, checkpoint, extra, message):
+    assert message in _cli_error(capsys, [str(checkpoint), "--onnx", "-o", str(tmp_path / "o.onnx"), *extra])
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_output_directory(tmp_path, capsys, checkpoint):
+    assert "does not exist" in _cli_error(capsys, [str(checkpoint), "-o", str(tmp_path / "no" / "o.onnx")])
+
+
+def test_unwritable_output_directory(tmp_path, monkeypatch, checkpoint):
+    monkeypatch.setattr(os, "access", lambda path, mode: mode != os.W_OK)
+    with pytest.raises(ExportError, match="not writable"):
+        export_onnx(checkpoint, tmp_path / "o.onnx")
+
+
+def test_existing_output_needs_force(tmp_path, capsys, checkpoint):
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"keep me")
+    assert "--force" in _cli_error(capsys, [str(checkpoint), "-o", str(out)])
+    assert out.read_bytes() == b"keep me"
+    assert export_cli.main([str(checkpoint), "-o", str(out), "--force", "--quiet"]) == 0
+    assert onnx.load(str(out)).metadata_props[0].key == METADATA_KEY
+
+
+def test_unsupported_model(tmp_path, capsys):
+    with pytest.raises(ExportError, match="no PoM layer"):
+        export_onnx(nn.Sequential(nn.Linear(4, 4)), tmp_path / "o.onnx")
+    torch.save(nn.Linear(4, 4), tmp_path / "linear.pt")
+    assert "no PoM layer" in _cli_error(capsys, [str(tmp_path / "linear.pt"), "--trust-pickle", "-o", str(tmp_path / "o.onnx")])
+    assert not (tmp_path / "o.onnx").exists()
+
+
+class _Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mixer = PoMv2(8, 2, 1, 1, 2)
+
+    def forward(self, x):
+        return self.mixer(x).view(-1, 7)
+
+
+def test_forward_failing_on_dummy_input(tmp_path):
+    with pytest.raises(ExportError, match="forward fails on the dummy input"):
+        export_onnx(_Broken(), tmp_path / "o.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_verification_writes_nothing(tmp_path, video_model):
+    with pytest.raises(VerificationError, match="nothing written"):
+        export_onnx(video_model, tmp_path / "o.onnx", atol=0.0, rtol=0.0, dtype="fp16")
+    assert os.listdir(tmp_path) == []
+
+
+def test_json_output(tmp_path, capsys, checkpoint):
+    assert export_cli.main([str(checkpoint), "--onnx", "-o", str(tmp_path / "o.onnx"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verification"]["passed"] and data["inputs"][0]["shape"] == ["batch", "tokens", 8]
+    assert data["size_bytes"] == (tmp_path / "o.onnx").stat().st_size
+
+
+def test_summary_and_inspect(tmp_path, capsys, exported_video):
+    full, step = exported_video
+    assert deploy_cli.main(["inspect", str(step.path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("past.1.mean", "present.0.count", "video_pom", "chunk", "opset", "parameters"):
+        assert text in out
+    assert deploy_cli.main(["inspect", str(full.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    params = sum(p.numel() for p in create_zoo_model("video_pom").parameters())
+    assert info["symbolic_dims"] == ["batch", "tokens"] and info["parameters"] == params
+    assert info["pom_deploy"]["architecture"]["name"] == "video_pom"
+
+
+def test_help_and_version(capsys):
+    for main in (export_cli.main, deploy_cli.main):
+        for flag in ("--help", "--version"):
+            with pytest.raises(SystemExit) as exit_info:
+                main([flag])
+            assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "pom-export" in out and "--step" in out and "build-engine" in out and "0.1.0" in out
