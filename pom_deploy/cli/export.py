@@ -82,20 +82,13 @@ def export_command(args: argparse.Namespace) -> int:
     output = args.output or default_output(args.model, args.step)
     console = stderr_console(args.quiet or args.json)
     start = time.perf_counter()
-    with console.status("Starting") as status:
-        def stage(name: str) -> None:
-            status.update(STAGES[name] + "...")
-            if name != "load":
-                console.log(f"[green]done[/] {previous[0]}")
-            previous[0] = STAGES[name].split(" (")[0].lower()
-
-        previous = ["loading model"]
+    with console.status("Starting") as status:  # transient: an error leaves just its one line
         result = export_onnx(
             args.model, output, architecture=_architecture(args), trust_pickle=args.trust_pickle, config=args.config,
             dtype=args.dtype, opset=args.opset, step=args.step, fused_ops_enabled=args.fused_ops, mask=args.mask,
-            cross=args.cross, verify=args.verify, atol=args.atol, rtol=args.rtol, force=args.force, progress=stage,
+            cross=args.cross, verify=args.verify, atol=args.atol, rtol=args.rtol, force=args.force,
+            progress=lambda stage: status.update(STAGES[stage] + "..."),
         )
-        console.log(f"[green]done[/] {previous[0]}")
     elapsed = time.perf_counter() - start
     if args.json:
         print(json.dumps(result_json(result, elapsed), indent=2))

@@ -529,7 +529,8 @@ def _function_body(variant: str, degree: int, mode: str, dtype: torch.dtype, ops
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(_DecomposedOp(variant, degree, mode), tuple(args), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=(shapes[0], tuple(shapes[1:])), optimize=True, verbose=False)
+                                    dynamic_shapes=(shapes[0], tuple(shapes[1:])) if len(shapes) > 1 else (shapes[0],),
+                                    optimize=True, verbose=False)
     graph = program.model_proto.graph
     constants = [onnx.helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
     names = ["x", "coeff", "mask"] if variant == "v2" else ["x", "mask"]

@@ -29,7 +29,7 @@ class BlockCausalMask:
 
 def v1_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively."""
-    chunks = list(F.gelu(x).chunk(degree, dim=-1))
+    chunks = list(F.gelu(x).unflatten(-1, (degree, -1)).unbind(-2))  # a fixed count of equal chunks, any width
     for j in range(1, degree):
         chunks[j] = chunks[j] * chunks[j - 1]
     return torch.cat(chunks, dim=-1)
