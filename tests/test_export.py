@@ -342,3 +342,17 @@ def test_help_and_version(capsys):
             assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "pom-export" in out and "--step" in out and "build-engine" in out and "0.1.0" in out
+
+
+def test_large_models_use_external_data(tmp_path, monkeypatch, video_model, exported_video):
+    """Over the 2 GB protobuf limit weights go to <name>.data (threshold lowered for the test)."""
+    from pom_deploy.exporters import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1024)
+    result = export_onnx(video_model, tmp_path / "big.onnx")
+    assert result.external_data is not None and result.external_data.parent == tmp_path
+    assert result.size_bytes + 32 * 1024 < exported_video[0].size_bytes  # the weights left the .onnx file
+    x = torch.randn(1, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(_ort(result.path), tokens=x), video_model(x).numpy(), atol=1e-4, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.onnx", result.external_data.name])
