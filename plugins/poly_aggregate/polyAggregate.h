@@ -1,0 +1,101 @@
+/*
+ * C ABI of the PolyAggregate kernels (see docs/poly_aggregate.md for the math).
+ *
+ * Used by the TensorRT plugin, by tests and benchmarks through ctypes, and by the CPU
+ * emulation (same blocking and float32 accumulation order, no GPU needed).
+ * All tensors are contiguous (row-major): x (B, N, C), coeff (C, K), mask (B, N),
+ * y (B, 1, C) for mean/masked and (B, N, C) for causal, all of the same dtype.
+ */
+#ifndef POM_POLY_AGGREGATE_H
+#define POM_POLY_AGGREGATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#define POM_API __declspec(dllexport)
+#else
+#define POM_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum
+{
+    POM_DTYPE_FLOAT32 = 0,
+    POM_DTYPE_FLOAT16 = 1,
+    POM_DTYPE_BFLOAT16 = 2
+} PomDType;
+
+typedef enum
+{
+    POM_VARIANT_V1 = 1,
+    POM_VARIANT_V2 = 2
+} PomVariant;
+
+typedef enum
+{
+    POM_MODE_MEAN = 0,
+    POM_MODE_CAUSAL = 1,
+    POM_MODE_MASKED = 2
+} PomMode;
+
+/* Argument errors are negative; positive return values are cudaError_t codes. */
+typedef enum
+{
+    POM_SUCCESS = 0,
+    POM_ERROR_BAD_SHAPE = -1,
+    POM_ERROR_BAD_DEGREE = -2,
+    POM_ERROR_BAD_VARIANT = -3,
+    POM_ERROR_BAD_MODE = -4,
+    POM_ERROR_BAD_DTYPE = -5,
+    POM_ERROR_MISSING_INPUT = -6,
+    POM_ERROR_WORKSPACE_TOO_SMALL = -7,
+    POM_ERROR_CHANNELS_NOT_DIVISIBLE = -8
+} PomStatus;
+
+/* Largest supported degree K (PoM uses 2..5; the upstream Triton kernels allow <= 16). */
+#define POM_MAX_DEGREE 16
+
+typedef struct
+{
+    int64_t batch;    /* B >= 0 */
+    int64_t tokens;   /* N >= 0 */
+    int64_t channels; /* C >= 0; v1 needs C % degree == 0 */
+    int32_t degree;   /* K in [1, POM_MAX_DEGREE] */
+    int32_t variant;  /* PomVariant */
+    int32_t mode;     /* PomMode */
+    int32_t dtype;    /* PomDType of x, coeff, mask and y */
+} PomPolyAggregateDesc;
+
+/* POM_SUCCESS or the PomStatus saying what is wrong with the description. */
+POM_API int pomPolyAggregateValidate(PomPolyAggregateDesc const* desc);
+
+/* Bytes of scratch memory the GPU launch needs (an upper bound over pointer alignments). */
+POM_API size_t pomPolyAggregateWorkspaceSize(PomPolyAggregateDesc const* desc);
+
+/* Human-readable text for a PomStatus or a cudaError_t value. */
+POM_API char const* pomPolyAggregateStatusString(int status);
+
+/*
+ * Enqueue the op on `stream` (a cudaStream_t). Device pointers; coeff only for v2 and mask
+ * only for masked (pass NULL otherwise). Deterministic: the same inputs give bit-identical
+ * outputs on every run and every GPU.
+ */
+POM_API int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void* y, void* workspace, size_t workspaceBytes, void* stream);
+
+/*
+ * CPU emulation of pomPolyAggregateLaunch: same blocking, same float32 accumulation order.
+ * Host pointers; fp16/bf16 tensors are raw 16-bit words. Built into the CPU test library only.
+ */
+POM_API int pomPolyAggregateCpu(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void* y);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* POM_POLY_AGGREGATE_H */

@@ -1,0 +1,357 @@
+/*
+ * CPU emulation of the PolyAggregate kernels, for tests on machines without a GPU.
+ *
+ * It follows the kernels' blocking (polyAggregateCommon.h) and evaluates the features with
+ * the same source (polyAggregateMath.cuh), so every float32 sum happens in the kernels'
+ * order: lanes interleave tokens, lanes are added in lane order, splits in split order, and
+ * causal chunks chain their carry. Columns are independent in that order, so one column at
+ * a time (V = 1) reproduces any vector width. Only erff may differ from the GPU's in the
+ * last bits.
+ */
+#include "polyAggregateCommon.h"
+#include "polyAggregateMath.cuh"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace pom
+{
+namespace
+{
+
+float halfBitsToFloat(uint16_t h)
+{
+    uint32_t const sign = static_cast<uint32_t>(h & 0x8000U) << 16;
+    uint32_t exponent = (h >> 10) & 0x1FU;
+    uint32_t mantissa = h & 0x3FFU;
+    uint32_t bits;
+    if (exponent == 0x1FU)
+    {
+        bits = sign | 0x7F800000U | (mantissa << 13);
+    }
+    else if (exponent != 0)
+    {
+        bits = sign | ((exponent + 112U) << 23) | (mantissa << 13);
+    }
+    else if (mantissa == 0)
+    {
+        bits = sign;
+    }
+    else
+    {
+        // Subnormal half: normalize into a float.
+        exponent = 113U;
+        while ((mantissa & 0x400U) == 0)
+        {
+            mantissa <<= 1;
+            --exponent;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3FFU) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+uint16_t floatToHalfBits(float f)
+{
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    uint16_t const sign = static_cast<uint16_t>((bits >> 16) & 0x8000U);
+    uint32_t const absBits = bits & 0x7FFFFFFFU;
+    if (absBits >= 0x7F800000U)
+    {
+        return static_cast<uint16_t>(sign | 0x7C00U | (absBits > 0x7F800000U ? 0x200U : 0U));
+    }
+    if (absBits >= 0x477FF000U) // rounds to >= 65520: overflow to infinity
+    {
+        return static_cast<uint16_t>(sign | 0x7C00U);
+    }
+    if (absBits < 0x38800000U) // below the smallest normal half: round to a subnormal
+    {
+        float absF;
+        std::memcpy(&absF, &absBits, sizeof(absF));
+        // 2^24 * |f| in units of the smallest subnormal, rounded to nearest even.
+        return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(absF * 16777216.0F)));
+    }
+    uint32_t const roundBias = 0xFFFU + ((absBits >> 13) & 1U);
+    return static_cast<uint16_t>(sign | (((absBits - 0x38000000U) + roundBias) >> 13));
+}
+
+float bf16BitsToFloat(uint16_t h)
+{
+    uint32_t const bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+uint16_t floatToBf16Bits(float f)
+{
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof(bits));
+    if ((bits & 0x7FFFFFFFU) > 0x7F800000U)
+    {
+        return static_cast<uint16_t>((bits >> 16) | 0x40U); // quiet NaN
+    }
+    return static_cast<uint16_t>((bits + 0x7FFFU + ((bits >> 16) & 1U)) >> 16);
+}
+
+//! Typed view of a host tensor of any supported dtype.
+struct Tensor
+{
+    void const* data;
+    int32_t dtype;
+
+    float at(int64_t i) const
+    {
+        switch (dtype)
+        {
+        case POM_DTYPE_FLOAT16: return halfBitsToFloat(static_cast<uint16_t const*>(data)[i]);
+        case POM_DTYPE_BFLOAT16: return bf16BitsToFloat(static_cast<uint16_t const*>(data)[i]);
+        default: return static_cast<float const*>(data)[i];
+        }
+    }
+};
+
+void store(void* data, int32_t dtype, int64_t i, float value)
+{
+    switch (dtype)
+    {
+    case POM_DTYPE_FLOAT16: static_cast<uint16_t*>(data)[i] = floatToHalfBits(value); break;
+    case POM_DTYPE_BFLOAT16: static_cast<uint16_t*>(data)[i] = floatToBf16Bits(value); break;
+    default: static_cast<float*>(data)[i] = value; break;
+    }
+}
+
+constexpr int kCpuMaxK = POM_MAX_DEGREE;
+using Column = float[kCpuMaxK][1];
+
+//! Features of token n, column `col` of batch b: feat[j][0] for the K chunks (v1) or feat[0][0] (v2).
+struct FeatureSource
+{
+    PomPolyAggregateDesc const& d;
+    Plan const& plan;
+    Tensor x;
+    Column coef{};
+
+    FeatureSource(PomPolyAggregateDesc const& desc, Plan const& p, void const* xData, void const* coeffData, int64_t col)
+        : d(desc)
+        , plan(p)
+        , x{xData, desc.dtype}
+    {
+        if (d.variant == POM_VARIANT_V2)
+        {
+            Tensor const coeff{coeffData, d.dtype};
+            for (int k = 0; k < d.degree; ++k)
+            {
+                coef[k][0] = coeff.at(col * d.degree + k);
+            }
+        }
+    }
+
+    void operator()(int64_t b, int64_t n, int64_t col, Column& feat) const
+    {
+        Column raw{};
+        int64_t const row = (b * d.tokens + n) * d.channels;
+        for (int j = 0; j < plan.chunksPerColumn; ++j)
+        {
+            raw[j][0] = x.at(row + j * plan.columns + col);
+        }
+        tokenFeatures<1, kCpuMaxK>(d.variant, d.degree, raw, coef, feat);
+    }
+};
+
+void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void const* coeff, void const* mask, void* y)
+{
+    int const kAcc = p.chunksPerColumn;
+    bool const masked = d.mode == POM_MODE_MASKED;
+    Tensor const maskTensor{mask, d.dtype};
+    std::vector<float> partial(static_cast<size_t>(p.splits * d.channels));
+    std::vector<float> maskSums(static_cast<size_t>(p.splits));
+    for (int64_t b = 0; b < d.batch; ++b)
+    {
+        for (int64_t col = 0; col < p.columns; ++col)
+        {
+            FeatureSource const features(d, p, x, coeff, col);
+            for (int64_t split = 0; split < p.splits; ++split)
+            {
+                int64_t const begin = split * p.tokensPerSplit;
+                int64_t const end = std::min(d.tokens, begin + p.tokensPerSplit);
+                float total[kCpuMaxK] = {};
+                float maskTotal = 0.0F;
+                for (int lane = 0; lane < kBlockLanes; ++lane)
+                {
+                    float laneSum[kCpuMaxK] = {};
+                    float laneMask = 0.0F;
+                    for (int64_t n = begin + lane; n < end; n += kBlockLanes)
+                    {
+                        float const weight = masked ? maskTensor.at(b * d.tokens + n) : 1.0F;
+                        laneMask += weight;
+                        Column feat;
+                        features(b, n, col, feat);
+                        for (int j = 0; j < kAcc; ++j)
+                        {
+                            laneSum[j] = accumulate(laneSum[j], weight, feat[j][0]);
+                        }
+                    }
+                    for (int j = 0; j < kAcc; ++j)
+                    {
+                        total[j] += laneSum[j];
+                    }
+                    maskTotal += laneMask;
+                }
+                for (int j = 0; j < kAcc; ++j)
+                {
+                    partial[split * d.channels + j * p.columns + col] = total[j];
+                }
+                maskSums[split] = maskTotal;
+            }
+        }
+        for (int64_t c = 0; c < d.channels; ++c)
+        {
+            float total = 0.0F;
+            float weight = 0.0F;
+            for (int64_t split = 0; split < p.splits; ++split)
+            {
+                total += partial[split * d.channels + c];
+                weight += maskSums[split];
+            }
+            float out;
+            if (masked)
+            {
+                out = weight != 0.0F ? total / weight : 0.0F;
+            }
+            else
+            {
+                out = total / static_cast<float>(d.tokens);
+            }
+            store(y, d.dtype, b * d.channels + c, out);
+        }
+    }
+}
+
+void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void const* coeff, void* y)
+{
+    int const kAcc = p.chunksPerColumn;
+    int constexpr R = kCausalTokensPerLane;
+    for (int64_t b = 0; b < d.batch; ++b)
+    {
+        for (int64_t col = 0; col < p.columns; ++col)
+        {
+            FeatureSource const features(d, p, x, coeff, col);
+            float carry[kCpuMaxK] = {}; // inclusive prefix of the previous chunk
+            for (int64_t chunk = 0; chunk < p.splits; ++chunk)
+            {
+                Column feat[kBlockLanes][R] = {};
+                float lanePrefix[kBlockLanes][kCpuMaxK] = {};
+                float chunkTotal[kCpuMaxK] = {};
+                for (int lane = 0; lane < kBlockLanes; ++lane)
+                {
+                    float laneSum[kCpuMaxK] = {};
+                    for (int r = 0; r < R; ++r)
+                    {
+                        int64_t const n = chunk * kCausalChunkTokens + lane * R + r;
+                        if (n < d.tokens)
+                        {
+                            features(b, n, col, feat[lane][r]);
+                        }
+                        for (int j = 0; j < kAcc; ++j)
+                        {
+                            laneSum[j] += feat[lane][r][j][0];
+                        }
+                    }
+                    for (int j = 0; j < kAcc; ++j)
+                    {
+                        lanePrefix[lane][j] = chunkTotal[j];
+                        chunkTotal[j] += laneSum[j];
+                    }
+                }
+                for (int lane = 0; lane < kBlockLanes; ++lane)
+                {
+                    for (int j = 0; j < kAcc; ++j)
+                    {
+                        float running = carry[j] + lanePrefix[lane][j];
+                        for (int r = 0; r < R; ++r)
+                        {
+                            int64_t const n = chunk * kCausalChunkTokens + lane * R + r;
+                            if (n >= d.tokens)
+                            {
+                                break;
+                            }
+                            running += feat[lane][r][j][0];
+                            store(y, d.dtype, (b * d.tokens + n) * d.channels + j * p.columns + col,
+                                running / static_cast<float>(n + 1));
+                        }
+                    }
+                }
+                for (int j = 0; j < kAcc; ++j)
+                {
+                    carry[j] = carry[j] + chunkTotal[j];
+                }
+            }
+        }
+    }
+}
+
+} // namespace
+} // namespace pom
+
+extern "C" int pomPolyAggregateValidate(PomPolyAggregateDesc const* desc)
+{
+    return desc == nullptr ? POM_ERROR_BAD_SHAPE : pom::validate(*desc);
+}
+
+extern "C" size_t pomPolyAggregateWorkspaceSize(PomPolyAggregateDesc const* desc)
+{
+    if (desc == nullptr || pom::validate(*desc) != POM_SUCCESS)
+    {
+        return 0;
+    }
+    return pom::workspaceLayout(*desc).totalBytes;
+}
+
+extern "C" char const* pomPolyAggregateStatusString(int status)
+{
+    char const* text = pom::statusText(status);
+    return text != nullptr ? text : "CUDA error";
+}
+
+extern "C" int pomPolyAggregateCpu(
+    PomPolyAggregateDesc const* desc, void const* x, void const* coeff, void const* mask, void* y)
+{
+    using namespace pom;
+    int const status = pomPolyAggregateValidate(desc);
+    if (status != POM_SUCCESS)
+    {
+        return status;
+    }
+    PomPolyAggregateDesc const& d = *desc;
+    if ((d.variant == POM_VARIANT_V2 && coeff == nullptr) || (d.mode == POM_MODE_MASKED && mask == nullptr))
+    {
+        return POM_ERROR_MISSING_INPUT;
+    }
+    if (d.batch == 0 || d.channels == 0)
+    {
+        return POM_SUCCESS;
+    }
+    if (d.tokens == 0)
+    {
+        if (d.mode != POM_MODE_CAUSAL)
+        {
+            std::memset(y, 0, static_cast<size_t>(d.batch * d.channels * dtypeBytes(d.dtype)));
+        }
+        return POM_SUCCESS;
+    }
+    Plan const plan = makePlan(d, 1);
+    if (d.mode == POM_MODE_CAUSAL)
+    {
+        causalCpu(d, plan, x, coeff, y);
+    }
+    else
+    {
+        reduceCpu(d, plan, x, coeff, mask, y);
+    }
+    return POM_SUCCESS;
+}

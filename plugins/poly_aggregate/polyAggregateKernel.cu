@@ -1,0 +1,652 @@
+/*
+ * PolyAggregate CUDA kernels and their C ABI (polyAggregate.h).
+ *
+ * mean / masked: each block sums kReduceTokensPerSplit tokens of kBlockCols column groups
+ * (lanes interleave tokens, then the lanes are added in lane order), writes float32 partial
+ * sums to the workspace, and a finalize kernel adds the splits in split order and divides.
+ * causal: single pass. A block takes a chunk of kCausalChunkTokens tokens, keeps their
+ * features in registers, scans them, and chains its carry to the next chunk through the
+ * workspace: chunk c waits for chunk c-1's inclusive prefix, so the sums are always added in
+ * the same order (deterministic, unlike a decoupled look-back). Blocks take their chunk from
+ * an atomic ticket, so a chunk's predecessor has always started and waiting cannot deadlock.
+ * x is read once and y written once.
+ */
+#include "polyAggregateCommon.h"
+#include "polyAggregateMath.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+
+namespace pom
+{
+namespace
+{
+
+// Two resident blocks per SM (<= 128 registers a thread) keep enough loads in flight.
+constexpr int kMinBlocksPerSm = 2;
+
+template <typename T>
+struct Convert;
+
+template <>
+struct Convert<float>
+{
+    static __device__ __forceinline__ float toFloat(float v)
+    {
+        return v;
+    }
+    static __device__ __forceinline__ float fromFloat(float v)
+    {
+        return v;
+    }
+};
+
+template <>
+struct Convert<__half>
+{
+    static __device__ __forceinline__ float toFloat(__half v)
+    {
+        return __half2float(v);
+    }
+    static __device__ __forceinline__ __half fromFloat(float v)
+    {
+        return __float2half_rn(v);
+    }
+};
+
+template <>
+struct Convert<__nv_bfloat16>
+{
+    static __device__ __forceinline__ float toFloat(__nv_bfloat16 v)
+    {
+        return __bfloat162float(v);
+    }
+    static __device__ __forceinline__ __nv_bfloat16 fromFloat(float v)
+    {
+        return __float2bfloat16_rn(v);
+    }
+};
+
+//! Unsigned type of a vector of `Bytes` bytes: V elements move as one memory instruction.
+template <int Bytes>
+struct RawVec;
+template <>
+struct RawVec<2>
+{
+    using type = unsigned short;
+};
+template <>
+struct RawVec<4>
+{
+    using type = unsigned int;
+};
+template <>
+struct RawVec<8>
+{
+    using type = uint2;
+};
+template <>
+struct RawVec<16>
+{
+    using type = uint4;
+};
+
+template <typename T, int V>
+__device__ __forceinline__ void loadVec(T const* src, float (&dst)[V])
+{
+    using Raw = typename RawVec<sizeof(T) * V>::type;
+    Raw const raw = __ldcs(reinterpret_cast<Raw const*>(src)); // streaming: x is read once
+    T values[V];
+    memcpy(values, &raw, sizeof(raw));
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+    {
+        dst[v] = Convert<T>::toFloat(values[v]);
+    }
+}
+
+//! Bits of one element, for packing stores into 32-bit words.
+__device__ __forceinline__ uint32_t elementBits(float v)
+{
+    return __float_as_uint(v);
+}
+__device__ __forceinline__ uint32_t elementBits(__half v)
+{
+    return __half_as_ushort(v);
+}
+__device__ __forceinline__ uint32_t elementBits(__nv_bfloat16 v)
+{
+    return __bfloat16_as_ushort(v);
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void storeVec(T* dst, float const (&src)[V])
+{
+    // Packed into 32-bit words and written with the vector store intrinsics: a plain
+    // struct store gets split into scalar stores. Streaming (.cs): y is not read again.
+    constexpr int kBytes = sizeof(T) * V;
+    constexpr int kElementsPerWord = sizeof(T) == 2 ? 2 : 1;
+    uint32_t words[kBytes >= 4 ? kBytes / 4 : 1] = {};
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+    {
+        uint32_t const bits = elementBits(Convert<T>::fromFloat(src[v]));
+        words[v / kElementsPerWord] |= bits << (16 * (v % kElementsPerWord));
+    }
+    if constexpr (kBytes == 16)
+    {
+        __stcs(reinterpret_cast<uint4*>(dst), make_uint4(words[0], words[1], words[2], words[3]));
+    }
+    else if constexpr (kBytes == 8)
+    {
+        __stcs(reinterpret_cast<uint2*>(dst), make_uint2(words[0], words[1]));
+    }
+    else if constexpr (kBytes == 4)
+    {
+        __stcs(reinterpret_cast<unsigned int*>(dst), words[0]);
+    }
+    else
+    {
+        __stcs(reinterpret_cast<unsigned short*>(dst), static_cast<unsigned short>(words[0]));
+    }
+}
+
+struct KernelArgs
+{
+    void const* x;
+    void const* coeff;
+    void const* mask;
+    void* y;
+    int64_t tokens;
+    int64_t channels;
+    int32_t degree;
+    int32_t variant;
+    int32_t mode;
+    Plan plan;
+    float* partial;    // mean/masked: [B][splits][C]
+    float* maskSums;   // masked: [B][splits]
+    uint32_t* ticket;  // causal: block ticket counter (zeroed per launch)
+    int32_t* ready;    // causal: [chains * splits] chunk-prefix-ready flags (zeroed per launch)
+    float* prefix;     // causal: [chains * splits][kBlockCols * V * K] inclusive prefixes
+};
+
+//! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers.
+template <typename T, int V, int MAXK>
+__device__ __forceinline__ void loadCoefficients(KernelArgs const& a, int64_t col0, bool active, float (&coef)[MAXK][V])
+{
+    T const* coeff = static_cast<T const*>(a.coeff);
+#pragma unroll
+    for (int k = 0; k < MAXK; ++k)
+    {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+        {
+            bool const used = active && a.variant == POM_VARIANT_V2 && k < a.degree;
+            coef[k][v] = used ? Convert<T>::toFloat(coeff[(col0 + v) * a.degree + k]) : 0.0F;
+        }
+    }
+}
+
+//! Features of token n for the thread's V columns (all K chunks for v1).
+template <typename T, int V, int MAXK>
+__device__ __forceinline__ void featuresAt(
+    KernelArgs const& a, T const* row, int64_t col0, float const (&coef)[MAXK][V], float (&feat)[MAXK][V])
+{
+    float raw[MAXK][V];
+#pragma unroll
+    for (int j = 0; j < MAXK; ++j)
+    {
+        if (j < a.plan.chunksPerColumn)
+        {
+            loadVec<T, V>(row + j * a.plan.columns + col0, raw[j]);
+        }
+    }
+    tokenFeatures<V, MAXK>(a.variant, a.degree, raw, coef, feat);
+}
+
+//! Output channel of accumulator `acc` (= chunk * V + v) of column group `group`.
+__device__ __forceinline__ int64_t channelOf(Plan const& p, int64_t group, int acc)
+{
+    int const chunk = acc / p.vec;
+    return chunk * p.columns + group * p.vec + acc % p.vec;
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(KernelArgs a)
+{
+    constexpr int MAXK = kMaxAccumulators / V;
+    __shared__ float laneSums[kBlockLanes][kBlockCols][kMaxAccumulators];
+    __shared__ float laneMaskSums[kBlockLanes];
+
+    Plan const& p = a.plan;
+    int const tx = threadIdx.x;
+    int const ty = threadIdx.y;
+    int64_t const tile = blockIdx.x % p.colTiles;
+    int64_t const split = (blockIdx.x / p.colTiles) % p.splits;
+    int64_t const b = blockIdx.x / (p.colTiles * p.splits);
+    int64_t const group = tile * kBlockCols + tx;
+    bool const active = group < p.groups;
+    int64_t const col0 = group * V;
+    int const nbAcc = p.chunksPerColumn * V;
+    bool const masked = a.mode == POM_MODE_MASKED;
+
+    float coef[MAXK][V];
+    loadCoefficients<T, V, MAXK>(a, col0, active, coef);
+
+    float sum[MAXK][V] = {};
+    float maskSum = 0.0F;
+    T const* x = static_cast<T const*>(a.x) + b * a.tokens * a.channels;
+    T const* mask = masked ? static_cast<T const*>(a.mask) + b * a.tokens : nullptr;
+    int64_t const end = min(a.tokens, (split + 1) * p.tokensPerSplit);
+#pragma unroll 2
+    for (int64_t n = split * p.tokensPerSplit + ty; n < end; n += kBlockLanes)
+    {
+        float const weight = masked ? Convert<T>::toFloat(mask[n]) : 1.0F;
+        maskSum += weight;
+        if (active)
+        {
+            float feat[MAXK][V];
+            featuresAt<T, V, MAXK>(a, x + n * a.channels, col0, coef, feat);
+#pragma unroll
+            for (int j = 0; j < MAXK; ++j)
+            {
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                {
+                    if (j < p.chunksPerColumn)
+                    {
+                        sum[j][v] = accumulate(sum[j][v], weight, feat[j][v]);
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < MAXK; ++j)
+    {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+        {
+            if (j < p.chunksPerColumn)
+            {
+                laneSums[ty][tx][j * V + v] = sum[j][v];
+            }
+        }
+    }
+    if (tx == 0)
+    {
+        laneMaskSums[ty] = maskSum;
+    }
+    __syncthreads();
+
+    // Lanes are added in lane order: one thread per (column group, accumulator).
+    int const tid = ty * kBlockCols + tx;
+    int const sumCol = tid % kBlockCols;
+    int const sumAcc = tid / kBlockCols;
+    int64_t const sumGroup = tile * kBlockCols + sumCol;
+    if (sumAcc < nbAcc && sumGroup < p.groups)
+    {
+        float total = 0.0F;
+        for (int lane = 0; lane < kBlockLanes; ++lane)
+        {
+            total += laneSums[lane][sumCol][sumAcc];
+        }
+        a.partial[(b * p.splits + split) * a.channels + channelOf(p, sumGroup, sumAcc)] = total;
+    }
+    if (masked && tile == 0 && tid == 0)
+    {
+        float total = 0.0F;
+        for (int lane = 0; lane < kBlockLanes; ++lane)
+        {
+            total += laneMaskSums[lane];
+        }
+        a.maskSums[b * p.splits + split] = total;
+    }
+}
+
+//! Second stage of mean/masked: adds the splits in split order, then normalizes.
+template <typename T>
+__global__ void finalizeKernel(KernelArgs a, int64_t batch)
+{
+    int64_t const i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= batch * a.channels)
+    {
+        return;
+    }
+    int64_t const b = i / a.channels;
+    int64_t const c = i % a.channels;
+    int64_t const splits = a.plan.splits;
+    float total = 0.0F;
+    for (int64_t s = 0; s < splits; ++s)
+    {
+        total += a.partial[(b * splits + s) * a.channels + c];
+    }
+    float out;
+    if (a.mode == POM_MODE_MASKED)
+    {
+        float weight = 0.0F;
+        for (int64_t s = 0; s < splits; ++s)
+        {
+            weight += a.maskSums[b * splits + s];
+        }
+        out = weight != 0.0F ? total / weight : 0.0F;
+    }
+    else
+    {
+        out = total / static_cast<float>(a.tokens);
+    }
+    static_cast<T*>(a.y)[i] = Convert<T>::fromFloat(out);
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(KernelArgs a)
+{
+    constexpr int MAXK = kMaxAccumulators / V;
+    constexpr int R = kCausalTokensPerLane;
+    __shared__ uint32_t blockTicket;
+    __shared__ float lanePrefix[kBlockLanes][kBlockCols][kMaxAccumulators];
+    __shared__ float chunkCarry[kBlockCols][kMaxAccumulators];
+
+    Plan const& p = a.plan;
+    int const tx = threadIdx.x;
+    int const ty = threadIdx.y;
+    int const tid = ty * kBlockCols + tx;
+    if (tid == 0)
+    {
+        blockTicket = atomicAdd(a.ticket, 1U);
+    }
+    __syncthreads();
+    // Chunk-major tickets: every chain's chunk c is handed out before any chunk c + 1.
+    int64_t const ticket = blockTicket;
+    int64_t const chain = ticket % p.chains;
+    int64_t const chunk = ticket / p.chains;
+    int64_t const b = chain / p.colTiles;
+    int64_t const tile = chain % p.colTiles;
+    int64_t const group = tile * kBlockCols + tx;
+    bool const active = group < p.groups;
+    int64_t const col0 = group * V;
+    int const nbAcc = p.chunksPerColumn * V;
+
+    float coef[MAXK][V];
+    loadCoefficients<T, V, MAXK>(a, col0, active, coef);
+
+    // Phase 1: features of this lane's R consecutive tokens stay in registers.
+    T const* x = static_cast<T const*>(a.x) + b * a.tokens * a.channels;
+    int64_t const first = chunk * kCausalChunkTokens + ty * R;
+    float feat[R][MAXK][V];
+    float running[MAXK][V] = {};
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+    {
+        int64_t const n = first + r;
+        if (active && n < a.tokens)
+        {
+            featuresAt<T, V, MAXK>(a, x + n * a.channels, col0, coef, feat[r]);
+        }
+        else
+        {
+#pragma unroll
+            for (int j = 0; j < MAXK; ++j)
+            {
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                {
+                    feat[r][j][v] = 0.0F;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MAXK; ++j)
+        {
+#pragma unroll
+            for (int v = 0; v < V; ++v)
+            {
+                if (j < p.chunksPerColumn)
+                {
+                    running[j][v] += feat[r][j][v];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < MAXK; ++j)
+    {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+        {
+            if (j < p.chunksPerColumn)
+            {
+                lanePrefix[ty][tx][j * V + v] = running[j][v];
+            }
+        }
+    }
+    __syncthreads();
+
+    // Phase 2: exclusive scan over lanes (in lane order), then the chained carry.
+    int const scanCol = tid % kBlockCols;
+    int const scanAcc = tid / kBlockCols;
+    bool const scans = scanAcc < nbAcc;
+    float chunkTotal = 0.0F;
+    if (scans)
+    {
+        for (int lane = 0; lane < kBlockLanes; ++lane)
+        {
+            float const laneTotal = lanePrefix[lane][scanCol][scanAcc];
+            lanePrefix[lane][scanCol][scanAcc] = chunkTotal;
+            chunkTotal += laneTotal;
+        }
+    }
+    int64_t const prefixStride = kBlockCols * nbAcc;
+    int64_t const slot = scanCol * nbAcc + scanAcc;
+    if (tid == 0 && chunk > 0)
+    {
+        int32_t const volatile* predecessorReady = a.ready + (ticket - p.chains);
+        while (*predecessorReady == 0)
+        {
+            __nanosleep(64);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+    if (scans)
+    {
+        float const carry = chunk > 0 ? __ldcg(a.prefix + (ticket - p.chains) * prefixStride + slot) : 0.0F;
+        __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
+        chunkCarry[scanCol][scanAcc] = carry;
+        __threadfence();
+    }
+    __syncthreads();
+    if (tid == 0)
+    {
+        atomicExch(a.ready + ticket, 1);
+    }
+
+    // Phase 3: prefix means of this lane's tokens.
+    if (!active)
+    {
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < MAXK; ++j)
+    {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+        {
+            if (j < p.chunksPerColumn)
+            {
+                running[j][v] = chunkCarry[tx][j * V + v] + lanePrefix[ty][tx][j * V + v];
+            }
+        }
+    }
+    T* y = static_cast<T*>(a.y) + b * a.tokens * a.channels;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+    {
+        int64_t const n = first + r;
+        if (n >= a.tokens)
+        {
+            break;
+        }
+        float const count = static_cast<float>(n + 1);
+#pragma unroll
+        for (int j = 0; j < MAXK; ++j)
+        {
+            if (j < p.chunksPerColumn)
+            {
+                float out[V];
+#pragma unroll
+                for (int v = 0; v < V; ++v)
+                {
+                    running[j][v] += feat[r][j][v];
+                    out[v] = running[j][v] / count;
+                }
+                storeVec<T, V>(y + n * a.channels + j * p.columns + col0, out);
+            }
+        }
+    }
+}
+
+//! Largest power of two (capped at 16) dividing every address given.
+int alignmentOf(void const* first, void const* second)
+{
+    uintptr_t const bits = reinterpret_cast<uintptr_t>(first) | reinterpret_cast<uintptr_t>(second) | kMaxVecBytes;
+    return static_cast<int>(bits & (~bits + 1));
+}
+
+template <typename T, int V>
+cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
+{
+    Plan const& p = a.plan;
+    dim3 const block(kBlockCols, kBlockLanes);
+    int64_t const blocks = batch * p.colTiles * p.splits;
+    if (blocks > INT_MAX)
+    {
+        return cudaErrorInvalidConfiguration;
+    }
+    if (a.mode == POM_MODE_CAUSAL)
+    {
+        causalKernel<T, V><<<static_cast<unsigned>(blocks), block, 0, stream>>>(a);
+        return cudaGetLastError();
+    }
+    reduceKernel<T, V><<<static_cast<unsigned>(blocks), block, 0, stream>>>(a);
+    int constexpr kFinalizeThreads = 256;
+    int64_t const finalizeBlocks = ceilDiv(batch * a.channels, kFinalizeThreads);
+    finalizeKernel<T><<<static_cast<unsigned>(finalizeBlocks), kFinalizeThreads, 0, stream>>>(a, batch);
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launchTyped(KernelArgs const& a, int64_t batch, cudaStream_t stream)
+{
+    switch (a.plan.vec)
+    {
+    case 8:
+        if constexpr (sizeof(T) == 2)
+        {
+            return launchPlanned<T, 8>(a, batch, stream);
+        }
+        return cudaErrorInvalidValue;
+    case 4: return launchPlanned<T, 4>(a, batch, stream);
+    case 2: return launchPlanned<T, 2>(a, batch, stream);
+    default: return launchPlanned<T, 1>(a, batch, stream);
+    }
+}
+
+} // namespace
+} // namespace pom
+
+extern "C" int pomPolyAggregateValidate(PomPolyAggregateDesc const* desc)
+{
+    return desc == nullptr ? POM_ERROR_BAD_SHAPE : pom::validate(*desc);
+}
+
+extern "C" size_t pomPolyAggregateWorkspaceSize(PomPolyAggregateDesc const* desc)
+{
+    if (desc == nullptr || pom::validate(*desc) != POM_SUCCESS)
+    {
+        return 0;
+    }
+    return pom::workspaceLayout(*desc).totalBytes;
+}
+
+extern "C" char const* pomPolyAggregateStatusString(int status)
+{
+    char const* text = pom::statusText(status);
+    return text != nullptr ? text : cudaGetErrorString(static_cast<cudaError_t>(status));
+}
+
+extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void* y, void* workspace, size_t workspaceBytes, void* stream)
+{
+    using namespace pom;
+    int const status = pomPolyAggregateValidate(desc);
+    if (status != POM_SUCCESS)
+    {
+        return status;
+    }
+    PomPolyAggregateDesc const& d = *desc;
+    if ((d.variant == POM_VARIANT_V2 && coeff == nullptr) || (d.mode == POM_MODE_MASKED && mask == nullptr))
+    {
+        return POM_ERROR_MISSING_INPUT;
+    }
+    WorkspaceLayout const layout = workspaceLayout(d);
+    if (workspaceBytes < layout.totalBytes)
+    {
+        return POM_ERROR_WORKSPACE_TOO_SMALL;
+    }
+    auto const cudaStream = static_cast<cudaStream_t>(stream);
+    if (d.batch == 0 || d.channels == 0)
+    {
+        return POM_SUCCESS;
+    }
+    if (d.tokens == 0)
+    {
+        // Empty mean/masked: 0, like masked's empty-mask rule; causal output is empty.
+        size_t const outBytes = d.mode == POM_MODE_CAUSAL ? 0 : d.batch * d.channels * dtypeBytes(d.dtype);
+        return static_cast<int>(cudaMemsetAsync(y, 0, outBytes, cudaStream));
+    }
+
+    // Causal writes y with vector stores too; mean/masked outputs are written per element.
+    int const aligned = alignmentOf(x, d.mode == POM_MODE_CAUSAL ? y : x);
+    KernelArgs a{};
+    a.x = x;
+    a.coeff = coeff;
+    a.mask = mask;
+    a.y = y;
+    a.tokens = d.tokens;
+    a.channels = d.channels;
+    a.degree = d.degree;
+    a.variant = d.variant;
+    a.mode = d.mode;
+    a.plan = makePlan(d, chooseVec(d, aligned));
+    auto* base = static_cast<unsigned char*>(workspace);
+    if (d.mode == POM_MODE_CAUSAL)
+    {
+        a.ticket = reinterpret_cast<uint32_t*>(base);
+        a.ready = reinterpret_cast<int32_t*>(base) + 1;
+        a.prefix = reinterpret_cast<float*>(base + layout.prefixOffset);
+        cudaError_t const cleared = cudaMemsetAsync(workspace, 0, layout.flagsBytes, cudaStream);
+        if (cleared != cudaSuccess)
+        {
+            return static_cast<int>(cleared);
+        }
+    }
+    else
+    {
+        a.partial = reinterpret_cast<float*>(base);
+        a.maskSums = reinterpret_cast<float*>(base + layout.maskSumOffset);
+    }
+
+    cudaError_t err = cudaErrorInvalidValue;
+    switch (d.dtype)
+    {
+    case POM_DTYPE_FLOAT32: err = launchTyped<float>(a, d.batch, cudaStream); break;
+    case POM_DTYPE_FLOAT16: err = launchTyped<__half>(a, d.batch, cudaStream); break;
+    case POM_DTYPE_BFLOAT16: err = launchTyped<__nv_bfloat16>(a, d.batch, cudaStream); break;
+    }
+    return static_cast<int>(err);
+}

@@ -1,0 +1,90 @@
+"""ctypes binding of the PolyAggregate C ABI (polyAggregate.h).
+
+Used by the CPU-emulation tests (tests/test_plugin_poly_aggregate.py) and by the GPU check
+(scripts/gpu_check/check_poly_aggregate.py). Plain Python + NumPy; ml_dtypes for bfloat16.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
+VARIANTS = {"v1": 1, "v2": 2}
+MODES = {"mean": 0, "causal": 1, "masked": 2}
+MAX_DEGREE = 16
+
+
+class Desc(ctypes.Structure):
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("tokens", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("degree", ctypes.c_int32),
+        ("variant", ctypes.c_int32),
+        ("mode", ctypes.c_int32),
+        ("dtype", ctypes.c_int32),
+    ]
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """NumPy storage type of a dtype name (bfloat16 through ml_dtypes)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def make_desc(batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str) -> Desc:
+    return Desc(batch, tokens, channels, degree, VARIANTS[variant], MODES[mode], DTYPES[dtype])
+
+
+def output_shape(batch: int, tokens: int, channels: int, mode: str) -> tuple[int, int, int]:
+    return (batch, tokens if mode == "causal" else 1, channels)
+
+
+def load(path: str) -> ctypes.CDLL:
+    """Load a library built from polyAggregateKernel.cu (GPU) or polyAggregateCpu.cpp (CPU)."""
+    lib = ctypes.CDLL(path)
+    desc_p = ctypes.POINTER(Desc)
+    lib.pomPolyAggregateValidate.argtypes = [desc_p]
+    lib.pomPolyAggregateValidate.restype = ctypes.c_int
+    lib.pomPolyAggregateWorkspaceSize.argtypes = [desc_p]
+    lib.pomPolyAggregateWorkspaceSize.restype = ctypes.c_size_t
+    lib.pomPolyAggregateStatusString.argtypes = [ctypes.c_int]
+    lib.pomPolyAggregateStatusString.restype = ctypes.c_char_p
+    ptr = ctypes.c_void_p
+    if hasattr(lib, "pomPolyAggregateLaunch"):
+        lib.pomPolyAggregateLaunch.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ctypes.c_size_t, ptr]
+        lib.pomPolyAggregateLaunch.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateCpu"):
+        lib.pomPolyAggregateCpu.argtypes = [desc_p, ptr, ptr, ptr, ptr]
+        lib.pomPolyAggregateCpu.restype = ctypes.c_int
+    return lib
+
+
+def check(lib: ctypes.CDLL, status: int) -> None:
+    if status != 0:
+        raise RuntimeError(f"PolyAggregate status {status}: {lib.pomPolyAggregateStatusString(status).decode()}")
+
+
+def run_cpu(
+    lib: ctypes.CDLL,
+    x: np.ndarray,
+    degree: int,
+    variant: str,
+    mode: str,
+    coeff: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run the CPU emulation on contiguous arrays of one dtype (float32, float16 or bfloat16)."""
+    dtype = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(x.dtype, "bfloat16")
+    batch, tokens, channels = x.shape
+    desc = make_desc(batch, tokens, channels, degree, variant, mode, dtype)
+    y = np.zeros(output_shape(batch, tokens, channels, mode), dtype=x.dtype)
+    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask)]
+    pointers = [a.ctypes.data if a is not None else None for a in arrays]
+    check(lib, lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers, y.ctypes.data))
+    return y

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# GPU check of the PolyAggregate kernels and, where TensorRT is installed, of the plugin.
+#
+#   scripts/gpu_check.sh [--no-compile]
+#
+# 1. Builds plugins/ with CMake for this GPU's architecture only (CI compiles all of them),
+#    plus the CPU emulation library.
+# 2. Checks the kernels on the GPU against the float64 oracle and the CPU emulation, and
+#    their determinism, for every mode, variant and dtype on odd shapes.
+# 3. Benchmarks them at B=4, N=16384, C=2048 fp16: bandwidth vs the measured device copy
+#    bandwidth, time vs PyTorch eager and torch.compile (--no-compile skips the latter).
+# 4. With TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT) and the Python tensorrt
+#    package: ONNX -> TensorRT engine -> enqueue, loading the plugin both ways.
+# Needs nvcc, a C++ compiler, python with torch, numpy, ml_dtypes (and onnx for 4); uses
+# cmake when present, else builds with nvcc and g++ directly.
+# Exits non-zero when a check fails. See docs/gpu_check.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${POM_GPU_CHECK_BUILD:-${TMPDIR:-/tmp}/pom_gpu_check_build}"
+PYTHON="${PYTHON:-python3}"
+COMPILE_FLAG=()
+if [[ "${1:-}" == "--no-compile" ]]; then
+    COMPILE_FLAG=(--no-compile)
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "GPU and toolchain"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+nvcc --version | tail -n 2
+ARCH="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')"
+
+WITH_TRT=OFF
+if [[ -n "${TENSORRT_INCLUDE_DIR:-}${TensorRT_ROOT:-}" ]]; then
+    WITH_TRT=ON
+fi
+
+step "build (sm_${ARCH})"
+start=${SECONDS}
+mkdir -p "${BUILD}"
+if command -v cmake > /dev/null; then
+    cmake -S "${ROOT}/plugins" -B "${BUILD}" -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_CUDA_ARCHITECTURES="${ARCH}-real" -DPOM_WITH_TENSORRT="${WITH_TRT}" > "${BUILD}/configure.log" 2>&1 \
+        || { cat "${BUILD}/configure.log"; exit 1; }
+    grep -E "TensorRT|architectures" "${BUILD}/configure.log" || true
+    cmake --build "${BUILD}" -j "$(nproc)"
+    grep -q "TensorRT headers:" "${BUILD}/configure.log" || WITH_TRT=OFF
+else
+    # Same library without CMake: the kernels (+ the plugin when TENSORRT_INCLUDE_DIR is set).
+    echo "cmake not found: building with nvcc and g++ directly"
+    SOURCES=("${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu")
+    INCLUDES=()
+    if [[ -n "${TENSORRT_INCLUDE_DIR:-}" ]]; then
+        SOURCES+=("${ROOT}/plugins/poly_aggregate/polyAggregatePlugin.cpp")
+        INCLUDES=(-isystem "${TENSORRT_INCLUDE_DIR}")
+    else
+        WITH_TRT=OFF
+    fi
+    nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" \
+        ${INCLUDES[@]+"${INCLUDES[@]}"} "${SOURCES[@]}" -ldl -o "${BUILD}/libpom_deploy_plugins.so"
+    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" \
+        -o "${BUILD}/libpom_poly_aggregate_cpu.so"
+fi
+echo "built in $((SECONDS - start)) s"
+if [[ -x "${BUILD}/poly_aggregate_plugin_host_test" ]]; then
+    step "plugin host-side test (ctest)"
+    ctest --test-dir "${BUILD}" --output-on-failure
+fi
+
+step "kernels on the GPU: correctness, determinism, benchmark"
+"${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" \
+    --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu.so" ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"}
+
+step "TensorRT plugin: parse, build, enqueue"
+if [[ "${WITH_TRT}" == ON ]] && "${PYTHON}" -c "import tensorrt" 2> /dev/null; then
+    for load in dlopen registry; do
+        "${PYTHON}" "${ROOT}/scripts/gpu_check/check_trt_plugin.py" --plugin "${BUILD}/libpom_deploy_plugins.so" --load "${load}"
+    done
+else
+    echo "skipped: needs TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT) and the tensorrt Python package"
+fi
+echo
+echo "gpu_check: all checks passed"

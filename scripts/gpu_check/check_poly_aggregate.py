@@ -1,0 +1,273 @@
+"""GPU check of the PolyAggregate kernels through their C ABI (ctypes + torch CUDA tensors).
+
+1. Correctness: every variant, mode and dtype on odd shapes (N = 1, odd C, K = 1 and 16,
+   tokens off the 128/256 blocking, a misaligned x that forces scalar loads) against the
+   float64 oracle, against the CPU emulation (same blocking: only erfcf's last bits may
+   differ), and run twice for bit-identical results (determinism).
+2. Benchmark at B=4, N=16384, C=2048: kernel bandwidth vs the device's measured copy
+   bandwidth (torch copy_ of the same bytes), and time vs PyTorch eager and torch.compile.
+
+Run by scripts/gpu_check.sh; exits non-zero when a correctness check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "plugins" / "poly_aggregate"))
+import poly_aggregate_abi as abi  # noqa: E402
+
+from pom_deploy.ops.poly_aggregate import poly_aggregate  # noqa: E402
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Relative to the output's magnitude; same bounds as tests/test_plugin_poly_aggregate.py.
+ORACLE_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
+# GPU vs CPU emulation: same float32 order; erfcf's last bits may move a 16-bit output by one ulp.
+EMULATION_TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
+SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 130, 7, 1), (2, 5000, 96, 4),
+          (1, 20001, 4, 2)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def to_device(array: np.ndarray | None) -> torch.Tensor | None:
+    if array is None:
+        return None
+    if array.dtype.name == "bfloat16":  # torch cannot read ml_dtypes arrays: move the bits
+        return torch.from_numpy(array.view(np.int16)).cuda().view(torch.bfloat16)
+    return torch.from_numpy(array).cuda()
+
+
+def to_float64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy().astype(np.float64)
+
+
+class Kernels:
+    def __init__(self, library: str):
+        self.lib = abi.load(library)
+        self.workspace = torch.empty(0, dtype=torch.uint8, device="cuda")
+
+    def __call__(self, x, degree, variant, mode, coeff=None, mask=None, out=None):
+        batch, tokens, channels = x.shape
+        dtype = {v: k for k, v in TORCH_DTYPES.items()}[x.dtype]
+        desc = abi.make_desc(batch, tokens, channels, degree, variant, mode, dtype)
+        size = self.lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
+        if self.workspace.numel() < size:
+            self.workspace = torch.empty(size, dtype=torch.uint8, device="cuda")
+        if out is None:
+            out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=x.dtype, device="cuda")
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        status = self.lib.pomPolyAggregateLaunch(
+            ctypes.byref(desc), ptr(x), ptr(coeff), ptr(mask), out.data_ptr(), self.workspace.data_ptr(),
+            self.workspace.numel(), torch.cuda.current_stream().cuda_stream)
+        abi.check(self.lib, status)
+        return out
+
+
+def torch_poly_aggregate(x, degree, variant, mode, coeff=None, mask=None):
+    """The op in PyTorch, float32 math (the eager / torch.compile baseline)."""
+    xf = x.float()
+    if variant == "v1":
+        chunks = F.gelu(xf).chunk(degree, dim=-1)
+        features = [chunks[0]]
+        for chunk in chunks[1:]:
+            features.append(features[-1] * chunk)
+        f = torch.cat(features, dim=-1)
+    else:
+        a = torch.clamp(F.leaky_relu(xf, 0.01), -0.1, 6.0)
+        f = torch.zeros_like(a)
+        for k in range(degree - 1, -1, -1):
+            f = (f + coeff[:, k].float()) * a
+    if mode == "mean":
+        y = f.mean(dim=1, keepdim=True)
+    elif mode == "causal":
+        counts = torch.arange(1, f.shape[1] + 1, device=f.device, dtype=torch.float32)[None, :, None]
+        y = f.cumsum(dim=1) / counts
+    else:
+        m = mask.float()[..., None]
+        total = m.sum(dim=1, keepdim=True)
+        y = torch.where(total != 0, (f * m).sum(dim=1, keepdim=True) / total.clamp_min(1e-30), 0.0)
+    return y.to(x.dtype)
+
+
+def make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype):
+    rng = np.random.default_rng(seed)
+    storage = abi.numpy_dtype(dtype)
+    x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
+    coeff = None
+    if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
+        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(storage)
+    mask = (rng.random((batch, tokens)) < 0.6).astype(storage) if mode == "masked" else None
+    return x, coeff, mask
+
+
+def relative_excess(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> float:
+    """max(|a - e| / (|e| + 1e-3 * scale)) / tolerance: <= 1 passes."""
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    return float((np.abs(actual - expected) / (np.abs(expected) + 1e-3 * scale)).max() / tolerance)
+
+
+# ---------------------------------------------------------------- correctness
+
+
+def check_correctness(kernels: Kernels, cpu_lib) -> list[tuple]:
+    rows = []
+    cases = [(s, v, m, d) for s in SHAPES for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
+    for shape, variant, mode, dtype in cases:
+        batch, tokens, channels, degree = shape
+        seed = zlib.crc32(repr((shape, variant, mode, dtype)).encode())
+        x, coeff, mask = make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
+        as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+        expected = poly_aggregate(as64(x), degree, variant, mode, as64(coeff), as64(mask))
+        xd, cd, md = to_device(x), to_device(coeff), to_device(mask)
+        first = kernels(xd, degree, variant, mode, cd, md)
+        second = kernels(xd, degree, variant, mode, cd, md)
+        torch.cuda.synchronize()
+        deterministic = torch.equal(first.view(torch.uint8), second.view(torch.uint8))
+        oracle = relative_excess(to_float64(first), expected, ORACLE_TOLERANCE[dtype])
+        emulated = np.asarray(abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask), dtype=np.float64)
+        emulation = relative_excess(to_float64(first), emulated, EMULATION_TOLERANCE[dtype])
+        ok = deterministic and oracle <= 1 and emulation <= 1
+        rows.append((f"B{batch} N{tokens} C{channels} K{degree}", variant, mode, dtype, oracle, emulation,
+                     deterministic, ok))
+
+    # Misaligned x (offset by one element): the launcher must fall back to scalar loads.
+    for mode in abi.MODES:
+        x, _, mask = make_inputs(1, 2, 300, 16, 2, "v1", mode, "float16")
+        base = torch.empty(x.size + 1, dtype=torch.float16, device="cuda")
+        xd = base[1:].view(x.shape)
+        xd.copy_(to_device(x))
+        y = kernels(xd, 2, "v1", mode, None, to_device(mask))
+        torch.cuda.synchronize()
+        as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+        expected = poly_aggregate(as64(x), 2, "v1", mode, None, as64(mask))
+        oracle = relative_excess(to_float64(y), expected, ORACLE_TOLERANCE["float16"])
+        rows.append(("misaligned x B2 N300 C16 K2", "v1", mode, "float16", oracle, float("nan"), True, oracle <= 1))
+    return rows
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def time_ms(fn, iterations=20, warmup=3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iterations):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iterations
+
+
+def benchmark(kernels: Kernels, compile_baseline: bool) -> tuple[float, list[tuple]]:
+    batch, tokens, channels, degree = 4, 16384, 2048, 2
+    dtype = torch.float16
+    x = torch.randn(batch, tokens, channels, device="cuda", dtype=dtype)
+    coeff = (torch.rand(channels, degree, device="cuda") - 0.5).to(dtype)
+    mask = (torch.rand(batch, tokens, device="cuda") < 0.6).to(dtype)
+    copy_target = torch.empty_like(x)
+    # Device copy bandwidth on the same bytes: one read + one write of x.
+    copy_gbs = 2 * x.numel() * x.element_size() / (time_ms(lambda: copy_target.copy_(x)) * 1e6)
+
+    compiled = torch.compile(torch_poly_aggregate, dynamic=False) if compile_baseline else None
+    rows = []
+    for variant in ("v1", "v2"):
+        for mode in ("mean", "causal", "masked"):
+            args = (x, degree, variant, mode, coeff if variant == "v2" else None, mask if mode == "masked" else None)
+            out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=dtype, device="cuda")
+            kernel_ms = time_ms(lambda: kernels(*args, out=out))
+            moved = x.numel() * x.element_size() + out.numel() * out.element_size()
+            if mode == "masked":
+                moved += mask.numel() * mask.element_size()
+            kernel_gbs = moved / (kernel_ms * 1e6)
+            eager_ms = time_ms(lambda: torch_poly_aggregate(*args), iterations=5)
+            compile_ms = float("nan")
+            # torch.compile only for the goal rows: each compilation takes tens of seconds.
+            if compiled is not None and variant == "v1" and mode in ("mean", "causal"):
+                started = time.perf_counter()
+                compiled(*args)  # compile outside the timing
+                print(f"  torch.compile {variant}/{mode}: compiled in {time.perf_counter() - started:.0f} s")
+                compile_ms = time_ms(lambda: compiled(*args), iterations=5)
+            rows.append((variant, mode, kernel_ms, kernel_gbs, 100 * kernel_gbs / copy_gbs, eager_ms, compile_ms))
+    return copy_gbs, rows
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        Console().print(table)
+    except ImportError:
+        widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+        print(f"\n{title}")
+        for row in [header, *rows]:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", required=True, help="libpom_deploy_plugins.so")
+    parser.add_argument("--cpu", required=True, help="libpom_poly_aggregate_cpu.so (CPU emulation)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    args = parser.parse_args()
+
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    kernels = Kernels(args.kernels)
+    cpu_lib = abi.load(args.cpu)
+
+    started = time.perf_counter()
+    results = check_correctness(kernels, cpu_lib)
+    failures = [r for r in results if not r[-1]]
+    print_table(
+        f"correctness ({len(results) - len(failures)}/{len(results)} passed, {time.perf_counter() - started:.0f} s;"
+        " error columns: max error / tolerance, <= 1 passes)",
+        ["shape", "variant", "mode", "dtype", "vs oracle", "vs CPU emulation", "deterministic", "ok"],
+        [[s, v, m, d, f"{o:.3f}", f"{e:.3f}", str(det), "PASS" if ok else "FAIL"]
+         for s, v, m, d, o, e, det, ok in results if not ok or s.startswith(("B2 N5000", "misaligned"))],
+    )
+
+    copy_gbs, bench = benchmark(kernels, compile_baseline=not args.no_compile)
+    print_table(
+        f"benchmark B=4 N=16384 C=2048 K=2 float16; device copy bandwidth {copy_gbs:.0f} GB/s (torch copy_)",
+        ["variant", "mode", "kernel ms", "kernel GB/s", "% of copy", "eager ms", "torch.compile ms",
+         "speed-up vs eager", "speed-up vs compile"],
+        [[v, m, f"{k:.3f}", f"{gbs:.0f}", f"{pct:.0f}%", f"{e:.3f}", f"{c:.3f}", f"{e / k:.1f}x", f"{c / k:.1f}x"]
+         for v, m, k, gbs, pct, e, c in bench],
+    )
+    goal = [row for row in bench if row[0] == "v1" and row[1] in ("mean", "causal")]
+    print("goal (v1 mean and causal >= 85% of copy bandwidth): "
+          + ", ".join(f"{m} {pct:.0f}% {'met' if pct >= 85 else 'NOT met'}" for _, m, _, _, pct, _, _ in goal))
+    if failures:
+        print(f"{len(failures)} correctness check(s) FAILED")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(os.cpu_count() or 1))
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""TensorRT check of the PolyAggregate plugin: ONNX node -> parser -> engine -> enqueue.
+
+Needs the Python `tensorrt` package and a plugin library built with TensorRT's headers.
+`--load dlopen` loads the library with ctypes.CDLL (load-time self-registration, as
+Polygraphy and trtexec --staticPlugins do); `--load registry` uses
+IPluginRegistry.load_library (getCreators, as trtexec --dynamicPlugins does). Run each in
+its own process. Exits non-zero on a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import torch
+
+try:
+    import tensorrt as trt
+except ImportError:  # make_model stays usable (and tested) without TensorRT
+    trt = None
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_poly_aggregate import ORACLE_TOLERANCE, make_inputs, relative_excess, to_device, to_float64  # noqa: E402
+
+from pom_deploy.ops.poly_aggregate import (  # noqa: E402
+    OP_DOMAIN,
+    OP_TYPE,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    poly_aggregate,
+)
+
+ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
+              "bfloat16": onnx.TensorProto.BFLOAT16}
+
+
+def make_model(variant: str, mode: str, degree: int, dtype: str) -> bytes:
+    """One PolyAggregate node with dynamic batch and tokens, as the exporter emits it."""
+    elem = ONNX_TYPES[dtype]
+    inputs = [oh.make_tensor_value_info("x", elem, ["batch", "tokens", "channels"])]
+    if variant == "v2":
+        inputs.append(oh.make_tensor_value_info("coeff", elem, ["channels", degree]))
+    if mode == "masked":
+        inputs.append(oh.make_tensor_value_info("mask", elem, ["batch", "tokens"]))
+    out_tokens = "tokens" if mode == "causal" else 1
+    output = oh.make_tensor_value_info("y", elem, ["batch", out_tokens, "channels"])
+    node = oh.make_node(OP_TYPE, [i.name for i in inputs], ["y"], domain=OP_DOMAIN, variant=variant,
+                        degree=degree, mode=mode, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+    graph = oh.make_graph([node], "poly_aggregate", inputs, [output])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(OP_DOMAIN, 1)])
+    return model.SerializeToString()
+
+
+def build_engine(logger, model: bytes, channels: int, degree: int, variant: str, mode: str) -> bytes:
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # precision from the ONNX types
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model):
+        raise RuntimeError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", (1, 1, channels), (2, 300, channels), (4, 1024, channels))
+    if variant == "v2":
+        profile.set_shape("coeff", (channels, degree), (channels, degree), (channels, degree))
+    if mode == "masked":
+        profile.set_shape("mask", (1, 1), (2, 300), (4, 1024))
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise RuntimeError("engine build failed")
+    return bytes(engine)
+
+
+def run_engine(runtime, engine_bytes: bytes, feeds: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+    engine = runtime.deserialize_cuda_engine(engine_bytes)  # also checks plugin deserialization
+    context = engine.create_execution_context()
+    for name, tensor in feeds.items():
+        context.set_input_shape(name, tuple(tensor.shape))
+        context.set_tensor_address(name, tensor.data_ptr())
+    context.set_tensor_address("y", out.data_ptr())
+    stream = torch.cuda.current_stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise RuntimeError("enqueue failed")
+    stream.synchronize()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plugin", required=True, help="libpom_deploy_plugins.so built with TensorRT headers")
+    parser.add_argument("--load", choices=["dlopen", "registry"], required=True)
+    args = parser.parse_args()
+    if trt is None:
+        print("the tensorrt Python package is not installed")
+        return 1
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    registry = trt.get_plugin_registry()
+    if args.load == "dlopen":
+        ctypes.CDLL(args.plugin)
+    else:
+        registry.load_library(args.plugin)
+    creator = registry.get_creator(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+    print(f"TensorRT {trt.__version__}, load via {args.load}: creator {'found' if creator else 'NOT found'}")
+    if creator is None:
+        return 1
+
+    runtime = trt.Runtime(logger)
+    failures = 0
+    batch, tokens, channels, degree = 2, 300, 12, 3
+    for variant in ("v1", "v2"):
+        for mode in ("mean", "causal", "masked"):
+            for dtype in ("float32", "float16", "bfloat16"):
+                x, coeff, mask = make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
+                feeds = {"x": to_device(x)}
+                if coeff is not None:
+                    feeds["coeff"] = to_device(coeff)
+                if mask is not None:
+                    feeds["mask"] = to_device(mask)
+                out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype,
+                                  device="cuda")
+                try:
+                    engine = build_engine(logger, make_model(variant, mode, degree, dtype), channels, degree,
+                                          variant, mode)
+                    run_engine(runtime, engine, feeds, out)
+                    as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+                    expected = poly_aggregate(as64(x), degree, variant, mode, as64(coeff), as64(mask))
+                    excess = relative_excess(to_float64(out), expected, ORACLE_TOLERANCE[dtype])
+                    status = "PASS" if excess <= 1 else "FAIL"
+                except RuntimeError as error:
+                    excess, status = float("nan"), f"ERROR {error}"
+                failures += status != "PASS"
+                print(f"  {variant} {mode:6} {dtype:8} error/tolerance {excess:.3f} {status}")
+    print(f"TensorRT plugin ({args.load}): {'all passed' if failures == 0 else f'{failures} FAILED'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""PolyAggregate CUDA kernels and TensorRT plugin: the checks that need no GPU.
+
+* The kernels compile for every target architecture (one CMake/nvcc build, cached per session).
+* The CPU emulation -- same blocking and float32 accumulation order as the kernels, same
+  feature code (polyAggregateMath.cuh) -- matches the float64 oracle for every mode, variant,
+  dtype and odd shapes.
+* With TensorRT headers (env TENSORRT_INCLUDE_DIR, or tags of a NVIDIA/TensorRT git mirror),
+  the plugin compiles and its build-time methods pass a host-side test program.
+
+GPU checks live in scripts/gpu_check.sh (docs/gpu_check.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pom_deploy.ops.poly_aggregate import poly_aggregate
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "plugins"
+POLY_AGGREGATE = PLUGINS / "poly_aggregate"
+sys.path.insert(0, str(POLY_AGGREGATE))
+import poly_aggregate_abi as abi  # noqa: E402
+
+TRT_MIRROR = Path(os.environ.get("POM_TENSORRT_MIRROR", "/work/.mirror/NVIDIA+TensorRT/repo"))
+OLDEST_TENSORRT_TAG = "v10.3.0"  # JetPack 6 (Jetson Orin)
+
+
+def _require(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found on PATH")
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def plugin_tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pom_plugins")
+
+
+@pytest.fixture(scope="session")
+def cpu_lib(plugin_tmp):
+    _require("g++")
+    library = plugin_tmp / "libpom_poly_aggregate_cpu.so"
+    _run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden",
+          str(POLY_AGGREGATE / "polyAggregateCpu.cpp"), "-o", str(library)])
+    return abi.load(str(library))
+
+
+@pytest.fixture(scope="session")
+def kernel_build(plugin_tmp) -> dict:
+    """CMake build of the kernels + C ABI library for every target architecture (no TensorRT)."""
+    _require("cmake", "nvcc", "g++")
+    build = plugin_tmp / "build"
+    start = time.perf_counter()
+    _run(["cmake", "-S", str(PLUGINS), "-B", str(build), "-DPOM_WITH_TENSORRT=OFF", "-DBUILD_TESTING=OFF",
+          f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"])
+    _run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)])
+    seconds = time.perf_counter() - start
+    print(f"\nkernel library built for all architectures in {seconds:.0f} s")
+    return {"library": build / "libpom_deploy_plugins.so", "seconds": seconds}
+
+
+# ---------------------------------------------------------------- CPU emulation vs oracle
+
+# (batch, tokens, channels, degree): N = 1; odd channels and K = C; tokens that are not a
+# multiple of the scan chunk (128) or reduce split (256); the largest degree; K = 1; a long
+# sequence (157 chained scan chunks, 79 reduce splits).
+SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 130, 7, 1), (1, 20001, 4, 2)]
+# Output rounding plus float32 accumulation, relative to the output's scale.
+TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
+
+
+def _inputs(rng, batch, tokens, channels, degree, variant, mode, dtype):
+    """Inputs rounded to `dtype`, so the float64 oracle sees exactly what the kernel sees."""
+    storage = abi.numpy_dtype(dtype)
+    x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
+    coeff = None
+    if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
+        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(storage)
+    mask = (rng.random((batch, tokens)) < 0.6).astype(storage) if mode == "masked" else None
+    return x, coeff, mask
+
+
+def _assert_close(actual, expected, dtype):
+    actual = np.asarray(actual, dtype=np.float64)
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    tolerance = TOLERANCE[dtype]
+    excess = np.abs(actual - expected) - tolerance * (np.abs(expected) + 1e-3 * scale)
+    assert excess.max() <= 0, f"max error {np.abs(actual - expected).max():.3g} (scale {scale:.3g})"
+
+
+def _oracle(x, degree, variant, mode, coeff, mask):
+    as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    return poly_aggregate(as64(x), degree, variant, mode, as64(coeff), as64(mask))
+
+
+@pytest.mark.parametrize("dtype", list(abi.DTYPES))
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
+def test_cpu_emulation_matches_oracle(cpu_lib, shape, variant, mode, dtype):
+    batch, tokens, channels, degree = shape
+    rng = np.random.default_rng(zlib.crc32(repr((shape, variant, mode, dtype)).encode()))
+    x, coeff, mask = _inputs(rng, batch, tokens, channels, degree, variant, mode, dtype)
+    y = abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask)
+    assert y.dtype == x.dtype and y.shape == abi.output_shape(batch, tokens, channels, mode)
+    _assert_close(y, _oracle(x, degree, variant, mode, coeff, mask), dtype)
+
+
+def test_masked_fractional_weights_and_empty_mask(cpu_lib):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 400, 8)).astype(np.float32)
+    mask = rng.random((3, 400)).astype(np.float32)
+    mask[1] = 0.0  # sum of the mask is 0: output 0, not NaN
+    y = abi.run_cpu(cpu_lib, x, 2, "v1", "masked", mask=mask)
+    assert np.all(y[1] == 0.0)
+    _assert_close(y, _oracle(x, 2, "v1", "masked", None, mask), "float32")
+
+
+def test_empty_token_axis(cpu_lib):
+    x = np.zeros((2, 0, 4), dtype=np.float32)
+    assert np.all(abi.run_cpu(cpu_lib, x, 2, "v1", "mean") == 0.0)
+    assert abi.run_cpu(cpu_lib, x, 2, "v1", "causal").shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize(
+    ("desc", "status"),
+    [
+        (abi.make_desc(2, 8, 6, 4, "v1", "mean", "float32"), -8),  # 6 % 4 != 0
+        (abi.make_desc(2, 8, 6, 0, "v2", "mean", "float32"), -2),
+        (abi.make_desc(2, 8, 6, abi.MAX_DEGREE + 1, "v2", "mean", "float32"), -2),
+        (abi.Desc(2, 8, 6, 2, 3, 0, 0), -3),
+        (abi.Desc(2, 8, 6, 2, 1, 5, 0), -4),
+        (abi.Desc(2, 8, 6, 2, 1, 0, 9), -5),
+        (abi.Desc(-1, 8, 6, 2, 1, 0, 0), -1),
+    ],
+)
+def test_validation_errors(cpu_lib, desc, status):
+    import ctypes
+
+    assert cpu_lib.pomPolyAggregateValidate(ctypes.byref(desc)) == status
+    assert cpu_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)) == 0
+    assert cpu_lib.pomPolyAggregateStatusString(status)
+
+
+def test_missing_inputs_are_reported(cpu_lib):
+    x = np.ones((1, 4, 4), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="coeff"):
+        abi.run_cpu(cpu_lib, x, 2, "v2", "mean")
+    with pytest.raises(RuntimeError, match="mask"):
+        abi.run_cpu(cpu_lib, x, 2, "v1", "masked")
+
+
+def test_workspace_grows_with_shape_and_stays_small(cpu_lib):
+    import ctypes
+
+    def size(batch, tokens, channels, mode):
+        desc = abi.make_desc(batch, tokens, channels, 2, "v1", mode, "float16")
+        return cpu_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
+
+    for mode in abi.MODES:
+        assert 0 < size(1, 100, 64, mode) <= size(4, 16384, 2048, mode)
+    # The benchmark shape: scratch stays a few percent of x (256 MiB in fp16).
+    x_bytes = 4 * 16384 * 2048 * 2
+    assert size(4, 16384, 2048, "mean") < 0.05 * x_bytes
+    assert size(4, 16384, 2048, "causal") < 0.15 * x_bytes
+
+
+# ---------------------------------------------------------------- CUDA build
+
+
+def _fatbin_architectures(library: Path) -> tuple[set[int], set[int]]:
+    """(SASS, PTX) architectures in the CUDA fat binaries embedded in `library`."""
+    data = library.read_bytes()
+    magic = struct.pack("<I", 0xBA55ED50)
+    sass, ptx = set(), set()
+    pos = data.find(magic)
+    while pos != -1:
+        _, header_size, fat_size = struct.unpack_from("<HHQ", data, pos + 4)
+        entry, end = pos + header_size, pos + header_size + fat_size
+        while entry < end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+            arch = struct.unpack_from("<I", data, entry + 28)[0]
+            (sass if kind == 2 else ptx).add(arch)
+            entry += entry_header + payload
+        pos = data.find(magic, end)
+    return sass, ptx
+
+
+def _nvcc_version() -> tuple[int, int]:
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    major, minor = re.search(r"release (\d+)\.(\d+)", out).groups()
+    return int(major), int(minor)
+
+
+def test_kernels_compile_for_every_architecture(kernel_build):
+    sass, ptx = _fatbin_architectures(kernel_build["library"])
+    expected = {75, 80, 86, 87, 89, 90}
+    version = _nvcc_version()
+    if version >= (13, 0):
+        expected |= {100, 110, 120}
+    elif version >= (12, 8):
+        expected |= {100, 101, 120}
+    assert expected <= sass, f"missing SASS for {sorted(expected - sass)}"
+    assert max(ptx) == max(expected), "PTX of the newest architecture for later GPUs"
+
+
+def test_kernel_library_c_abi_without_gpu(kernel_build):
+    import ctypes
+
+    lib = abi.load(str(kernel_build["library"]))
+    good = abi.make_desc(4, 16384, 2048, 2, "v1", "causal", "float16")
+    assert lib.pomPolyAggregateValidate(ctypes.byref(good)) == 0
+    assert lib.pomPolyAggregateWorkspaceSize(ctypes.byref(good)) > 0
+    bad = abi.make_desc(1, 8, 6, 4, "v1", "mean", "float32")
+    # Argument errors are reported before anything touches the device.
+    assert lib.pomPolyAggregateLaunch(ctypes.byref(bad), None, None, None, None, None, 0, None) == -8
+    assert lib.pomPolyAggregateStatusString(-8).decode().startswith("v1 needs")
+
+
+# ---------------------------------------------------------------- TensorRT adapter, host side
+
+
+def _newest_tag(mirror: Path) -> str:
+    tags = subprocess.run(["git", "--git-dir", str(mirror), "tag", "--sort=-v:refname"],
+                          capture_output=True, text=True).stdout.split()
+    return next(tag for tag in tags if re.fullmatch(r"v\d+\.\d+(\.\d+)?", tag))
+
+
+def _tensorrt_headers(which: str, plugin_tmp: Path) -> Path:
+    if which == "env":
+        include = os.environ.get("TENSORRT_INCLUDE_DIR")
+        if not include or not (Path(include) / "NvInferRuntime.h").is_file():
+            pytest.skip("TENSORRT_INCLUDE_DIR is not set to TensorRT's include directory")
+        return Path(include)
+    if shutil.which("git") is None or not TRT_MIRROR.is_dir():
+        pytest.skip(f"no NVIDIA/TensorRT git mirror at {TRT_MIRROR} (set POM_TENSORRT_MIRROR)")
+    tag = OLDEST_TENSORRT_TAG if which == "oldest" else _newest_tag(TRT_MIRROR)
+    target = plugin_tmp / f"tensorrt-{tag}"
+    if not (target / "include" / "NvInferRuntime.h").is_file():
+        target.mkdir(exist_ok=True)
+        archive = subprocess.run(["git", "--git-dir", str(TRT_MIRROR), "archive", tag, "include"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "include"
+
+
+def _cuda_include_dir(tmp: Path) -> Path:
+    """CUDA's include directory, as nvcc itself reports it (nvcc may be a wrapper script)."""
+    probe = tmp / "probe.cu"
+    probe.write_text("")
+    dryrun = subprocess.run(["nvcc", "-dryrun", "-c", str(probe)], capture_output=True, text=True, cwd=tmp)
+    match = re.search(r'INCLUDES="-I([^"]+)"', dryrun.stdout + dryrun.stderr)
+    if match is None:
+        pytest.fail(f"cannot find CUDA's include directory from nvcc -dryrun:\n{dryrun.stderr}")
+    return Path(match.group(1).strip())
+
+
+@pytest.mark.parametrize("which", ["env", "oldest", "newest"])
+def test_plugin_host_side_with_tensorrt_headers(which, plugin_tmp, kernel_build):
+    include = _tensorrt_headers(which, plugin_tmp)
+    cuda_include = _cuda_include_dir(plugin_tmp)
+    executable = plugin_tmp / f"plugin_host_test_{which}"
+    _run([
+        "g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
+        "-I", str(POLY_AGGREGATE), "-isystem", str(include), "-isystem", str(cuda_include),
+        str(POLY_AGGREGATE / "polyAggregatePlugin.cpp"), str(PLUGINS / "tests" / "polyAggregatePluginHostTest.cpp"),
+        str(kernel_build["library"]), f"-Wl,-rpath,{kernel_build['library'].parent}", "-ldl",
+        "-o", str(executable),
+    ])
+    result = _run([str(executable)])
+    print(result.stdout)
+    assert "all PolyAggregate plugin host checks passed" in result.stdout
+
+
+# ---------------------------------------------------------------- GPU check scripts, CPU parts
+
+
+def test_gpu_check_scripts_cpu_parts():
+    """What scripts/gpu_check.sh runs that does not need a GPU: shell syntax, imports, the
+    PyTorch baseline it times, and the ONNX node form the TensorRT check feeds the parser."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    _run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")])
+    sys.path.insert(0, str(ROOT / "scripts" / "gpu_check"))
+    import check_poly_aggregate as gpu_check
+    import check_trt_plugin
+
+    for variant in abi.VARIANTS:
+        for mode in abi.MODES:
+            x, coeff, mask = gpu_check.make_inputs(3, 2, 130, 12, 3, variant, mode, "float32")
+            tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+            baseline = gpu_check.torch_poly_aggregate(tensor(x), 3, variant, mode, tensor(coeff), tensor(mask))
+            expected = _oracle(x, 3, variant, mode, coeff, mask)
+            assert gpu_check.relative_excess(baseline.double().numpy(), expected, TOLERANCE["float32"]) <= 1
+
+            model = onnx.load_from_string(check_trt_plugin.make_model(variant, mode, 3, "float16"))
+            onnx.checker.check_model(model)
+            (node,) = model.graph.node
+            assert (node.op_type, node.domain) == ("PolyAggregate", "pom_deploy")
+            assert len(node.input) == 1 + (variant == "v2") + (mode == "masked")
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attributes == {"variant": variant.encode(), "degree": 3, "mode": mode.encode(),
+                                  "plugin_version": b"1", "plugin_namespace": b"pom_deploy"}
