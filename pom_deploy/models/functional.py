@@ -60,7 +60,7 @@ def aggregate(features: torch.Tensor, mask=None) -> torch.Tensor:
     """
     f = features.to(ACCUM_DTYPE)
     if mask is None:
-        return f.mean(dim=1, keepdim=True)
+        return token_mean(f)
     if isinstance(mask, str):
         if mask != "causal":
             raise ValueError(f'unsupported mask {mask!r}: expected None, "causal" or a tensor')
@@ -80,6 +80,20 @@ def aggregate(features: torch.Tensor, mask=None) -> torch.Tensor:
     else:
         raise ValueError(f"unsupported mask rank {m.dim()}: expected (B, N) or (B, T, N)")
     return weighted / total.clamp_min(torch.finfo(ACCUM_DTYPE).tiny)
+
+
+def token_mean(f: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens (B, N, C) -> (B, 1, C) as a (1 x N) @ (N x C) product.
+
+    Same value as ``f.mean(1)``; exported, onnxruntime's CPU MatMul runs it several times
+    faster than ReduceMean over the token axis (docs/benchmarks.md).
+    """
+    return torch.matmul(f.new_ones(1, 1, f.shape[1]), f) / f.shape[1]
+
+
+def single_context(mask) -> bool:
+    """Whether ``aggregate`` gives one context vector per sequence (B, 1, C) for this mask."""
+    return mask is None or (isinstance(mask, torch.Tensor) and mask.dim() == 2)
 
 
 def _block_causal_mean(f: torch.Tensor, frame_tokens: int) -> torch.Tensor:

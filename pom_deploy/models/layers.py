@@ -61,11 +61,15 @@ class PoMLayer(nn.Module):
             return fused_ops.poly_aggregate(h, self._coefficients(), mask, self.variant, self.order)
         return P.aggregate(self._features(h), mask)
 
+    def _output(self, s: torch.Tensor, h: torch.Tensor, single_context: bool) -> torch.Tensor:
+        """ag_proj(select(s, h)); ``single_context``: h is one vector per sequence (B, 1, C)."""
+        return self.ag_proj(self._select(s, h))
+
     def forward(self, xq: torch.Tensor, xc: torch.Tensor | None = None, mask=None) -> torch.Tensor:
         if self._stream is not None:
             return self._stream.step(self, xq, xc)
         h, s = self._projections(xq, xq if xc is None else xc)
-        return self.ag_proj(self._select(s, self._aggregate(h, mask).to(s.dtype)))
+        return self._output(s, self._aggregate(h, mask).to(s.dtype), P.single_context(mask))
 
     # Set by ``pom_deploy.streaming.stream_layers``: forward then runs one streaming step
     # with explicit state (how step graphs are exported from any model's forward).
@@ -85,8 +89,7 @@ class PoMLayer(nn.Module):
             state = P.initial_state(xc.shape[0], self.state_channels, xc.device)
         chunk_mean, s = self._stream_chunk(xq, xc, state["count"], **positions)
         mean, count = P.running_mean_update(state["mean"], state["count"], chunk_mean, xc.shape[1])
-        y = self.ag_proj(self._select(s, mean.to(s.dtype)))
-        return y, {"mean": mean, "count": count}
+        return self._output(s, mean.to(s.dtype), True), {"mean": mean, "count": count}
 
     def _stream_chunk(self, xq, xc, count):
         """(mean of the chunk's features in float32, selection signal); ``count`` (B,) is
@@ -187,3 +190,15 @@ class PoMv2(PoMLayer):
             return s * h
         heads = h.unflatten(-1, (self.n_sel_heads, self.head_dim))
         return (s.unsqueeze(-1) * heads).flatten(-2)
+
+    def _output(self, s, h, single_context):
+        """With several selection heads and one context vector per sequence, ag_proj(s (x) h)
+        is s @ M with M[b, k] = h[b, head k] @ W_ag[:, head k]^T: half the layer's FLOPs and no
+        (B, N, C) tensor (docs/benchmarks.md, section 1.3). Equal up to float rounding."""
+        if not single_context or self.n_sel_heads <= 1:
+            return super()._output(s, h, single_context)
+        heads = h.reshape(h.shape[0], self.n_sel_heads, self.head_dim)
+        weight = self.ag_proj.weight.t().reshape(self.n_sel_heads, self.head_dim, self.dim)
+        per_head = torch.einsum("bkc,kco->bko", heads, weight)  # (B, heads, dim)
+        y = torch.bmm(s, per_head)
+        return y if self.ag_proj.bias is None else y + self.ag_proj.bias

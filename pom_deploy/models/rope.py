@@ -118,7 +118,7 @@ class PoMv2RoPE(PoMv2):
         h, s = self._projections(xq, xc)
         h = P.aggregate(self._rope(self._features(h), ctx_positions, ctx_positions_hw), mask).to(s.dtype)
         s = self._rope(s, positions, positions_hw)
-        return self.ag_proj(self._select(s, h))
+        return self._output(s, h, P.single_context(mask))
 
     def _stream_chunk(self, xq, xc, count, positions_hw=None):
         """1-D positions continue from the tokens seen; 2-D ones are given per chunk."""
