@@ -69,9 +69,6 @@ class GraphSpec:
         data["state"] = [LayerStateSpec(**s) for s in data.get("state", [])]
         return cls(**data)
 
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
     @property
     def state_input_names(self) -> set[str]:
         return {n for s in self.state for n in (s.past_mean, s.past_count)}
