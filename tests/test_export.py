@@ -356,3 +356,17 @@ def test_large_models_use_external_data(tmp_path, monkeypatch, video_model, expo
     with torch.no_grad():
         np.testing.assert_allclose(_run(_ort(result.path), tokens=x), video_model(x).numpy(), atol=1e-4, rtol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.onnx", result.external_data.name])
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "padding", "full"])
+def test_fp16_layer_mask_kinds_within_one_percent(tmp_path, mask):
+    torch.manual_seed(0)
+    layer = spread_coefficients(PoMv2(16, 3, 2, 1, 4))
+    result = export_onnx(layer, tmp_path / "l16.onnx", mask=mask, dtype="fp16")
+    session = _ort(result.path)
+    for batch, tokens in ((2, 11), (1, 300)):
+        feeds = _layer_inputs(layer, mask, False, batch, tokens, tokens)
+        with torch.no_grad():
+            expected = _call_layer(layer, mask, feeds).numpy()
+        half = {k: v.half() if v.is_floating_point() else v for k, v in feeds.items()}
+        assert _relative_to_peak(_run(session, **half), expected) <= 1e-2
