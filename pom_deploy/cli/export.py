@@ -129,7 +129,7 @@ def print_summary(console: Console, result: ExportResult, elapsed: float) -> Non
         for column in ("inputs", "output", "max abs", "max rel", ""):
             table.add_column(column)
         for e in report.errors:
-            table.add_row(e.case, e.output, f"{e.max_abs:.2e}", f"{e.max_rel:.2e}", "[green]ok[/]" if e.passed else "[red]FAIL[/]")
+            table.add_row(e.case, e.name, f"{e.max_absdiff:.2e}", f"{e.max_reldiff:.2e}", "[green]ok[/]" if e.passed else "[red]FAIL[/]")
         console.print(table)
     else:
         console.print("[yellow]not verified[/] (--no-verify)")

@@ -2,19 +2,18 @@
 and report per-output errors with Polygraphy's comparator, like
 ``polygraphy run model.onnx --onnxrt --trt``.
 
-``compare_backends`` and ``compare_outputs`` take any two backends / output dicts, so the
-comparison itself is tested without TensorRT.
+``compare_backends`` takes any two backends, so the comparison is tested without TensorRT;
+the figures come from ``pom_deploy.comparator``, the comparator export verification uses too.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import PomDeployError
+from ..comparator import ComparisonError, OutputComparison, compare_outputs
 from ..runtime.base import Backend
 from ..spec import GraphSpec, TensorSpec
 from .profiles import Profile, derive_profiles, profiles_from_json
@@ -22,22 +21,6 @@ from .sidecar import read_sidecar
 
 # (atol, rtol) by engine precision; an element passes when within either.
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
-
-
-class ComparisonError(PomDeployError):
-    """The two runs cannot be compared (different outputs, shapes)."""
-
-
-@dataclass
-class OutputComparison:
-    name: str
-    shape: tuple[int, ...]
-    max_absdiff: float
-    mean_absdiff: float
-    median_absdiff: float
-    max_reldiff: float
-    mean_reldiff: float
-    passed: bool
 
 
 @dataclass
@@ -79,42 +62,6 @@ def _as_dtype(value: np.ndarray, dtype: str) -> np.ndarray:
 
         return value.astype(ml_dtypes.bfloat16)
     return value.astype(dtype)
-
-
-def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], atol: float, rtol: float,
-                    names: tuple[str, str] = ("onnxruntime", "tensorrt")) -> list[OutputComparison]:
-    """Per-output error figures from Polygraphy's simple comparison (elementwise atol OR rtol)."""
-    from polygraphy.comparator import CompareFunc, IterationResult  # noqa: PLC0415
-    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
-
-    missing = sorted(set(reference) ^ set(candidate))
-    if missing:
-        raise ComparisonError(f"the two runs have different outputs: {', '.join(missing)}")
-    for name in reference:
-        if tuple(reference[name].shape) != tuple(candidate[name].shape):
-            raise ComparisonError(f"output {name!r}: shape {tuple(reference[name].shape)} vs {tuple(candidate[name].shape)}")
-    # Compare in float32: fp16/bf16 candidates against an fp32 reference.
-    ref = {k: _float32(v) for k, v in reference.items()}
-    cand = {k: _float32(v) for k, v in candidate.items()}
-    before = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.CRITICAL
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            func = CompareFunc.simple(atol=atol, rtol=rtol)
-            results = func(IterationResult(outputs=ref, runner_name=names[0]), IterationResult(outputs=cand, runner_name=names[1]))
-    finally:
-        G_LOGGER.module_severity = before
-    return [
-        OutputComparison(name, tuple(reference[name].shape), float(r.max_absdiff), float(r.mean_absdiff),
-                         float(r.median_absdiff), float(r.max_reldiff), float(r.mean_reldiff), bool(r))
-        for name, r in results.items()
-    ]
-
-
-def _float32(value: np.ndarray) -> np.ndarray:
-    value = np.asarray(value)
-    return value.astype(np.float32) if value.dtype.kind == "f" or str(value.dtype) == "bfloat16" else value
 
 
 def compare_backends(reference: Backend, candidate: Backend, feeds: dict[str, np.ndarray], atol: float, rtol: float) -> CompareReport:

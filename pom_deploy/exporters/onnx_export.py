@@ -30,7 +30,8 @@ from ..ops import fused_ops
 from ..spec import METADATA_KEY, GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from . import config as cfg
-from .verify import DEFAULT_TOLERANCES, VerificationReport, compare_outputs
+from ..comparator import compare_outputs
+from .verify import DEFAULT_TOLERANCES, VerificationReport
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 18
@@ -131,10 +132,10 @@ def export_onnx(
             report = builder.verify(staged, target, atol if atol is not None else default_atol, rtol if rtol is not None else default_rtol)
             seconds["verify"] = time.perf_counter() - clock
             if not report.passed:
-                worst = max(report.failures(), key=lambda e: e.max_abs)
+                worst = max(report.failures(), key=lambda e: e.max_absdiff)
                 raise VerificationError(
-                    f"onnxruntime disagrees with PyTorch on {worst.output!r} ({worst.case}): max abs {worst.max_abs:.3g}, "
-                    f"max rel {worst.max_rel:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
+                    f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g}, "
+                    f"max rel {worst.max_reldiff:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
                 )
         external_path = None
         if external:
@@ -284,8 +285,8 @@ class _FullGraph(_Graph):
             actual = session.run(None, feeds)
             case = " ".join(f"{k}={v}" for k, v in sizes.items() if k in self.config.dims)
             report.errors += compare_outputs(
-                case, {n: _float_numpy(t) for n, t in zip(self.output_names, expected)},
-                {n: a for n, a in zip(self.output_names, actual)}, atol, rtol)
+                {n: _float_numpy(t) for n, t in zip(self.output_names, expected)},
+                {n: a for n, a in zip(self.output_names, actual)}, atol, rtol, names=("torch", "onnxruntime"), case=case)
         return report
 
 
@@ -392,8 +393,8 @@ class _StepGraph(_Graph):
             expected = _block_causal_reference(reference, self.config, full, chunks)
             actual = _run_steps(session, self.config, self.layers, full, chunks, self.dtype)
             case = f"chunks={chunks} batch={batch}"
-            report.errors += compare_outputs(case, {self.config.outputs[0]: _float_numpy(expected)},
-                                             {self.config.outputs[0]: actual}, atol, rtol)
+            report.errors += compare_outputs({self.config.outputs[0]: _float_numpy(expected)}, {self.config.outputs[0]: actual},
+                                             atol, rtol, names=("torch", "onnxruntime"), case=case)
         return report
 
 
