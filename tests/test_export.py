@@ -156,6 +156,9 @@ def test_bf16_exports_and_says_why_it_cannot_verify_on_cpu(tmp_path, video_model
     assert result.opset >= 22
     model = onnx.load(str(result.path))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    # the step graph (one context vector per stream), fused: every op takes bf16 (checker passed)
+    step = export_onnx(video_model, tmp_path / "b.step.onnx", dtype="bf16", step=True, fused_ops_enabled=True, verify=False)
+    assert step.spec.fused_ops and step.spec.dtype == "bf16"
     with pytest.raises(ExportError, match="--no-verify"):
         export_onnx(video_model, tmp_path / "b2.onnx", dtype="bf16")
     assert not (tmp_path / "b2.onnx").exists()

@@ -199,6 +199,6 @@ class PoMv2(PoMLayer):
             return super()._output(s, h, single_context)
         heads = h.reshape(h.shape[0], self.n_sel_heads, self.head_dim)
         weight = self.ag_proj.weight.t().reshape(self.n_sel_heads, self.head_dim, self.dim)
-        per_head = torch.einsum("bkc,kco->bko", heads, weight)  # (B, heads, dim)
+        per_head = torch.matmul(heads.unsqueeze(2), weight).squeeze(2)  # (B, heads, dim); MatMul takes bf16, Einsum not
         y = torch.bmm(s, per_head)
         return y if self.ag_proj.bias is None else y + self.ag_proj.bias
