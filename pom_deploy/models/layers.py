@@ -168,13 +168,12 @@ class PoMv2(PoMLayer):
         }
 
     def _projections(self, xq, xc):
-        """(projected context, selection signal); one fused GEMM for self-mixing as upstream."""
+        """(projected context, selection signal). ``qc_proj`` holds both projections, as
+        upstream's; they run as two GEMMs on its row blocks, so that no Split copies the
+        (B, N, C) half of one fused GEMM's output (docs/benchmarks.md, section 3)."""
         if self.n_groups > 1:
             h = self.po_proj(xc.transpose(1, 2)).transpose(1, 2)
             return h, F.hardsigmoid(self.se_proj(xq))
-        if xq is xc:
-            out = self.qc_proj(xq)
-            return out[..., : self._po_dim], F.hardsigmoid(out[..., self._po_dim :] + self.se_bias)
         w = self.qc_proj.weight
         h = F.linear(xc, w[: self._po_dim])
         return h, F.hardsigmoid(F.linear(xq, w[self._po_dim :]) + self.se_bias)
