@@ -43,6 +43,9 @@ class LayerStateSpec:
     past_count: str
     present_mean: str
     present_count: str
+    mean_shape: list[int | str] = field(default_factory=list)  # ["batch", 1, channels], float32
+    count_shape: list[int | str] = field(default_factory=lambda: ["batch"])  # int64
+    initial: str = "zeros"  # the state of a new stream: every tensor zero
 
 
 @dataclass

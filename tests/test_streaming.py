@@ -66,6 +66,8 @@ def test_any_block_causal_model_gets_state_io(tmp_path):
     result = export_onnx(model, tmp_path / "stack.step.onnx", step=True)
     assert [s.module for s in result.spec.state] == ["blocks.0.mixer", "blocks.1.mixer"]
     assert [s.channels for s in result.spec.state] == [32, 32]
+    assert result.spec.state[1].mean_shape == ["batch", 1, 32] and result.spec.state[1].initial == "zeros"
+    assert [t.shape for t in result.spec.inputs if t.name.startswith("past.1.")] == [["batch", 1, 32], ["batch"]]
     session = load(result.path)
     chunks = [5, 1, 9, 4]
     x = torch.randn(2, sum(chunks), 16)

@@ -376,7 +376,8 @@ class _StepGraph(_Graph):
 
     def state_specs(self):
         return [
-            LayerStateSpec(i, path, layer.state_channels, f"past.{i}.mean", f"past.{i}.count", f"present.{i}.mean", f"present.{i}.count")
+            LayerStateSpec(i, path, layer.state_channels, f"past.{i}.mean", f"past.{i}.count", f"present.{i}.mean",
+                           f"present.{i}.count", mean_shape=["batch", 1, layer.state_channels])
             for i, (path, layer) in enumerate(zip(self.layer_paths, self.layers))
         ]
 
