@@ -180,3 +180,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert deploy_cli.main(["demo", "--dir", str(tmp_path / "demo")]) == 1  # no overwrite without --force
     meta = json.loads(next(p.value for p in __import__("onnx").load(str(tmp_path / "demo" / "model.onnx")).metadata_props))
     assert meta["architecture"]["name"] == "video_pom"
+
+
+def test_state_is_fed_back_through_io_binding(exported_video):
+    """Between steps the state stays as onnxruntime values (device memory with a GPU provider)."""
+    import onnxruntime as ort
+
+    _, step = exported_video
+    session = load(step.path)
+    session.step(np.zeros((1, 8, 16), np.float32))
+    assert session._state and all(isinstance(v, ort.OrtValue) for v in session._state.values())
+    assert session.state["past.0.count"].tolist() == [8]  # host copies on request

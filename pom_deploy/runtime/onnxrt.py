@@ -45,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {str(exc).splitlines()[0]}") from None
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
-        self._on_device = self.session.get_providers()[0] != "CPUExecutionProvider"
+        self._state_device = "cpu" if self.session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
 
     @property
     def input_specs(self) -> list[TensorSpec]:
@@ -60,21 +60,17 @@ class OnnxRuntimeBackend(Backend):
         return dict(zip(names, self.session.run(names, feeds)))
 
     def run_keep_on_device(self, feeds, keep):
-        """With a GPU provider, ``keep`` outputs stay in device memory (I/O binding)."""
-        if not self._on_device:
-            return super().run_keep_on_device(feeds, keep)
+        """``keep`` outputs stay where the provider computes them (device memory with a GPU
+        provider) as ``OrtValue``s, fed back at the next call without a copy: I/O binding.
+        The same path runs on CPU, which is how it is tested here."""
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
             else:
                 binding.bind_cpu_input(name, value)
-        device = "cuda"
         for out in self.session.get_outputs():
-            if out.name in keep:
-                binding.bind_output(out.name, device)
-            else:
-                binding.bind_output(out.name)
+            binding.bind_output(out.name, self._state_device if out.name in keep else "cpu")
         self.session.run_with_iobinding(binding)
         values = dict(zip([o.name for o in self.session.get_outputs()], binding.get_outputs()))
         host = {k: v.numpy() for k, v in values.items() if k not in keep}
