@@ -166,6 +166,8 @@ def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:
 class _Graph:
     """What full and step graphs share: tracing, naming, metadata and verification."""
 
+    kind = "full"
+
     def __init__(self, model: nn.Module, config: cfg.ExportConfig, dtype: torch.dtype):
         self.model, self.config, self.dtype = model, config, dtype
 
@@ -232,8 +234,6 @@ class _Graph:
         return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, dtype=dtype,
                          state=self.state_specs(), fused_ops=fused, pom_deploy_version=__version__,
                          model_digest=_weights_digest(reference))
-
-    kind = "full"
 
     def state_specs(self) -> list[LayerStateSpec]:
         return []
