@@ -191,3 +191,31 @@ def test_state_is_fed_back_through_io_binding(exported_video):
     session.step(np.zeros((1, 8, 16), np.float32))
     assert session._state and all(isinstance(v, ort.OrtValue) for v in session._state.values())
     assert session.state["past.0.count"].tolist() == [8]  # host copies on request
+
+
+@pytest.mark.parametrize("rope_2d", [False, True], ids=["rope1d", "rope2d"])
+def test_bare_rope_layer_streams(tmp_path, rope_2d):
+    """1-D positions continue from the tokens seen (no positions input); 2-D ones are given per chunk."""
+    layer = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=64, max_h=8, max_w=8, rope_2d=rope_2d))
+    session = load(export_onnx(layer, tmp_path / "rope.step.onnx", step=True).path)
+    assert ("positions_hw" in [t.name for t in session.spec.data_inputs]) == rope_2d
+    chunks, x = [3, 9, 4], torch.randn(2, 16, 16)
+    grid = torch.randint(0, 8, (16, 2))
+    outs, start = [], 0
+    for size in chunks:
+        extra = {"positions_hw": grid[start:start + size].numpy()} if rope_2d else {}
+        outs.append(session.step(x[:, start:start + size].numpy(), **extra))
+        start += size
+    positions = {"positions_hw": grid} if rope_2d else {"positions": torch.arange(16)}
+    with torch.no_grad():
+        expected = layer(x, mask=block_causal_mask(chunks, 2), **positions).numpy()
+    np.testing.assert_allclose(np.concatenate(outs, 1), expected, atol=1e-4, rtol=0)
+    if not rope_2d:  # past the layer's 64 positions: one clear error, not onnxruntime's traceback
+        for _ in range(4):  # 16 tokens seen, 64 positions: the 4th step reaches position 64
+            try:
+                session.step(np.zeros((2, 16, 16), np.float32))
+            except RuntimeInputError as exc:
+                assert "onnxruntime failed" in str(exc)
+                break
+        else:
+            pytest.fail("stepping past max_seq_len did not fail")

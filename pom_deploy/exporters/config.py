@@ -123,10 +123,9 @@ class LayerCall(nn.Module):
         rest = list(rest)
         xc = rest.pop(0) if self.cross else None
         mask = rest.pop(0) if self.mask in ("padding", "full") else {"none": None, "causal": "causal"}[self.mask]
-        if isinstance(self.layer, PoMv2RoPE):
-            positions = rest.pop(0)
+        if isinstance(self.layer, PoMv2RoPE) and rest:  # (a 1-D step graph has no positions: they follow the count)
             key = "positions_hw" if self.layer.rope_2d else "positions"
-            return self.layer(xq, xc, mask=mask, **{key: positions})
+            return self.layer(xq, xc, mask=mask, **{key: rest.pop(0)})
         return self.layer(xq, xc, mask=mask)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -321,6 +322,10 @@ class _StepGraph(_Graph):
         if config.stream_dim is None:
             raise ExportError(f"{config.name} has no token dim to stream over: step export needs a block-causal model "
                               "(or a bare layer with no mask and self-mixing)")
+        if isinstance(model, cfg.LayerCall) and isinstance(model.layer, cfg.PoMv2RoPE) and not model.layer.rope_2d:
+            # streamed 1-D positions continue from the token count: no positions input
+            config = dataclasses.replace(config, inputs=[s for s in config.inputs if s.name != "positions"])
+            self.config = config
         self.layers = [layer for _, layer in find_pom_layers(model)]
         self.layer_paths = [name for name, _ in find_pom_layers(model)]
         if not self.layers:
@@ -348,11 +353,12 @@ class _StepGraph(_Graph):
     def example_inputs(self):
         generator = torch.Generator().manual_seed(0)
         chunk = self._chunk_config()
-        inputs = chunk.dummy_inputs(dtype=self.dtype, generator=generator)
+        # a short chunk after a few tokens: within any RoPE table, and not a 0/1 size the tracer would specialise
+        inputs = chunk.dummy_inputs({CHUNK_DIM: min(chunk.dim_values()[CHUNK_DIM], 16)}, dtype=self.dtype, generator=generator)
         batch = chunk.dim_values()["batch"]
         for i, layer in enumerate(self.layers):
             inputs[f"past.{i}.mean"] = torch.randn(batch, 1, layer.state_channels, generator=generator)
-            inputs[f"past.{i}.count"] = torch.randint(1, 100, (batch,), generator=generator)
+            inputs[f"past.{i}.count"] = torch.randint(2, 8, (batch,), generator=generator)
         return inputs
 
     def dynamic_shapes(self):
@@ -452,11 +458,10 @@ def _block_causal_reference(model: nn.Module, config: cfg.ExportConfig, inputs, 
     batch = next(iter(inputs.values())).shape[0]
     with torch.no_grad():
         if isinstance(model, cfg.LayerCall):
-            mask = block_causal_mask(chunks, batch)
-            if isinstance(model.layer, cfg.PoMv2RoPE):
-                return model.layer(inputs["xq"], mask=mask, positions=inputs["positions"]) if "positions" in inputs else \
-                    model.layer(inputs["xq"], mask=mask, positions_hw=inputs["positions_hw"])
-            return model.layer(inputs["xq"], mask=mask)
+            layer, positions = model.layer, {}
+            if isinstance(layer, cfg.PoMv2RoPE):  # streamed 1-D positions are 0..N-1; 2-D ones are inputs
+                positions = {"positions_hw": inputs["positions_hw"]} if layer.rope_2d else {"positions": torch.arange(sum(chunks))}
+            return layer(inputs["xq"], mask=block_causal_mask(chunks, batch), **positions)
         if isinstance(model, cfg.BlockCausalVideoPoM):
             return model(inputs["tokens"], mask=block_causal_mask(chunks, batch))
         layers = [layer for _, layer in find_pom_layers(model)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, RuntimeInputError
 from ..spec import METADATA_KEY, GraphSpec, TensorSpec
 from .base import Backend
 from .providers import select_providers
@@ -29,6 +30,19 @@ def read_spec(path: str | Path) -> GraphSpec | None:
     return None
 
 
+_ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in ("Fail", "InvalidArgument", "RuntimeException"))
+
+
+@contextlib.contextmanager
+def _runtime_errors():
+    """Inputs that pass the spec checks can still fail inside the graph (e.g. a RoPE position
+    past the layer's table): one line, not onnxruntime's traceback."""
+    try:
+        yield
+    except (RuntimeError, *_ORT_ERRORS) as exc:
+        raise RuntimeInputError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from None
+
+
 class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None):
         path = Path(path)
@@ -37,6 +51,7 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         self.providers = providers or select_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
+        options.log_severity_level = 4  # failures come back as exceptions (one line); no log lines besides
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -57,7 +72,8 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+        with _runtime_errors():
+            return dict(zip(names, self.session.run(names, feeds)))
 
     def run_keep_on_device(self, feeds, keep):
         """``keep`` outputs stay where the provider computes them (device memory with a GPU
@@ -71,7 +87,8 @@ class OnnxRuntimeBackend(Backend):
                 binding.bind_cpu_input(name, value)
         for out in self.session.get_outputs():
             binding.bind_output(out.name, self._state_device if out.name in keep else "cpu")
-        self.session.run_with_iobinding(binding)
+        with _runtime_errors():
+            self.session.run_with_iobinding(binding)
         values = dict(zip([o.name for o in self.session.get_outputs()], binding.get_outputs()))
         host = {k: v.numpy() for k, v in values.items() if k not in keep}
         return host, {k: values[k] for k in keep}
