@@ -20,7 +20,7 @@ from pom_deploy.engine.plugins import (
     PLUGIN_ENV, PluginError, find_plugin_library, fused_nodes, must_strip_function, strip_local_function,
 )
 from pom_deploy.engine.profiles import ProfileError, ShapeRange
-from pom_deploy.errors import BackendUnavailableError, ExportError, ModelLoadError
+from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from pom_deploy.runtime.tensorrt import TensorRTBackend
@@ -82,12 +82,12 @@ def test_plan_profile_override_and_file_checks(tmp_path):
     plan = plan_build(source, tmp_path / "o.engine", BuildOptions(profiles=[{"x": ShapeRange((1, 1, 16), (4, 8, 16), (8, 64, 16))}]))
     assert plan.profiles[0]["x"].max == (8, 64, 16)
     (tmp_path / "o.engine").write_bytes(b"old")
-    with pytest.raises(ExportError, match="pass --force"):
+    with pytest.raises(EngineBuildError, match="pass --force"):
         plan_build(source, tmp_path / "o.engine")
     assert plan_build(source, tmp_path / "o.engine", BuildOptions(force=True)).output.name == "o.engine"
     with pytest.raises(ModelLoadError, match="no such file"):
         plan_build(tmp_path / "missing.onnx")
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(EngineBuildError, match="does not exist"):
         plan_build(source, tmp_path / "nodir" / "m.engine")
     (tmp_path / "junk.onnx").write_bytes(b"\x00not onnx")
     with pytest.raises(ModelLoadError, match="not a valid ONNX"):
@@ -277,7 +277,7 @@ def test_cli_reports_bad_values_before_looking_for_tensorrt(tmp_path):
             args.func(args)
     (tmp_path / "m.engine").write_bytes(b"old")
     args = parser().parse_args(["build-engine", str(source)])
-    with pytest.raises(ExportError, match="--force"):
+    with pytest.raises(EngineBuildError, match="--force"):
         args.func(args)
 
 
@@ -361,5 +361,5 @@ def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch
     assert sidecar["profiles"] == [{"x": {"min": [1, 1, 16], "opt": [1, 32, 16], "max": [2, 128, 16]}}]
     assert sidecar["options"]["workspace"] == 1 << 30 and len(sidecar["source_onnx"]["sha256"]) == 64
     assert spec_from_sidecar(sidecar).fused_ops is True
-    with pytest.raises(ExportError, match="--force"):
+    with pytest.raises(EngineBuildError, match="--force"):
         build_engine(source, tmp_path / "f.engine")

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
@@ -52,24 +48,3 @@ def human_size(size: int) -> str:
 
 def shape_text(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def check_new_output(path: Path, force: bool) -> None:
-    from ..errors import ExportError
-
-    if not path.parent.is_dir():
-        raise ExportError(f"output directory {path.parent} does not exist")
-    if path.exists() and not force:
-        raise ExportError(f"{path} exists; pass --force to overwrite it")
-
-
-@contextmanager
-def atomic_output(path: Path):
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import ModelLoadError, RuntimeInputError
+from ..errors import ExportError, ModelLoadError, RuntimeInputError
 from . import tensorrt_commands
-from .common import atomic_output, check_new_output, human_size, run_command, shape_text, stderr_console, version_text
+from ..outputs import atomic_output, check_output_path
+from .common import human_size, run_command, shape_text, stderr_console, version_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +147,7 @@ def run_command_(args) -> int:
     if args.chunk is not None and args.chunk < 1:
         raise RuntimeInputError(f"--chunk must be >= 1, got {args.chunk}")
     if args.output:
-        check_new_output(args.output, args.force)
+        check_output_path(args.output, args.force, RuntimeInputError)
     session = load(args.model, device=args.device)
     if not isinstance(session, StreamingSession):
         raise RuntimeInputError(f"{args.model} is a full graph; `run` streams through step graphs (pom-export --step)")
@@ -212,7 +213,7 @@ def demo_command(args) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     model_path, onnx_path, step_path = folder / "model.pt", folder / "model.onnx", folder / "model.step.onnx"
     for path in (model_path, onnx_path, step_path):
-        check_new_output(path, args.force)
+        check_output_path(path, args.force, ExportError)
     model = create_zoo_model("video_pom", seed=0)
     save_checkpoint(model, model_path)
     console.print(f"[bold]1.[/] Saved a block-causal video PoM model ({sum(p.numel() for p in model.parameters()):,} parameters, "

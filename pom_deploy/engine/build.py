@@ -20,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from ..cli.common import atomic_output, check_new_output
+from ..outputs import atomic_output, check_output_path
 from ..errors import ModelLoadError, PomDeployError
 from ..spec import METADATA_KEY, GraphSpec, TensorSpec
 from .environment import current_environment, require_tensorrt, version_tuple
@@ -141,7 +141,7 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, options:
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path}: no such file")
     output = Path(output) if output is not None else onnx_path.with_suffix(".engine")
-    check_new_output(output, options.force)
+    check_output_path(output, options.force, EngineBuildError)
     if options.precision not in PRECISIONS:
         raise EngineBuildError(f"unknown precision {options.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if options.hardware_compatibility is not None and options.hardware_compatibility not in HARDWARE_COMPATIBILITY:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..cli.common import atomic_output
+from ..outputs import atomic_output
 from ..errors import ModelLoadError
 from ..spec import GraphSpec
 from .environment import version_tuple

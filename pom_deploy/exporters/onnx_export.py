@@ -28,6 +28,7 @@ import torch.nn as nn
 from .. import __version__
 from ..errors import ExportError, PomDeployError, VerificationError
 from ..ops import fused_ops
+from ..outputs import check_output_path
 from ..spec import METADATA_KEY, GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from . import config as cfg
@@ -153,15 +154,7 @@ def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
     if dtype == "bf16" and opset < BF16_MIN_OPSET:
         raise ExportError(f"bf16 needs opset {BF16_MIN_OPSET} or newer (bfloat16 HardSigmoid); got --opset {opset}")
-    parent = output.parent
-    if not parent.is_dir():
-        raise ExportError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"output directory {parent} is not writable")
-    if output.is_dir():
-        raise ExportError(f"output {output} is a directory")
-    if output.exists() and not force:
-        raise ExportError(f"{output} exists; pass --force (force=True) to overwrite it")
+    check_output_path(output, force, ExportError)
 
 
 class _Graph:
