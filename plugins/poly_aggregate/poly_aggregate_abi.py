@@ -37,6 +37,18 @@ def numpy_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str):
+    """(x, coeff, mask) rounded to ``dtype``, so the float64 oracle sees exactly what a kernel sees."""
+    rng = np.random.default_rng(seed)
+    storage = numpy_dtype(dtype)
+    x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
+    coeff = None
+    if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
+        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(storage)
+    mask = (rng.random((batch, tokens)) < 0.6).astype(storage) if mode == "masked" else None
+    return x, coeff, mask
+
+
 def make_desc(batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str) -> Desc:
     return Desc(batch, tokens, channels, degree, VARIANTS[variant], MODES[mode], DTYPES[dtype])
 

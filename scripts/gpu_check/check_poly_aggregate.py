@@ -103,17 +103,6 @@ def torch_poly_aggregate(x, degree, variant, mode, coeff=None, mask=None):
     return y.to(x.dtype)
 
 
-def make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype):
-    rng = np.random.default_rng(seed)
-    storage = abi.numpy_dtype(dtype)
-    x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
-    coeff = None
-    if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
-        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(storage)
-    mask = (rng.random((batch, tokens)) < 0.6).astype(storage) if mode == "masked" else None
-    return x, coeff, mask
-
-
 def relative_excess(actual: np.ndarray, expected: np.ndarray, tolerance: float) -> float:
     """max(|a - e| / (|e| + 1e-3 * scale)) / tolerance: <= 1 passes."""
     scale = max(float(np.abs(expected).max()), 1e-30)
@@ -129,7 +118,7 @@ def check_correctness(kernels: Kernels, cpu_lib) -> list[tuple]:
     for shape, variant, mode, dtype in cases:
         batch, tokens, channels, degree = shape
         seed = zlib.crc32(repr((shape, variant, mode, dtype)).encode())
-        x, coeff, mask = make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
+        x, coeff, mask = abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
         as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
         expected = poly_aggregate(as64(x), degree, variant, mode, as64(coeff), as64(mask))
         xd, cd, md = to_device(x), to_device(coeff), to_device(mask)
@@ -146,7 +135,7 @@ def check_correctness(kernels: Kernels, cpu_lib) -> list[tuple]:
 
     # Misaligned x (offset by one element): the launcher must fall back to scalar loads.
     for mode in abi.MODES:
-        x, _, mask = make_inputs(1, 2, 300, 16, 2, "v1", mode, "float16")
+        x, _, mask = abi.make_inputs(1, 2, 300, 16, 2, "v1", mode, "float16")
         base = torch.empty(x.size + 1, dtype=torch.float16, device="cuda")
         xd = base[1:].view(x.shape)
         xd.copy_(to_device(x))

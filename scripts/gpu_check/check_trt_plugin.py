@@ -27,7 +27,7 @@ except ImportError:  # make_model stays usable (and tested) without TensorRT
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_poly_aggregate import ORACLE_TOLERANCE, make_inputs, relative_excess, to_device, to_float64  # noqa: E402
+from check_poly_aggregate import ORACLE_TOLERANCE, abi, relative_excess, to_device, to_float64  # noqa: E402
 
 from pom_deploy.ops.poly_aggregate import (  # noqa: E402
     OP_DOMAIN,
@@ -120,7 +120,7 @@ def main() -> int:
     for variant in ("v1", "v2"):
         for mode in ("mean", "causal", "masked"):
             for dtype in ("float32", "float16", "bfloat16"):
-                x, coeff, mask = make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
+                x, coeff, mask = abi.make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
                 feeds = {"x": to_device(x)}
                 if coeff is not None:
                     feeds["coeff"] = to_device(coeff)
