@@ -13,7 +13,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from .errors import ArchitectureError
+from .errors import ArchitectureError, first_line
 from .models import PoMv1, PoMv2, PoMv2RoPE
 from .models.zoo import ZOO
 
@@ -76,5 +76,5 @@ def read_file(path: str | Path) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:  # both parsers raise their own error types
-        raise ArchitectureError(f"architecture file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {exc}".splitlines()[0]) from None
+        raise ArchitectureError(f"architecture file {path} is not valid {'YAML' if is_yaml else 'JSON'}: {first_line(exc)}") from None
     return normalize(data)

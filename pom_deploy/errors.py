@@ -5,6 +5,13 @@ else is a bug and keeps its traceback.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name if it has none):
+    what a one-line error quotes from a library's error."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class PomDeployError(Exception):
     """Base class of the errors a user can fix (bad file, bad argument, bad input)."""
 

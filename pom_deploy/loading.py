@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import __version__, architectures
-from .errors import ArchitectureError, ModelLoadError, StateDictMismatchError, UntrustedPickleError
+from .errors import ArchitectureError, ModelLoadError, StateDictMismatchError, UntrustedPickleError, first_line
 from .models import PoMLayer, PoMv1, PoMv2, PoMv2RoPE
 
 CHECKPOINT_FORMAT = "pom-deploy-checkpoint"
@@ -64,7 +64,7 @@ def load_model(
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" not in str(exc):  # weights_only refused a class: a pickled object
-            raise ModelLoadError(f"{path} is corrupted or not a PyTorch file ({_first_line(exc)})") from None
+            raise ModelLoadError(f"{path} is corrupted or not a PyTorch file ({first_line(exc)})") from None
         if not trust_pickle:
             raise UntrustedPickleError(
                 f"{path} holds a pickled Python object; unpickling runs its code, so pass --trust-pickle "
@@ -72,7 +72,7 @@ def load_model(
             ) from None
         obj = _load_pickle(path)
     except Exception as exc:  # torch raises RuntimeError/EOFError/... for truncated or foreign files
-        raise ModelLoadError(f"{path} is truncated, corrupted or not a PyTorch file ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path} is truncated, corrupted or not a PyTorch file ({first_line(exc)})") from None
     return _to_model(obj, path, architecture).eval()  # (an exported program returned above is already inference-only)
 
 
@@ -87,11 +87,6 @@ def _check_readable(path: Path) -> None:
         raise ModelLoadError(f"{path} is not readable")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _is_exported_program(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -104,7 +99,7 @@ def _load_exported_program(path: Path) -> nn.Module:
     try:
         program = torch.export.load(path)
     except Exception as exc:
-        raise ModelLoadError(f"{path} is a damaged torch.export archive ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path} is a damaged torch.export archive ({first_line(exc)})") from None
     module = program.module()
     module.exported_program = program
     return module
@@ -114,9 +109,9 @@ def _load_pickle(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
-        raise ModelLoadError(f"{path} needs Python code that is not importable here: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path} needs Python code that is not importable here: {first_line(exc)}") from None
     except Exception as exc:
-        raise ModelLoadError(f"{path} could not be unpickled ({_first_line(exc)})") from None
+        raise ModelLoadError(f"{path} could not be unpickled ({first_line(exc)})") from None
 
 
 def _to_model(obj: Any, path: Path, architecture) -> nn.Module:

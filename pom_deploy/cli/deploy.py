@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import ExportError, ModelLoadError, RuntimeInputError
+from ..errors import ExportError, ModelLoadError, RuntimeInputError, first_line
 from . import tensorrt_commands
 from ..outputs import atomic_output, check_output_path
 from .common import human_size, run_command, shape_text, stderr_console, version_text
@@ -70,7 +70,7 @@ def inspect_model(path: Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not an ONNX file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ModelLoadError(f"{path} is not an ONNX file ({first_line(exc)})") from None
     graph = model.graph
 
     def tensor(value):
@@ -182,7 +182,7 @@ def _read_tokens(path: Path, session) -> np.ndarray:
     except FileNotFoundError:
         raise RuntimeInputError(f"{path}: no such file") from None
     except Exception as exc:
-        raise RuntimeInputError(f"{path} is not a .npy array ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise RuntimeInputError(f"{path} is not a .npy array ({first_line(exc)})") from None
     spec = session.chunk_input
     if tokens.ndim == len(spec.shape) - 1:
         tokens = tokens[None]

@@ -21,7 +21,7 @@ from typing import Any
 import onnx
 
 from ..outputs import atomic_output, check_output_path
-from ..errors import ModelLoadError, PomDeployError
+from ..errors import ModelLoadError, PomDeployError, first_line
 from ..spec import METADATA_KEY, GraphSpec, TensorSpec
 from .environment import current_environment, require_tensorrt, version_tuple
 from .plugins import find_plugin_library, fused_nodes, load_plugin_library, must_strip_function, strip_local_function
@@ -158,7 +158,7 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, options:
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise ModelLoadError(f"{onnx_path} is not a valid ONNX model: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ModelLoadError(f"{onnx_path} is not a valid ONNX model: {first_line(exc)}") from None
     spec = next((GraphSpec.from_json(p.value) for p in model.metadata_props if p.key == METADATA_KEY), None)
     profiles = derive_profiles(spec.inputs if spec is not None else onnx_inputs(model), options.profiles)
     nodes = fused_nodes(model)
@@ -279,7 +279,7 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
     try:
         SaveEngine(engine, str(destination))()
     except PolygraphyException as exc:
-        raise EngineBuildError(f"TensorRT could not build {plan.onnx_path}: {_first_line(exc)}") from None
+        raise EngineBuildError(f"TensorRT could not build {plan.onnx_path}: {_last_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -295,7 +295,8 @@ def _quiet_polygraphy(verbose: bool):
         G_LOGGER.module_severity = before
 
 
-def _first_line(exc: BaseException) -> str:
+def _last_line(exc: BaseException) -> str:
+    """TensorRT and Polygraphy put the summary of an error on its last line."""
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
 

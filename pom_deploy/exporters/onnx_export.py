@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..errors import ExportError, PomDeployError, VerificationError
+from ..errors import ExportError, PomDeployError, VerificationError, first_line
 from ..ops import fused_ops
 from ..outputs import check_output_path
 from ..spec import METADATA_KEY, GraphSpec, LayerStateSpec, TensorSpec
@@ -188,7 +188,7 @@ class _Graph:
                 raise
             except Exception as exc:
                 shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-                raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {_first_line(exc)}") from None
+                raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
             program = getattr(self.model, "exported_program", None)
             if program is not None and self.kind == "full":
                 traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
@@ -405,7 +405,7 @@ def _verification_session(path: Path):
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(
-            f"onnxruntime (CPU) cannot run the exported graph to verify it: {_first_line(exc).split(' : ')[-1]}; "
+            f"onnxruntime (CPU) cannot run the exported graph to verify it: {first_line(exc).split(' : ')[-1]}; "
             "verify where a provider supports it, or pass --no-verify"
         ) from None
 
@@ -571,7 +571,7 @@ def _check(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"the exported graph fails onnx.checker: {_first_line(exc)}") from None
+        raise ExportError(f"the exported graph fails onnx.checker: {first_line(exc)}") from None
 
 
 def _rename_dims(program, config: cfg.ExportConfig) -> None:
@@ -631,16 +631,11 @@ def _float_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(torch.float32).numpy() if tensor.is_floating_point() else tensor.numpy()
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _exporter_error(exc: BaseException) -> str:
     """The torch exporter wraps the cause in a long report: keep its innermost summary."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ModelLoadError, RuntimeInputError
+from ..errors import ModelLoadError, RuntimeInputError, first_line
 from ..spec import METADATA_KEY, GraphSpec, TensorSpec
 from .base import Backend
 from .providers import select_providers
@@ -40,7 +40,7 @@ def _runtime_errors():
     try:
         yield
     except (RuntimeError, *_ORT_ERRORS) as exc:
-        raise RuntimeInputError(f"onnxruntime failed: {str(exc).splitlines()[0]}") from None
+        raise RuntimeInputError(f"onnxruntime failed: {first_line(exc)}") from None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -58,7 +58,7 @@ class OnnxRuntimeBackend(Backend):
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
             self.spec = read_spec(path)
         except Exception as exc:
-            raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {str(exc).splitlines()[0]}") from None
+            raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {first_line(exc)}") from None
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"
         self._state_device = "cpu" if self.session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
 
