@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -317,7 +316,7 @@ class _StepGraph(_Graph):
                               "(or a bare layer with no mask and self-mixing)")
         if isinstance(model, cfg.LayerCall) and isinstance(model.layer, cfg.PoMv2RoPE) and not model.layer.rope_2d:
             # streamed 1-D positions continue from the token count: no positions input
-            config = dataclasses.replace(config, inputs=[s for s in config.inputs if s.name != "positions"])
+            config = replace(config, inputs=[s for s in config.inputs if s.name != "positions"])
             self.config = config
         self.layers = [layer for _, layer in find_pom_layers(model)]
         self.layer_paths = [name for name, _ in find_pom_layers(model)]
@@ -500,21 +499,13 @@ def _add_function_bodies(program, opset: int, dtype: str) -> int:
         if overload not in bodies:
             bodies[overload] = _function_body(variant, degree, mode, DTYPES[dtype], opset, overload)
     for function in bodies.values():
-        model.functions[function.identifier()] = serde.deserialize_function(function.proto)
+        model.functions[(function.domain, function.name, function.overload)] = serde.deserialize_function(function)
     if bodies and model.ir_version < 10:
         model.ir_version = 10  # function overloads
     return count
 
 
-@dataclass
-class _Body:
-    proto: onnx.FunctionProto
-
-    def identifier(self):
-        return (self.proto.domain, self.proto.name, self.proto.overload)
-
-
-def _function_body(variant: str, degree: int, mode: str, dtype: torch.dtype, opset: int, overload: str) -> _Body:
+def _function_body(variant: str, degree: int, mode: str, dtype: torch.dtype, opset: int, overload: str) -> onnx.FunctionProto:
     """Trace the decomposed op with the torch exporter and wrap its graph as a FunctionProto."""
     channels = torch.export.Dim("channels_blocks", min=1) * degree if variant == "v1" else torch.export.Dim("channels", min=2)
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens", min=2)
@@ -543,7 +534,7 @@ def _function_body(variant: str, degree: int, mode: str, dtype: torch.dtype, ops
         doc_string=f"PolyAggregate {variant} mode={mode} degree={degree} in standard ops; inputs {names[:len(graph.input)]}",
     )
     function.overload = overload
-    return _Body(function)
+    return function
 
 
 def _all_nodes(graph):

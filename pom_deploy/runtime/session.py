@@ -102,7 +102,7 @@ class StreamingSession:
     def reset(self, row: int | None = None) -> None:
         """Forget everything (row None), or restart one stream of the batch."""
         if row is None or self._state is None:
-            self._state, self.batch = None, None if row is None else self.batch
+            self._state, self.batch = None, None
             return
         if not 0 <= row < (self.batch or 0):
             raise RuntimeInputError(f"row {row} is outside the batch of {self.batch} streams")
