@@ -4,14 +4,19 @@
 * The CPU emulation -- same blocking and float32 accumulation order as the kernels, same
   feature code (polyAggregateMath.cuh) -- matches the float64 oracle for every mode, variant,
   dtype and odd shapes.
+* The kernel source itself, compiled by g++ against a host emulation of CUDA
+  (plugins/tests/cuda_host: blocks of real threads, __syncthreads on a barrier), matches the CPU
+  emulation bit for bit, and runs clean under AddressSanitizer.
 * With TensorRT headers (env TENSORRT_INCLUDE_DIR, or tags of a NVIDIA/TensorRT git mirror),
-  the plugin compiles and its build-time methods pass a host-side test program.
+  the plugin compiles and its build-time methods pass a host-side test program; built against
+  the host emulation, that program also runs the plugin's enqueue.
 
 GPU checks live in scripts/gpu_check.sh (docs/gpu_check.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,7 +35,10 @@ from pom_deploy.ops.poly_aggregate import poly_aggregate
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 POLY_AGGREGATE = PLUGINS / "poly_aggregate"
+CUDA_HOST = PLUGINS / "tests" / "cuda_host"
 sys.path.insert(0, str(POLY_AGGREGATE))
+sys.path.insert(0, str(CUDA_HOST))
+import compare_with_cpu_emulation as host_emulation  # noqa: E402
 import poly_aggregate_abi as abi  # noqa: E402
 
 TRT_MIRROR = Path(os.environ.get("POM_TENSORRT_MIRROR", "/work/.mirror/NVIDIA+TensorRT/repo"))
@@ -58,10 +66,38 @@ def plugin_tmp(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cpu_lib(plugin_tmp):
     _require("g++")
-    library = plugin_tmp / "libpom_poly_aggregate_cpu.so"
+    return abi.load(str(_build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu.so")))
+
+
+def _build_cpu_emulation(library: Path, *flags: str) -> Path:
     _run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden",
-          str(POLY_AGGREGATE / "polyAggregateCpu.cpp"), "-o", str(library)])
-    return abi.load(str(library))
+          *flags, str(POLY_AGGREGATE / "polyAggregateCpu.cpp"), "-o", str(library)])
+    return library
+
+
+def _build_host_emulated_kernels(library: Path, *flags: str) -> Path:
+    """polyAggregateKernel.cu compiled as C++ against the CUDA host emulation."""
+    _run(["g++", "-std=c++20", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas", "-shared", "-fPIC",
+          "-fvisibility=hidden", "-pthread", *flags, "-I", str(CUDA_HOST), "-I", str(POLY_AGGREGATE),
+          "-x", "c++", str(POLY_AGGREGATE / "polyAggregateKernel.cu"), "-o", str(library)])
+    return library
+
+
+SANITIZERS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer")
+
+
+@pytest.fixture(scope="session")
+def host_kernels(plugin_tmp):
+    """The CUDA kernels' source, compiled by g++ against the host emulation (no GPU)."""
+    _require("g++")
+    return abi.load(str(_build_host_emulated_kernels(plugin_tmp / "libpom_poly_aggregate_host.so")))
+
+
+@pytest.fixture(scope="session")
+def host_kernels_sanitized(plugin_tmp) -> Path:
+    """The same, built with AddressSanitizer and UBSan (a library path: loaded by subprocesses)."""
+    _require("g++")
+    return _build_host_emulated_kernels(plugin_tmp / "libpom_poly_aggregate_host_asan.so", *SANITIZERS)
 
 
 @pytest.fixture(scope="session")
@@ -173,6 +209,82 @@ def test_workspace_grows_with_shape_and_stays_small(cpu_lib):
     assert size(4, 16384, 2048, "causal") < 0.15 * x_bytes
 
 
+# ---------------------------------------------------------------- kernel source on the host emulation
+
+# The CPU-emulation shapes plus one where fp16/bf16 take 8-wide (16-byte) vectors.
+HOST_SHAPES = SHAPES + [(2, 600, 64, 2)]
+
+
+@pytest.mark.parametrize("dtype", list(abi.DTYPES))
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+@pytest.mark.parametrize("shape", HOST_SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
+def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, mode, dtype):
+    problem = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype)
+    assert problem is None, problem
+    x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
+    y = abi.run_host_launch(host_kernels, x, shape[3], variant, mode, coeff, mask)
+    _assert_close(y, _oracle(x, shape[3], variant, mode, coeff, mask), dtype)
+
+
+@pytest.mark.parametrize("mode", list(abi.MODES))
+def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels, cpu_lib, mode):
+    # The emulation fails a launch whose vector loads are not aligned, as the GPU would.
+    for dtype in ("float16", "bfloat16"):
+        problem = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
+        assert problem is None, problem
+
+
+def test_host_emulation_reports_misaligned_vector_access(plugin_tmp):
+    """The check that makes the test above meaningful: a misaligned 16-byte load fails the launch."""
+    _require("g++")
+    source = plugin_tmp / "misaligned_load.cpp"
+    source.write_text('''
+#include <cuda_runtime.h>
+__global__ void loadOne(unsigned char const* bytes, uint4* out) {
+    *out = __ldcs(reinterpret_cast<uint4 const*>(bytes));
+}
+int main() {
+    alignas(16) unsigned char bytes[40] = {};
+    uint4 out{};
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(1);
+    config.blockDim = dim3(4);
+    bool const aligned = cudaLaunchKernelEx(&config, loadOne, bytes + 16, &out) == cudaSuccess;
+    cudaError_t const offset = cudaLaunchKernelEx(&config, loadOne, bytes + 4, &out);
+    bool const reported = offset == cudaErrorMisalignedAddress && std::strstr(cudaGetErrorString(offset), "misaligned");
+    return aligned && reported ? 0 : 1;
+}
+''')
+    executable = plugin_tmp / "misaligned_load"
+    _run(["g++", "-std=c++20", "-pthread", "-I", str(CUDA_HOST), str(source), "-o", str(executable)])
+    assert subprocess.run([str(executable)]).returncode == 0
+
+
+def _sanitizer_preload() -> str:
+    libraries = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+                 for name in ("libasan.so", "libubsan.so")]
+    if not all(Path(library).is_absolute() and Path(library).exists() for library in libraries):
+        pytest.skip("g++ has no AddressSanitizer runtime")
+    return ":".join(libraries)
+
+
+def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitized):
+    """Every host-emulation case again, with the kernels built with ASan + UBSan: an access
+    outside x, y, the workspace or shared memory aborts the run."""
+    preload = _sanitizer_preload()
+    kernels = host_kernels_sanitized
+    cpu = _build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu_asan.so", *SANITIZERS)
+    env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
+    result = subprocess.run(
+        [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", str(kernels), "--cpu", str(cpu),
+         "--shapes", json.dumps(HOST_SHAPES)], capture_output=True, text=True, env=env)
+    report = result.stdout + result.stderr[-4000:]
+    assert result.returncode == 0, report
+    cases = len(HOST_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
+    assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
+
+
 # ---------------------------------------------------------------- CUDA build
 
 
@@ -252,32 +364,50 @@ def _tensorrt_headers(which: str, plugin_tmp: Path) -> Path:
     return target / "include"
 
 
-def _cuda_include_dir(tmp: Path) -> Path:
-    """CUDA's include directory, as nvcc itself reports it (nvcc may be a wrapper script)."""
+def _cuda_dirs(tmp: Path) -> tuple[Path, Path]:
+    """CUDA's include and library directories, as nvcc itself reports them (nvcc may be a wrapper)."""
     probe = tmp / "probe.cu"
     probe.write_text("")
     dryrun = subprocess.run(["nvcc", "-dryrun", "-c", str(probe)], capture_output=True, text=True, cwd=tmp)
-    match = re.search(r'INCLUDES="-I([^"]+)"', dryrun.stdout + dryrun.stderr)
-    if match is None:
-        pytest.fail(f"cannot find CUDA's include directory from nvcc -dryrun:\n{dryrun.stderr}")
-    return Path(match.group(1).strip())
+    output = dryrun.stdout + dryrun.stderr
+    include = re.search(r'INCLUDES="-I([^"]+)"', output)
+    libraries = [Path(d) for d in re.findall(r'"-L([^"]+)"', output) if not d.rstrip("/").endswith("stubs")]
+    if include is None or not libraries:
+        pytest.fail(f"cannot find CUDA's include and library directories from nvcc -dryrun:\n{output}")
+    return Path(include.group(1).strip()), libraries[-1]
+
+
+def _plugin_host_test(which: str, backend: str, plugin_tmp: Path, kernels: Path) -> str:
+    """Build and run plugins/tests/polyAggregatePluginHostTest.cpp with the plugin; its output."""
+    include = _tensorrt_headers(which, plugin_tmp)
+    executable = plugin_tmp / f"plugin_host_test_{which}_{backend}"
+    sources = [str(POLY_AGGREGATE / "polyAggregatePlugin.cpp"),
+               str(PLUGINS / "tests" / "polyAggregatePluginHostTest.cpp")]
+    common = ["-O1", "-Wall", "-Wextra", "-Werror", "-I", str(POLY_AGGREGATE), "-isystem", str(include)]
+    if backend == "cuda":  # the real kernels and CUDA runtime; enqueue is skipped without a GPU
+        cuda_include, cuda_lib = _cuda_dirs(plugin_tmp)
+        _run(["g++", "-std=c++17", *common, "-isystem", str(cuda_include), *sources, str(kernels),
+              f"-Wl,-rpath,{kernels.parent}", f"-L{cuda_lib}", "-lcudart", f"-Wl,-rpath,{cuda_lib}", "-ldl",
+              "-o", str(executable)])
+    else:  # the kernels' source on the host emulation: enqueue runs, under ASan and UBSan
+        _run(["g++", "-std=c++20", *common, *SANITIZERS, "-pthread", "-I", str(CUDA_HOST), *sources, str(kernels),
+              f"-Wl,-rpath,{kernels.parent}", "-ldl", "-o", str(executable)])
+    result = _run([str(executable)], env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1"))
+    assert "all PolyAggregate plugin host checks passed" in result.stdout
+    return result.stdout
 
 
 @pytest.mark.parametrize("which", ["env", "oldest", "newest"])
 def test_plugin_host_side_with_tensorrt_headers(which, plugin_tmp, kernel_build):
-    include = _tensorrt_headers(which, plugin_tmp)
-    cuda_include = _cuda_include_dir(plugin_tmp)
-    executable = plugin_tmp / f"plugin_host_test_{which}"
-    _run([
-        "g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
-        "-I", str(POLY_AGGREGATE), "-isystem", str(include), "-isystem", str(cuda_include),
-        str(POLY_AGGREGATE / "polyAggregatePlugin.cpp"), str(PLUGINS / "tests" / "polyAggregatePluginHostTest.cpp"),
-        str(kernel_build["library"]), f"-Wl,-rpath,{kernel_build['library'].parent}", "-ldl",
-        "-o", str(executable),
-    ])
-    result = _run([str(executable)])
-    print(result.stdout)
-    assert "all PolyAggregate plugin host checks passed" in result.stdout
+    output = _plugin_host_test(which, "cuda", plugin_tmp, kernel_build["library"])
+    print(output)
+
+
+@pytest.mark.parametrize("which", ["oldest", "newest"])
+def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_sanitized):
+    """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype."""
+    output = _plugin_host_test(which, "emulation", plugin_tmp, host_kernels_sanitized)
+    assert "enqueue checked against the C ABI launch for 18 configurations" in output
 
 
 # ---------------------------------------------------------------- GPU check scripts, CPU parts

@@ -517,26 +517,40 @@ int alignmentOf(void const* first, void const* second)
     return static_cast<int>(bits & (~bits + 1));
 }
 
+//! Launch configuration of one kernel. Launches go through cudaLaunchKernelEx rather than
+//! <<<...>>> so that the host emulation (plugins/tests/cuda_host) compiles this file unchanged.
+cudaLaunchConfig_t launchConfig(int64_t blocks, dim3 block, cudaStream_t stream)
+{
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(blocks));
+    config.blockDim = block;
+    config.stream = stream;
+    return config;
+}
+
 template <typename T, int V>
 cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
 {
     Plan const& p = a.plan;
-    dim3 const block(kBlockCols, kBlockLanes);
     int64_t const blocks = batch * p.colTiles * p.splits;
     if (blocks > INT_MAX)
     {
         return cudaErrorInvalidConfiguration;
     }
+    cudaLaunchConfig_t const main = launchConfig(blocks, dim3(kBlockCols, kBlockLanes), stream);
     if (a.mode == POM_MODE_CAUSAL)
     {
-        causalKernel<T, V><<<static_cast<unsigned>(blocks), block, 0, stream>>>(a);
-        return cudaGetLastError();
+        return cudaLaunchKernelEx(&main, causalKernel<T, V>, a);
     }
-    reduceKernel<T, V><<<static_cast<unsigned>(blocks), block, 0, stream>>>(a);
+    cudaError_t const reduced = cudaLaunchKernelEx(&main, reduceKernel<T, V>, a);
+    if (reduced != cudaSuccess)
+    {
+        return reduced;
+    }
     int constexpr kFinalizeThreads = 256;
-    int64_t const finalizeBlocks = ceilDiv(batch * a.channels, kFinalizeThreads);
-    finalizeKernel<T><<<static_cast<unsigned>(finalizeBlocks), kFinalizeThreads, 0, stream>>>(a, batch);
-    return cudaGetLastError();
+    cudaLaunchConfig_t const finalize
+        = launchConfig(ceilDiv(batch * a.channels, kFinalizeThreads), dim3(kFinalizeThreads), stream);
+    return cudaLaunchKernelEx(&finalize, finalizeKernel<T>, a, batch);
 }
 
 template <typename T>

@@ -1,7 +1,8 @@
 """ctypes binding of the PolyAggregate C ABI (polyAggregate.h).
 
-Used by the CPU-emulation tests (tests/test_plugin_poly_aggregate.py) and by the GPU check
-(scripts/gpu_check/check_poly_aggregate.py). Plain Python + NumPy; ml_dtypes for bfloat16.
+Used by the CPU-emulation and host-emulation tests (tests/test_plugin_poly_aggregate.py,
+plugins/tests/cuda_host) and by the GPU check (scripts/gpu_check/check_poly_aggregate.py).
+Plain Python + NumPy; ml_dtypes for bfloat16.
 """
 
 from __future__ import annotations
@@ -82,6 +83,28 @@ def check(lib: ctypes.CDLL, status: int) -> None:
         raise RuntimeError(f"PolyAggregate status {status}: {lib.pomPolyAggregateStatusString(status).decode()}")
 
 
+def dtype_name(dtype: np.dtype) -> str:
+    """The ABI's name of a NumPy storage type (float32, float16 or ml_dtypes' bfloat16)."""
+    return {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(np.dtype(dtype), "bfloat16")
+
+
+def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask) -> np.ndarray:
+    batch, tokens, channels = x.shape
+    desc = make_desc(batch, tokens, channels, degree, variant, mode, dtype_name(x.dtype))
+    y = np.zeros(output_shape(batch, tokens, channels, mode), dtype=x.dtype)
+    # A contiguous view keeps its address, so callers can pass deliberately misaligned views.
+    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask)]
+    pointers = [a.ctypes.data if a is not None else None for a in arrays]
+    if entry == "cpu":
+        status = lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers, y.ctypes.data)
+    else:
+        workspace = np.zeros(lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)), dtype=np.uint8)
+        status = lib.pomPolyAggregateLaunch(
+            ctypes.byref(desc), *pointers, y.ctypes.data, workspace.ctypes.data, workspace.size, None)
+    check(lib, status)
+    return y
+
+
 def run_cpu(
     lib: ctypes.CDLL,
     x: np.ndarray,
@@ -92,11 +115,18 @@ def run_cpu(
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run the CPU emulation on contiguous arrays of one dtype (float32, float16 or bfloat16)."""
-    dtype = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(x.dtype, "bfloat16")
-    batch, tokens, channels = x.shape
-    desc = make_desc(batch, tokens, channels, degree, variant, mode, dtype)
-    y = np.zeros(output_shape(batch, tokens, channels, mode), dtype=x.dtype)
-    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask)]
-    pointers = [a.ctypes.data if a is not None else None for a in arrays]
-    check(lib, lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers, y.ctypes.data))
-    return y
+    return _call(lib, "cpu", x, degree, variant, mode, coeff, mask)
+
+
+def run_host_launch(
+    lib: ctypes.CDLL,
+    x: np.ndarray,
+    degree: int,
+    variant: str,
+    mode: str,
+    coeff: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run pomPolyAggregateLaunch on host arrays: for polyAggregateKernel.cu built against the
+    host emulation of CUDA (plugins/tests/cuda_host), whose device memory is host memory."""
+    return _call(lib, "launch", x, degree, variant, mode, coeff, mask)

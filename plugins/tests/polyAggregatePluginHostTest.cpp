@@ -3,12 +3,21 @@
  * enqueue, without a GPU and without TensorRT's libraries (headers only). TensorRT's
  * IExprBuilder is a thin wrapper over an internal interface (apiv::VExprBuilder); a small
  * fake of that interface stands in for the builder's shape expressions.
+ *
+ * Then enqueue, the way TensorRT runs the plugin (a runtime-phase plugin, onShapeChange, the
+ * workspace sized for the profile's max shape), compared bit for bit with a direct launch of
+ * the kernels through their C ABI. It runs on a CUDA device, or on the CPU when built against
+ * the host emulation (plugins/tests/cuda_host), and is skipped when there is neither.
  */
 #include "polyAggregatePlugin.h"
 
 #include <NvInferImpl.h>
 #include <NvInferVersion.h>
 
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <iostream>
@@ -380,6 +389,191 @@ void testBadFields(IPluginCreatorV3One& creator)
     }
 }
 
+//! 16-bit encodings of values that are exact in both formats (multiples of 1/16 within +-8).
+uint16_t halfBits(float value)
+{
+    if (value == 0.0F)
+    {
+        return 0;
+    }
+    int exponent = 0;
+    float const fraction = std::frexp(std::fabs(value), &exponent); // |value| = fraction * 2^exponent
+    auto const mantissa = static_cast<uint16_t>((fraction * 2.0F - 1.0F) * 1024.0F);
+    return static_cast<uint16_t>((value < 0.0F ? 0x8000U : 0U) | ((exponent - 1 + 15) << 10) | mantissa);
+}
+
+uint16_t bfloat16Bits(float value)
+{
+    uint32_t bits = 0;
+    std::memcpy(&bits, &value, sizeof(bits));
+    return static_cast<uint16_t>(bits >> 16);
+}
+
+//! A device buffer filled from host bytes, freed on scope exit.
+struct DeviceBuffer
+{
+    void* ptr = nullptr;
+    size_t bytes = 0;
+
+    explicit DeviceBuffer(size_t size)
+        : bytes(size)
+    {
+        CHECK(cudaMalloc(&ptr, bytes == 0 ? 1 : bytes) == cudaSuccess);
+    }
+    DeviceBuffer(DeviceBuffer const&) = delete;
+    DeviceBuffer& operator=(DeviceBuffer const&) = delete;
+    ~DeviceBuffer()
+    {
+        cudaFree(ptr);
+    }
+    void upload(std::vector<uint8_t> const& host)
+    {
+        CHECK(cudaMemcpy(ptr, host.data(), host.size(), cudaMemcpyHostToDevice) == cudaSuccess);
+    }
+    std::vector<uint8_t> download() const
+    {
+        std::vector<uint8_t> host(bytes);
+        CHECK(cudaMemcpy(host.data(), ptr, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+        return host;
+    }
+};
+
+//! `count` values of `type`, from a small deterministic sequence of exact values.
+std::vector<uint8_t> tensorBytes(DataType type, int64_t count, int64_t seed, bool binary)
+{
+    size_t const elementBytes = type == DataType::kFLOAT ? 4 : 2;
+    std::vector<uint8_t> bytes(static_cast<size_t>(count) * elementBytes);
+    for (int64_t i = 0; i < count; ++i)
+    {
+        int64_t const step = (i * 37 + seed * 11) % 97;
+        float const value = binary ? static_cast<float>(step % 3 != 0) : static_cast<float>(step - 48) / 16.0F;
+        if (type == DataType::kFLOAT)
+        {
+            std::memcpy(&bytes[i * 4], &value, 4);
+        }
+        else
+        {
+            uint16_t const bits = type == DataType::kHALF ? halfBits(value) : bfloat16Bits(value);
+            std::memcpy(&bytes[i * 2], &bits, 2);
+        }
+    }
+    return bytes;
+}
+
+int32_t pomDType(DataType type)
+{
+    if (type == DataType::kFLOAT)
+    {
+        return POM_DTYPE_FLOAT32;
+    }
+    return type == DataType::kHALF ? POM_DTYPE_FLOAT16 : POM_DTYPE_BFLOAT16;
+}
+
+PluginTensorDesc plainDesc(DataType type, std::vector<int64_t> const& dims)
+{
+    return tensor(type, dims).desc;
+}
+
+void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::string const& mode, DataType type)
+{
+    // A shape inside a larger profile: blocks cut short at the token and channel ends.
+    int64_t const batch = 2;
+    int64_t const tokens = 300;
+    int64_t const channels = 24;
+    int32_t const degree = 3;
+    std::vector<int64_t> const xDims{batch, tokens, channels};
+    std::vector<int64_t> const yDims{batch, mode == "causal" ? tokens : 1, channels};
+
+    Fields fields(variant, degree, mode);
+    auto plugin = create(creator, fields.get(), TensorRTPhase::kRUNTIME);
+    CHECK(plugin != nullptr);
+    if (!plugin)
+    {
+        return;
+    }
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+
+    std::vector<PluginTensorDesc> in{plainDesc(type, xDims)};
+    std::vector<DynamicPluginTensorDesc> profile{tensor(type, xDims)};
+    profile[0].max.d[0] = 4;
+    profile[0].max.d[1] = 1000;
+    std::vector<std::unique_ptr<DeviceBuffer>> inputs;
+    std::vector<uint8_t> const x = tensorBytes(type, batch * tokens * channels, 1, false);
+    inputs.push_back(std::make_unique<DeviceBuffer>(x.size()));
+    inputs.back()->upload(x);
+    if (variant == "v2")
+    {
+        std::vector<uint8_t> const coeff = tensorBytes(type, channels * degree, 2, false);
+        in.push_back(plainDesc(type, {channels, degree}));
+        profile.push_back(tensor(type, {channels, degree}));
+        inputs.push_back(std::make_unique<DeviceBuffer>(coeff.size()));
+        inputs.back()->upload(coeff);
+    }
+    if (mode == "masked")
+    {
+        std::vector<uint8_t> const mask = tensorBytes(type, batch * tokens, 3, true);
+        in.push_back(plainDesc(type, {batch, tokens}));
+        profile.push_back(tensor(type, {4, 1000}));
+        inputs.push_back(std::make_unique<DeviceBuffer>(mask.size()));
+        inputs.back()->upload(mask);
+    }
+    PluginTensorDesc const out = plainDesc(type, yDims);
+    int32_t const nbInputs = static_cast<int32_t>(in.size());
+    size_t const elementBytes = type == DataType::kFLOAT ? 4 : 2;
+    size_t const outBytes = static_cast<size_t>(yDims[0] * yDims[1] * yDims[2]) * elementBytes;
+
+    // The workspace TensorRT allocates: sized by the build phase for the profile's max shape.
+    auto buildPlugin = create(creator, fields.get());
+    size_t const workspaceBytes = build(*buildPlugin)->getWorkspaceSize(profile.data(), nbInputs, nullptr, 1);
+    CHECK(workspaceBytes > 0);
+    DeviceBuffer workspace(workspaceBytes);
+    DeviceBuffer y(outBytes);
+    y.upload(std::vector<uint8_t>(outBytes, 0xFF)); // NaN everywhere until written
+
+    std::vector<void const*> inputPointers;
+    for (auto const& buffer : inputs)
+    {
+        inputPointers.push_back(buffer->ptr);
+    }
+    void* outputs[] = {y.ptr};
+    CHECK(runtime->onShapeChange(in.data(), nbInputs, &out, 1) == 0);
+    CHECK(runtime->enqueue(in.data(), &out, inputPointers.data(), outputs, workspace.ptr, nullptr) == 0);
+
+    // The same op through the C ABI, with its own workspace.
+    PomPolyAggregateDesc const desc{batch, tokens, channels, degree,
+        variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2,
+        mode == "mean" ? POM_MODE_MEAN : mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED, pomDType(type)};
+    DeviceBuffer directWorkspace(pomPolyAggregateWorkspaceSize(&desc));
+    DeviceBuffer direct(outBytes);
+    CHECK(pomPolyAggregateLaunch(&desc, inputs[0]->ptr, variant == "v2" ? inputs[1]->ptr : nullptr,
+              mode == "masked" ? inputs.back()->ptr : nullptr, direct.ptr, directWorkspace.ptr, directWorkspace.bytes,
+              nullptr)
+        == POM_SUCCESS);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+
+    std::vector<uint8_t> const fromPlugin = y.download();
+    std::vector<uint8_t> const fromAbi = direct.download();
+    CHECK(fromPlugin == fromAbi);
+    std::vector<uint8_t> const unwritten(elementBytes, 0xFF);
+    bool written = true;
+    for (size_t i = 0; i < fromPlugin.size(); i += elementBytes)
+    {
+        written = written && !std::equal(unwritten.begin(), unwritten.end(), fromPlugin.begin() + i);
+    }
+    CHECK(written);
+    if (fromPlugin != fromAbi || !written)
+    {
+        std::cerr << "enqueue mismatch: " << variant << " " << mode << " dtype " << static_cast<int>(type) << std::endl;
+    }
+}
+
+//! Whether enqueue can run here: a CUDA device, or the host emulation.
+bool haveDevice()
+{
+    int count = 0;
+    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
 } // namespace
 
 int main()
@@ -401,6 +595,24 @@ int main()
     }
     testFieldVariants(*creator);
     testBadFields(*creator);
+    if (haveDevice())
+    {
+        for (char const* variant : {"v1", "v2"})
+        {
+            for (char const* mode : {"mean", "causal", "masked"})
+            {
+                for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
+                {
+                    testEnqueue(*creator, variant, mode, type);
+                }
+            }
+        }
+        std::cout << "enqueue checked against the C ABI launch for 18 configurations" << std::endl;
+    }
+    else
+    {
+        std::cout << "enqueue checks skipped: no CUDA device" << std::endl;
+    }
     if (gFailures != 0)
     {
         std::cout << gFailures << " check(s) failed" << std::endl;
