@@ -8,7 +8,8 @@
 # 2. Checks the kernels on the GPU against the float64 oracle and the CPU emulation, and
 #    their determinism, for every mode, variant and dtype on odd shapes.
 # 3. Benchmarks them at B=4, N=16384, C=2048 fp16: bandwidth vs the measured device copy
-#    bandwidth, time vs PyTorch eager and torch.compile (--no-compile skips the latter).
+#    bandwidth, time vs PyTorch eager and torch.compile (--no-compile skips the latter); then
+#    checks and benchmarks, side by side, builds with other tuning constants.
 # 4. With TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT; no TensorRT libraries needed):
 #    the plugin's host-side test, whose enqueue runs on the GPU. With the Python tensorrt
 #    package as well: ONNX -> TensorRT engine -> enqueue, loading the plugin both ways.
@@ -70,9 +71,32 @@ else
 fi
 echo "built in $((SECONDS - start)) s"
 
-step "kernels on the GPU: correctness, determinism, benchmark"
+step "build tuning variants (compile-time constants of polyAggregateCommon.h)"
+start=${SECONDS}
+VARIANT_ARGS=()
+PIDS=()
+while read -r name flags; do
+    read -r -a defines <<< "${flags}"
+    dir="${BUILD}/variant-${name}"
+    mkdir -p "${dir}"
+    nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" "${defines[@]}" \
+        "${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu" -o "${dir}/libpom_deploy_plugins.so" &
+    PIDS+=($!)
+    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden "${defines[@]}" \
+        "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" -o "${dir}/libpom_poly_aggregate_cpu.so" &
+    PIDS+=($!)
+    VARIANT_ARGS+=(--variant "${name}=${dir}/libpom_deploy_plugins.so:${dir}/libpom_poly_aggregate_cpu.so")
+    echo "${name}: ${flags}"
+done < <("${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" --list-variants)
+for pid in "${PIDS[@]}"; do
+    wait "${pid}"
+done
+echo "built in $((SECONDS - start)) s"
+
+step "kernels on the GPU: correctness, determinism, benchmark, tuning variants"
 "${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" \
-    --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu.so" ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"}
+    --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu.so" \
+    ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"} "${VARIANT_ARGS[@]}"
 
 if [[ "${WITH_TRT}" == ON ]]; then
     # Build-time methods on the host, then enqueue on this GPU against a direct C ABI launch.

@@ -38,6 +38,8 @@ POLY_AGGREGATE = PLUGINS / "poly_aggregate"
 CUDA_HOST = PLUGINS / "tests" / "cuda_host"
 sys.path.insert(0, str(POLY_AGGREGATE))
 sys.path.insert(0, str(CUDA_HOST))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu_check"))
+import check_poly_aggregate as gpu_check  # noqa: E402
 import compare_with_cpu_emulation as host_emulation  # noqa: E402
 import poly_aggregate_abi as abi  # noqa: E402
 
@@ -220,10 +222,9 @@ HOST_SHAPES = SHAPES + [(2, 600, 64, 2)]
 @pytest.mark.parametrize("variant", list(abi.VARIANTS))
 @pytest.mark.parametrize("shape", HOST_SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
 def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, mode, dtype):
-    problem = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype)
+    problem, y = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype)
     assert problem is None, problem
     x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
-    y = abi.run_host_launch(host_kernels, x, shape[3], variant, mode, coeff, mask)
     _assert_close(y, _oracle(x, shape[3], variant, mode, coeff, mask), dtype)
 
 
@@ -231,7 +232,7 @@ def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, 
 def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels, cpu_lib, mode):
     # The emulation fails a launch whose vector loads are not aligned, as the GPU would.
     for dtype in ("float16", "bfloat16"):
-        problem = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
+        problem, _ = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
         assert problem is None, problem
 
 
@@ -259,6 +260,39 @@ int main() {
     executable = plugin_tmp / "misaligned_load"
     _run(["g++", "-std=c++20", "-pthread", "-I", str(CUDA_HOST), str(source), "-o", str(executable)])
     assert subprocess.run([str(executable)]).returncode == 0
+
+
+def _workspace_bytes(lib, mode: str) -> int:
+    import ctypes
+
+    desc = abi.make_desc(2, 20001, 64, 2, "v1", mode, "float16")
+    return lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
+
+
+# The GPU check's shapes for tuning variants, shortened (every barrier of the emulation wakes
+# 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 20-80 chunks.
+VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 1500, 96, 4), (1, 5001, 4, 2)]
+
+
+@pytest.mark.parametrize("name", list(gpu_check.TUNING_VARIANTS))
+def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
+    """The builds gpu_check.sh benchmarks besides the defaults (other block shapes and token
+    blocking) are correct too: host-emulated kernels == their CPU emulation, bit for bit, and
+    the oracle."""
+    _require("g++")
+    flags = gpu_check.compiler_flags(name).split()
+    kernels = abi.load(str(_build_host_emulated_kernels(plugin_tmp / f"libpom_poly_aggregate_host_{name}.so", *flags)))
+    cpu = abi.load(str(_build_cpu_emulation(plugin_tmp / f"libpom_poly_aggregate_cpu_{name}.so", *flags)))
+    # The flags took effect: the blocking, hence the workspace, differs from the defaults'.
+    assert any(_workspace_bytes(cpu, mode) != _workspace_bytes(cpu_lib, mode) for mode in abi.MODES)
+    for shape in VARIANT_SHAPES:
+        for variant in abi.VARIANTS:
+            for mode in abi.MODES:
+                for dtype in abi.DTYPES:
+                    problem, y = host_emulation.compare_case(kernels, cpu, shape, variant, mode, dtype)
+                    assert problem is None, f"{shape} {variant} {mode} {dtype}: {problem}"
+                    x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
+                    _assert_close(y, _oracle(x, shape[3], variant, mode, coeff, mask), dtype)
 
 
 def _sanitizer_preload() -> str:
@@ -419,8 +453,6 @@ def test_gpu_check_scripts_cpu_parts():
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
     _run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")])
-    sys.path.insert(0, str(ROOT / "scripts" / "gpu_check"))
-    import check_poly_aggregate as gpu_check
     import check_trt_plugin
 
     for variant in abi.VARIANTS:

@@ -15,17 +15,38 @@
 namespace pom
 {
 
-// A block is kBlockCols column groups x kBlockLanes token lanes (256 threads).
-constexpr int kBlockCols = 8;
-constexpr int kBlockLanes = 32;
+// Tuning constants. Each can be overridden at compile time (-DPOM_BLOCK_LANES=64, ...) for the
+// kernels and the CPU emulation alike; scripts/gpu_check.sh builds a few such variants and
+// benchmarks them side by side. The defaults have not been tuned on a GPU yet.
+#ifndef POM_BLOCK_COLS
+#define POM_BLOCK_COLS 8
+#endif
+#ifndef POM_BLOCK_LANES
+#define POM_BLOCK_LANES 32
+#endif
+#ifndef POM_REDUCE_TOKENS_PER_SPLIT
+#define POM_REDUCE_TOKENS_PER_SPLIT 256
+#endif
+#ifndef POM_CAUSAL_TOKENS_PER_LANE
+#define POM_CAUSAL_TOKENS_PER_LANE 4
+#endif
+
+// A block is kBlockCols column groups x kBlockLanes token lanes.
+constexpr int kBlockCols = POM_BLOCK_COLS;
+constexpr int kBlockLanes = POM_BLOCK_LANES;
 constexpr int kBlockThreads = kBlockCols * kBlockLanes;
 // mean/masked: tokens handled by one block before the cross-block (second stage) sum.
-constexpr int64_t kReduceTokensPerSplit = 256;
+constexpr int64_t kReduceTokensPerSplit = POM_REDUCE_TOKENS_PER_SPLIT;
 // causal: consecutive tokens one thread keeps in registers; a chunk is lanes x this.
-constexpr int kCausalTokensPerLane = 4;
+constexpr int kCausalTokensPerLane = POM_CAUSAL_TOKENS_PER_LANE;
 constexpr int64_t kCausalChunkTokens = int64_t{kBlockLanes} * kCausalTokensPerLane;
-// Per-thread float32 accumulators (features of V channels x K chunks); bounds registers.
-constexpr int kMaxAccumulators = 16;
+// Per-thread float32 accumulators (features of V channels x K chunks); bounds registers. At
+// V = 1 a thread holds all K <= POM_MAX_DEGREE chunks, so this is not a tuning knob.
+constexpr int kMaxAccumulators = POM_MAX_DEGREE;
+static_assert(kBlockThreads <= 1024, "a CUDA block has at most 1024 threads");
+// The lane sums and the causal scan give one thread to each (column group, accumulator).
+static_assert(kBlockThreads >= kBlockCols * kMaxAccumulators, "too few threads for the lane sums");
+static_assert(kReduceTokensPerSplit >= kBlockLanes && kCausalTokensPerLane >= 1, "bad token blocking");
 constexpr int kMaxVecBytes = 16;
 constexpr size_t kWorkspaceAlign = 256;
 

@@ -26,7 +26,10 @@ namespace
 {
 
 // Two resident blocks per SM (<= 128 registers a thread) keep enough loads in flight.
-constexpr int kMinBlocksPerSm = 2;
+#ifndef POM_MIN_BLOCKS_PER_SM
+#define POM_MIN_BLOCKS_PER_SM 2
+#endif
+constexpr int kMinBlocksPerSm = POM_MIN_BLOCKS_PER_SM;
 
 template <typename T>
 struct Convert;

@@ -6,6 +6,8 @@
    differ), and run twice for bit-identical results (determinism).
 2. Benchmark at B=4, N=16384, C=2048: kernel bandwidth vs the device's measured copy
    bandwidth (torch copy_ of the same bytes), and time vs PyTorch eager and torch.compile.
+3. Tuning variants (--variant, built by gpu_check.sh with other compile-time constants): a
+   shorter correctness check each, then their bandwidth side by side with the defaults'.
 
 Run by scripts/gpu_check.sh; exits non-zero when a correctness check fails.
 """
@@ -38,6 +40,21 @@ ORACLE_TOLERANCE = {"float32": 2e-5, "float16": 1.5e-3, "bfloat16": 1e-2}
 EMULATION_TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 8e-3}
 SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 130, 7, 1), (2, 5000, 96, 4),
           (1, 20001, 4, 2)]
+# Enough to catch a blocking error in a variant: partial blocks, K = 16, a long carry chain.
+VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 5000, 96, 4), (1, 20001, 4, 2)]
+BENCH_SHAPE = (4, 16384, 2048, 2)  # (batch, tokens, channels, degree) of the goal, float16
+
+# Compile-time tuning constants (plugins/poly_aggregate/polyAggregateCommon.h and the kernel's
+# launch bounds) that gpu_check.sh builds besides the defaults and benchmarks side by side.
+# tests/test_plugin_poly_aggregate.py checks every variant on the CUDA host emulation.
+TUNING_VARIANTS = {
+    # causal chunks of 256 tokens (half the serial carry hops) and twice the carry chains
+    "lanes64": {"POM_BLOCK_COLS": 4, "POM_BLOCK_LANES": 64},
+    # causal: 2 tokens a lane in registers, so 3 blocks fit on an SM
+    "occupancy3": {"POM_CAUSAL_TOKENS_PER_LANE": 2, "POM_MIN_BLOCKS_PER_SM": 3},
+    # mean/masked: 1024 tokens a block, a quarter of the partial sums
+    "split1024": {"POM_REDUCE_TOKENS_PER_SPLIT": 1024},
+}
 
 
 # ---------------------------------------------------------------- helpers
@@ -112,9 +129,14 @@ def relative_excess(actual: np.ndarray, expected: np.ndarray, tolerance: float) 
 # ---------------------------------------------------------------- correctness
 
 
-def check_correctness(kernels: Kernels, cpu_lib) -> list[tuple]:
+def compiler_flags(name: str) -> str:
+    """-D flags of a tuning variant."""
+    return " ".join(f"-D{macro}={value}" for macro, value in TUNING_VARIANTS[name].items())
+
+
+def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool = True) -> list[tuple]:
     rows = []
-    cases = [(s, v, m, d) for s in SHAPES for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
+    cases = [(s, v, m, d) for s in shapes for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
     for shape, variant, mode, dtype in cases:
         batch, tokens, channels, degree = shape
         seed = zlib.crc32(repr((shape, variant, mode, dtype)).encode())
@@ -134,7 +156,7 @@ def check_correctness(kernels: Kernels, cpu_lib) -> list[tuple]:
                      deterministic, ok))
 
     # Misaligned x (offset by one element): the launcher must fall back to scalar loads.
-    for mode in abi.MODES:
+    for mode in abi.MODES if misaligned else ():
         x, _, mask = abi.make_inputs(1, 2, 300, 16, 2, "v1", mode, "float16")
         base = torch.empty(x.size + 1, dtype=torch.float16, device="cuda")
         xd = base[1:].view(x.shape)
@@ -164,8 +186,8 @@ def time_ms(fn, iterations=20, warmup=3) -> float:
     return start.elapsed_time(end) / iterations
 
 
-def benchmark(kernels: Kernels, compile_baseline: bool) -> tuple[float, list[tuple]]:
-    batch, tokens, channels, degree = 4, 16384, 2048, 2
+def benchmark_inputs() -> dict:
+    batch, tokens, channels, degree = BENCH_SHAPE
     dtype = torch.float16
     x = torch.randn(batch, tokens, channels, device="cuda", dtype=dtype)
     coeff = (torch.rand(channels, degree, device="cuda") - 0.5).to(dtype)
@@ -173,18 +195,30 @@ def benchmark(kernels: Kernels, compile_baseline: bool) -> tuple[float, list[tup
     copy_target = torch.empty_like(x)
     # Device copy bandwidth on the same bytes: one read + one write of x.
     copy_gbs = 2 * x.numel() * x.element_size() / (time_ms(lambda: copy_target.copy_(x)) * 1e6)
+    return {"x": x, "coeff": coeff, "mask": mask, "degree": degree, "copy_gbs": copy_gbs}
 
+
+def time_kernel(kernels: Kernels, inputs: dict, variant: str, mode: str) -> tuple[float, float]:
+    """(ms, GB/s) of one launch at the benchmark shape; GB/s counts x + y (+ mask) once."""
+    x, mask = inputs["x"], inputs["mask"]
+    args = (x, inputs["degree"], variant, mode, inputs["coeff"] if variant == "v2" else None,
+            mask if mode == "masked" else None)
+    out = torch.empty(abi.output_shape(*x.shape, mode), dtype=x.dtype, device="cuda")
+    kernel_ms = time_ms(lambda: kernels(*args, out=out))
+    moved = x.numel() * x.element_size() + out.numel() * out.element_size()
+    if mode == "masked":
+        moved += mask.numel() * mask.element_size()
+    return kernel_ms, moved / (kernel_ms * 1e6)
+
+
+def benchmark(kernels: Kernels, inputs: dict, compile_baseline: bool) -> list[tuple]:
+    x, coeff, mask, degree, copy_gbs = (inputs[k] for k in ("x", "coeff", "mask", "degree", "copy_gbs"))
     compiled = torch.compile(torch_poly_aggregate, dynamic=False) if compile_baseline else None
     rows = []
     for variant in ("v1", "v2"):
         for mode in ("mean", "causal", "masked"):
             args = (x, degree, variant, mode, coeff if variant == "v2" else None, mask if mode == "masked" else None)
-            out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=dtype, device="cuda")
-            kernel_ms = time_ms(lambda: kernels(*args, out=out))
-            moved = x.numel() * x.element_size() + out.numel() * out.element_size()
-            if mode == "masked":
-                moved += mask.numel() * mask.element_size()
-            kernel_gbs = moved / (kernel_ms * 1e6)
+            kernel_ms, kernel_gbs = time_kernel(kernels, inputs, variant, mode)
             eager_ms = time_ms(lambda: torch_poly_aggregate(*args), iterations=5)
             compile_ms = float("nan")
             # torch.compile only for the goal rows: each compilation takes tens of seconds.
@@ -194,7 +228,17 @@ def benchmark(kernels: Kernels, compile_baseline: bool) -> tuple[float, list[tup
                 print(f"  torch.compile {variant}/{mode}: compiled in {time.perf_counter() - started:.0f} s")
                 compile_ms = time_ms(lambda: compiled(*args), iterations=5)
             rows.append((variant, mode, kernel_ms, kernel_gbs, 100 * kernel_gbs / copy_gbs, eager_ms, compile_ms))
-    return copy_gbs, rows
+    return rows
+
+
+def compare_variants(builds: dict[str, Kernels], inputs: dict) -> list[list[str]]:
+    """% of copy bandwidth of each build, measured in turns for each op so drift hits all alike."""
+    ops = [(v, m) for v in ("v1", "v2") for m in ("mean", "causal", "masked")]
+    percent = {name: {} for name in builds}
+    for op in ops:
+        for name, kernels in builds.items():
+            percent[name][op] = 100 * time_kernel(kernels, inputs, *op)[1] / inputs["copy_gbs"]
+    return [[name, *(f"{percent[name][op]:.0f}%" for op in ops)] for name in builds]
 
 
 # ---------------------------------------------------------------- report
@@ -218,12 +262,29 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 
 
+def parse_variant(text: str) -> tuple[str, str, str]:
+    name, _, libraries = text.partition("=")
+    kernels, _, cpu = libraries.partition(":")
+    if name not in TUNING_VARIANTS or not kernels or not cpu:
+        raise argparse.ArgumentTypeError(f"expected NAME=KERNELS.so:CPU.so with NAME in {sorted(TUNING_VARIANTS)}")
+    return name, kernels, cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", required=True, help="libpom_deploy_plugins.so")
-    parser.add_argument("--cpu", required=True, help="libpom_poly_aggregate_cpu.so (CPU emulation)")
+    parser.add_argument("--kernels", help="libpom_deploy_plugins.so")
+    parser.add_argument("--cpu", help="libpom_poly_aggregate_cpu.so (CPU emulation)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME=KERNELS:CPU",
+                        help="a tuning variant's kernel and CPU-emulation libraries (repeatable)")
+    parser.add_argument("--list-variants", action="store_true", help="print each tuning variant's name and -D flags")
     args = parser.parse_args()
+    if args.list_variants:
+        for name in TUNING_VARIANTS:
+            print(name, compiler_flags(name))
+        return 0
+    if not args.kernels or not args.cpu:
+        parser.error("--kernels and --cpu are required")
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     kernels = Kernels(args.kernels)
@@ -240,7 +301,9 @@ def main() -> int:
          for s, v, m, d, o, e, det, ok in results if not ok or s.startswith(("B2 N5000", "misaligned"))],
     )
 
-    copy_gbs, bench = benchmark(kernels, compile_baseline=not args.no_compile)
+    inputs = benchmark_inputs()
+    copy_gbs = inputs["copy_gbs"]
+    bench = benchmark(kernels, inputs, compile_baseline=not args.no_compile)
     print_table(
         f"benchmark B=4 N=16384 C=2048 K=2 float16; device copy bandwidth {copy_gbs:.0f} GB/s (torch copy_)",
         ["variant", "mode", "kernel ms", "kernel GB/s", "% of copy", "eager ms", "torch.compile ms",
@@ -251,6 +314,21 @@ def main() -> int:
     goal = [row for row in bench if row[0] == "v1" and row[1] in ("mean", "causal")]
     print("goal (v1 mean and causal >= 85% of copy bandwidth): "
           + ", ".join(f"{m} {pct:.0f}% {'met' if pct >= 85 else 'NOT met'}" for _, m, _, _, pct, _, _ in goal))
+
+    if args.variant:
+        builds = {"defaults": kernels}
+        for name, variant_kernels, variant_cpu in args.variant:
+            builds[name] = Kernels(variant_kernels)
+            checked = check_correctness(builds[name], abi.load(variant_cpu), VARIANT_SHAPES, misaligned=False)
+            bad = [r for r in checked if not r[-1]]
+            failures += bad
+            print(f"tuning variant {name} ({compiler_flags(name)}): {len(checked) - len(bad)}/{len(checked)} "
+                  "correctness checks passed")
+        print_table(
+            "tuning variants: % of copy bandwidth, B=4 N=16384 C=2048 K=2 float16, measured in turns",
+            ["build", *(f"{v} {m}" for v in ("v1", "v2") for m in ("mean", "causal", "masked"))],
+            compare_variants(builds, inputs),
+        )
     if failures:
         print(f"{len(failures)} correctness check(s) FAILED")
         return 1
