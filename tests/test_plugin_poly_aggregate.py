@@ -11,6 +11,9 @@
   the plugin compiles and its build-time methods pass a host-side test program; built against
   the host emulation, that program also runs the plugin's enqueue.
 
+* The builds with other tuning constants that the GPU check benchmarks are correct too, and the
+  GPU check's Python script runs end to end on the host emulation (--emulated).
+
 GPU checks live in scripts/gpu_check.sh (docs/gpu_check.md).
 """
 
@@ -269,6 +272,18 @@ def _workspace_bytes(lib, mode: str) -> int:
     return lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
 
 
+def _tuning_build(plugin_tmp: Path, name: str) -> tuple[Path, Path]:
+    """(host-emulated kernels, CPU emulation) built with a tuning variant's -D flags, once."""
+    _require("g++")
+    flags = gpu_check.compiler_flags(name).split()
+    kernels = plugin_tmp / f"libpom_poly_aggregate_host_{name}.so"
+    cpu = plugin_tmp / f"libpom_poly_aggregate_cpu_{name}.so"
+    if not (kernels.exists() and cpu.exists()):
+        _build_host_emulated_kernels(kernels, *flags)
+        _build_cpu_emulation(cpu, *flags)
+    return kernels, cpu
+
+
 # The GPU check's shapes for tuning variants, shortened (every barrier of the emulation wakes
 # 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 20-80 chunks.
 VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 1500, 96, 4), (1, 5001, 4, 2)]
@@ -279,10 +294,8 @@ def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
     """The builds gpu_check.sh benchmarks besides the defaults (other block shapes and token
     blocking) are correct too: host-emulated kernels == their CPU emulation, bit for bit, and
     the oracle."""
-    _require("g++")
-    flags = gpu_check.compiler_flags(name).split()
-    kernels = abi.load(str(_build_host_emulated_kernels(plugin_tmp / f"libpom_poly_aggregate_host_{name}.so", *flags)))
-    cpu = abi.load(str(_build_cpu_emulation(plugin_tmp / f"libpom_poly_aggregate_cpu_{name}.so", *flags)))
+    kernels_path, cpu_path = _tuning_build(plugin_tmp, name)
+    kernels, cpu = abi.load(str(kernels_path)), abi.load(str(cpu_path))
     # The flags took effect: the blocking, hence the workspace, differs from the defaults'.
     assert any(_workspace_bytes(cpu, mode) != _workspace_bytes(cpu_lib, mode) for mode in abi.MODES)
     for shape in VARIANT_SHAPES:
@@ -293,6 +306,24 @@ def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
                     assert problem is None, f"{shape} {variant} {mode} {dtype}: {problem}"
                     x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
                     _assert_close(y, _oracle(x, shape[3], variant, mode, coeff, mask), dtype)
+
+
+def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels, cpu_lib):
+    """scripts/gpu_check/check_poly_aggregate.py as gpu_check.sh runs it, on the CPU (--emulated):
+    so that the one run on a lent GPU is not lost to a bug in the script itself."""
+    pytest.importorskip("torch")
+    kernels, cpu = _tuning_build(plugin_tmp, "lanes64")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check" / "check_poly_aggregate.py"), "--emulated", "--no-compile",
+         "--kernels", host_kernels._name, "--cpu", cpu_lib._name, "--variant", f"lanes64={kernels}:{cpu}"],
+        capture_output=True, text=True)
+    report = result.stdout + result.stderr[-4000:]
+    assert result.returncode == 0, report
+    cases = len(gpu_check.SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + len(abi.MODES)
+    assert f"correctness ({cases}/{cases} passed" in result.stdout, report
+    assert "tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): 72/72 correctness checks passed" in report
+    for table in ("benchmark B=1 N=1024 C=64 K=2 float16", "tuning variants: % of copy bandwidth"):
+        assert table in result.stdout, report
 
 
 def _sanitizer_preload() -> str:

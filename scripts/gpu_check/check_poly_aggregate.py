@@ -9,7 +9,10 @@
 3. Tuning variants (--variant, built by gpu_check.sh with other compile-time constants): a
    shorter correctness check each, then their bandwidth side by side with the defaults'.
 
-Run by scripts/gpu_check.sh; exits non-zero when a correctness check fails.
+Run by scripts/gpu_check.sh; exits non-zero when a correctness check fails. With --emulated it
+runs on the CPU instead, with libraries built against the CUDA host emulation
+(plugins/tests/cuda_host), at a small benchmark shape: CI uses that to check this script end to
+end without a GPU. Its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,8 @@ SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 1
 # Enough to catch a blocking error in a variant: partial blocks, K = 16, a long carry chain.
 VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 5000, 96, 4), (1, 20001, 4, 2)]
 BENCH_SHAPE = (4, 16384, 2048, 2)  # (batch, tokens, channels, degree) of the goal, float16
+EMULATED_BENCH_SHAPE = (1, 1024, 64, 2)
+EMULATED_MAX_TOKENS = 1500  # emulated correctness shapes are cut to this many tokens
 
 # Compile-time tuning constants (plugins/poly_aggregate/polyAggregateCommon.h and the kernel's
 # launch bounds) that gpu_check.sh builds besides the defaults and benchmarks side by side.
@@ -60,12 +66,63 @@ TUNING_VARIANTS = {
 # ---------------------------------------------------------------- helpers
 
 
-def to_device(array: np.ndarray | None) -> torch.Tensor | None:
+@dataclass(frozen=True)
+class Target:
+    """Where the kernels run: the GPU, or the CPU with the CUDA host emulation (--emulated)."""
+
+    emulated: bool = False
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.emulated else "cuda"
+
+    @property
+    def bench_shape(self) -> tuple[int, int, int, int]:
+        return EMULATED_BENCH_SHAPE if self.emulated else BENCH_SHAPE
+
+    def shapes(self, shapes: list[tuple]) -> list[tuple]:
+        """The correctness shapes to run: all on the GPU, shortened when emulated."""
+        if not self.emulated:
+            return shapes
+        return [(b, min(n, EMULATED_MAX_TOKENS), c, k) for b, n, c, k in shapes]
+
+    def name(self) -> str:
+        return "CUDA host emulation on the CPU" if self.emulated else torch.cuda.get_device_name()
+
+    def stream(self) -> int | None:
+        return None if self.emulated else torch.cuda.current_stream().cuda_stream
+
+    def synchronize(self) -> None:
+        if not self.emulated:
+            torch.cuda.synchronize()
+
+    def time_ms(self, fn, iterations=20, warmup=3) -> float:
+        """Mean time of `fn`: CUDA events on the GPU, the host clock (one run) when emulated."""
+        if self.emulated:
+            iterations, warmup = 1, 0
+        for _ in range(warmup):
+            fn()
+        self.synchronize()
+        if self.emulated:
+            started = time.perf_counter()
+            for _ in range(iterations):
+                fn()
+            return (time.perf_counter() - started) * 1e3 / iterations
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iterations):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / iterations
+
+
+def to_device(array: np.ndarray | None, device: str = "cuda") -> torch.Tensor | None:
     if array is None:
         return None
     if array.dtype.name == "bfloat16":  # torch cannot read ml_dtypes arrays: move the bits
-        return torch.from_numpy(array.view(np.int16)).cuda().view(torch.bfloat16)
-    return torch.from_numpy(array).cuda()
+        return torch.from_numpy(array.view(np.int16)).to(device).view(torch.bfloat16)
+    return torch.from_numpy(array).to(device)
 
 
 def to_float64(tensor: torch.Tensor) -> np.ndarray:
@@ -73,9 +130,10 @@ def to_float64(tensor: torch.Tensor) -> np.ndarray:
 
 
 class Kernels:
-    def __init__(self, library: str):
+    def __init__(self, library: str, target: Target):
         self.lib = abi.load(library)
-        self.workspace = torch.empty(0, dtype=torch.uint8, device="cuda")
+        self.target = target
+        self.workspace = torch.empty(0, dtype=torch.uint8, device=target.device)
 
     def __call__(self, x, degree, variant, mode, coeff=None, mask=None, out=None):
         batch, tokens, channels = x.shape
@@ -83,13 +141,13 @@ class Kernels:
         desc = abi.make_desc(batch, tokens, channels, degree, variant, mode, dtype)
         size = self.lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
         if self.workspace.numel() < size:
-            self.workspace = torch.empty(size, dtype=torch.uint8, device="cuda")
+            self.workspace = torch.empty(size, dtype=torch.uint8, device=self.target.device)
         if out is None:
-            out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=x.dtype, device="cuda")
+            out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=x.dtype, device=x.device)
         ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         status = self.lib.pomPolyAggregateLaunch(
             ctypes.byref(desc), ptr(x), ptr(coeff), ptr(mask), out.data_ptr(), self.workspace.data_ptr(),
-            self.workspace.numel(), torch.cuda.current_stream().cuda_stream)
+            self.workspace.numel(), self.target.stream())
         abi.check(self.lib, status)
         return out
 
@@ -135,18 +193,19 @@ def compiler_flags(name: str) -> str:
 
 
 def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool = True) -> list[tuple]:
+    target = kernels.target
     rows = []
-    cases = [(s, v, m, d) for s in shapes for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
+    cases = [(s, v, m, d) for s in target.shapes(shapes) for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
     for shape, variant, mode, dtype in cases:
         batch, tokens, channels, degree = shape
         seed = zlib.crc32(repr((shape, variant, mode, dtype)).encode())
         x, coeff, mask = abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
         as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
         expected = poly_aggregate(as64(x), degree, variant, mode, as64(coeff), as64(mask))
-        xd, cd, md = to_device(x), to_device(coeff), to_device(mask)
+        xd, cd, md = (to_device(a, target.device) for a in (x, coeff, mask))
         first = kernels(xd, degree, variant, mode, cd, md)
         second = kernels(xd, degree, variant, mode, cd, md)
-        torch.cuda.synchronize()
+        target.synchronize()
         deterministic = torch.equal(first.view(torch.uint8), second.view(torch.uint8))
         oracle = relative_excess(to_float64(first), expected, ORACLE_TOLERANCE[dtype])
         emulated = np.asarray(abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask), dtype=np.float64)
@@ -158,11 +217,11 @@ def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool
     # Misaligned x (offset by one element): the launcher must fall back to scalar loads.
     for mode in abi.MODES if misaligned else ():
         x, _, mask = abi.make_inputs(1, 2, 300, 16, 2, "v1", mode, "float16")
-        base = torch.empty(x.size + 1, dtype=torch.float16, device="cuda")
+        base = torch.empty(x.size + 1, dtype=torch.float16, device=target.device)
         xd = base[1:].view(x.shape)
-        xd.copy_(to_device(x))
-        y = kernels(xd, 2, "v1", mode, None, to_device(mask))
-        torch.cuda.synchronize()
+        xd.copy_(to_device(x, target.device))
+        y = kernels(xd, 2, "v1", mode, None, to_device(mask, target.device))
+        target.synchronize()
         as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
         expected = poly_aggregate(as64(x), 2, "v1", mode, None, as64(mask))
         oracle = relative_excess(to_float64(y), expected, ORACLE_TOLERANCE["float16"])
@@ -173,28 +232,15 @@ def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool
 # ---------------------------------------------------------------- benchmark
 
 
-def time_ms(fn, iterations=20, warmup=3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iterations):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iterations
-
-
-def benchmark_inputs() -> dict:
-    batch, tokens, channels, degree = BENCH_SHAPE
-    dtype = torch.float16
-    x = torch.randn(batch, tokens, channels, device="cuda", dtype=dtype)
-    coeff = (torch.rand(channels, degree, device="cuda") - 0.5).to(dtype)
-    mask = (torch.rand(batch, tokens, device="cuda") < 0.6).to(dtype)
+def benchmark_inputs(target: Target) -> dict:
+    batch, tokens, channels, degree = target.bench_shape
+    dtype, device = torch.float16, target.device
+    x = torch.randn(batch, tokens, channels, device=device, dtype=dtype)
+    coeff = (torch.rand(channels, degree, device=device) - 0.5).to(dtype)
+    mask = (torch.rand(batch, tokens, device=device) < 0.6).to(dtype)
     copy_target = torch.empty_like(x)
     # Device copy bandwidth on the same bytes: one read + one write of x.
-    copy_gbs = 2 * x.numel() * x.element_size() / (time_ms(lambda: copy_target.copy_(x)) * 1e6)
+    copy_gbs = 2 * x.numel() * x.element_size() / (target.time_ms(lambda: copy_target.copy_(x)) * 1e6)
     return {"x": x, "coeff": coeff, "mask": mask, "degree": degree, "copy_gbs": copy_gbs}
 
 
@@ -203,8 +249,8 @@ def time_kernel(kernels: Kernels, inputs: dict, variant: str, mode: str) -> tupl
     x, mask = inputs["x"], inputs["mask"]
     args = (x, inputs["degree"], variant, mode, inputs["coeff"] if variant == "v2" else None,
             mask if mode == "masked" else None)
-    out = torch.empty(abi.output_shape(*x.shape, mode), dtype=x.dtype, device="cuda")
-    kernel_ms = time_ms(lambda: kernels(*args, out=out))
+    out = torch.empty(abi.output_shape(*x.shape, mode), dtype=x.dtype, device=x.device)
+    kernel_ms = kernels.target.time_ms(lambda: kernels(*args, out=out))
     moved = x.numel() * x.element_size() + out.numel() * out.element_size()
     if mode == "masked":
         moved += mask.numel() * mask.element_size()
@@ -219,14 +265,14 @@ def benchmark(kernels: Kernels, inputs: dict, compile_baseline: bool) -> list[tu
         for mode in ("mean", "causal", "masked"):
             args = (x, degree, variant, mode, coeff if variant == "v2" else None, mask if mode == "masked" else None)
             kernel_ms, kernel_gbs = time_kernel(kernels, inputs, variant, mode)
-            eager_ms = time_ms(lambda: torch_poly_aggregate(*args), iterations=5)
+            eager_ms = kernels.target.time_ms(lambda: torch_poly_aggregate(*args), iterations=5)
             compile_ms = float("nan")
             # torch.compile only for the goal rows: each compilation takes tens of seconds.
             if compiled is not None and variant == "v1" and mode in ("mean", "causal"):
                 started = time.perf_counter()
                 compiled(*args)  # compile outside the timing
                 print(f"  torch.compile {variant}/{mode}: compiled in {time.perf_counter() - started:.0f} s")
-                compile_ms = time_ms(lambda: compiled(*args), iterations=5)
+                compile_ms = kernels.target.time_ms(lambda: compiled(*args), iterations=5)
             rows.append((variant, mode, kernel_ms, kernel_gbs, 100 * kernel_gbs / copy_gbs, eager_ms, compile_ms))
     return rows
 
@@ -250,11 +296,12 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         from rich.table import Table
 
         table = Table(title=title)
+        # Wide when piped (gpu_check.sh's output is saved to docs), so that cells do not wrap.
         for column in header:
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
     except ImportError:
         widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
         print(f"\n{title}")
@@ -278,6 +325,8 @@ def main() -> int:
     parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME=KERNELS:CPU",
                         help="a tuning variant's kernel and CPU-emulation libraries (repeatable)")
     parser.add_argument("--list-variants", action="store_true", help="print each tuning variant's name and -D flags")
+    parser.add_argument("--emulated", action="store_true",
+                        help="run on the CPU with libraries built against plugins/tests/cuda_host (checks this script)")
     args = parser.parse_args()
     if args.list_variants:
         for name in TUNING_VARIANTS:
@@ -286,8 +335,9 @@ def main() -> int:
     if not args.kernels or not args.cpu:
         parser.error("--kernels and --cpu are required")
 
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    kernels = Kernels(args.kernels)
+    target = Target(emulated=args.emulated)
+    print(f"device: {target.name()}  torch {torch.__version__}")
+    kernels = Kernels(args.kernels, target)
     cpu_lib = abi.load(args.cpu)
 
     started = time.perf_counter()
@@ -301,31 +351,35 @@ def main() -> int:
          for s, v, m, d, o, e, det, ok in results if not ok or s.startswith(("B2 N5000", "misaligned"))],
     )
 
-    inputs = benchmark_inputs()
+    inputs = benchmark_inputs(target)
     copy_gbs = inputs["copy_gbs"]
     bench = benchmark(kernels, inputs, compile_baseline=not args.no_compile)
+    shape = "B={} N={} C={} K={}".format(*target.bench_shape)
     print_table(
-        f"benchmark B=4 N=16384 C=2048 K=2 float16; device copy bandwidth {copy_gbs:.0f} GB/s (torch copy_)",
+        f"benchmark {shape} float16; device copy bandwidth {copy_gbs:.0f} GB/s (torch copy_)",
         ["variant", "mode", "kernel ms", "kernel GB/s", "% of copy", "eager ms", "torch.compile ms",
          "speed-up vs eager", "speed-up vs compile"],
         [[v, m, f"{k:.3f}", f"{gbs:.0f}", f"{pct:.0f}%", f"{e:.3f}", f"{c:.3f}", f"{e / k:.1f}x", f"{c / k:.1f}x"]
          for v, m, k, gbs, pct, e, c in bench],
     )
     goal = [row for row in bench if row[0] == "v1" and row[1] in ("mean", "causal")]
-    print("goal (v1 mean and causal >= 85% of copy bandwidth): "
-          + ", ".join(f"{m} {pct:.0f}% {'met' if pct >= 85 else 'NOT met'}" for _, m, _, _, pct, _, _ in goal))
+    if target.emulated:
+        print("emulated: the timings above are of host threads and say nothing about a GPU")
+    else:
+        print("goal (v1 mean and causal >= 85% of copy bandwidth): "
+              + ", ".join(f"{m} {pct:.0f}% {'met' if pct >= 85 else 'NOT met'}" for _, m, _, _, pct, _, _ in goal))
 
     if args.variant:
         builds = {"defaults": kernels}
         for name, variant_kernels, variant_cpu in args.variant:
-            builds[name] = Kernels(variant_kernels)
+            builds[name] = Kernels(variant_kernels, target)
             checked = check_correctness(builds[name], abi.load(variant_cpu), VARIANT_SHAPES, misaligned=False)
             bad = [r for r in checked if not r[-1]]
             failures += bad
             print(f"tuning variant {name} ({compiler_flags(name)}): {len(checked) - len(bad)}/{len(checked)} "
                   "correctness checks passed")
         print_table(
-            "tuning variants: % of copy bandwidth, B=4 N=16384 C=2048 K=2 float16, measured in turns",
+            f"tuning variants: % of copy bandwidth, {shape} float16, measured in turns",
             ["build", *(f"{v} {m}" for v in ("v1", "v2") for m in ("mean", "causal", "masked"))],
             compare_variants(builds, inputs),
         )
