@@ -79,16 +79,16 @@ while read -r name flags; do
     read -r -a defines <<< "${flags}"
     dir="${BUILD}/variant-${name}"
     mkdir -p "${dir}"
-    nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" "${defines[@]}" \
+    nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" ${defines[@]+"${defines[@]}"} \
         "${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu" -o "${dir}/libpom_deploy_plugins.so" &
     PIDS+=($!)
-    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden "${defines[@]}" \
+    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden ${defines[@]+"${defines[@]}"} \
         "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" -o "${dir}/libpom_poly_aggregate_cpu.so" &
     PIDS+=($!)
     VARIANT_ARGS+=(--variant "${name}=${dir}/libpom_deploy_plugins.so:${dir}/libpom_poly_aggregate_cpu.so")
     echo "${name}: ${flags}"
 done < <("${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" --list-variants)
-for pid in "${PIDS[@]}"; do
+for pid in ${PIDS[@]+"${PIDS[@]}"}; do
     wait "${pid}"
 done
 echo "built in $((SECONDS - start)) s"
@@ -96,7 +96,7 @@ echo "built in $((SECONDS - start)) s"
 step "kernels on the GPU: correctness, determinism, benchmark, tuning variants"
 "${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" \
     --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu.so" \
-    ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"} "${VARIANT_ARGS[@]}"
+    ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"} ${VARIANT_ARGS[@]+"${VARIANT_ARGS[@]}"}
 
 if [[ "${WITH_TRT}" == ON ]]; then
     # Build-time methods on the host, then enqueue on this GPU against a direct C ABI launch.
