@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # GPU check of the PolyAggregate kernels and, where TensorRT is installed, of the plugin.
 #
-#   scripts/gpu_check.sh [--no-compile]
+#   scripts/gpu_check.sh [--no-compile] [--build-only] [--arch SM] [--no-cmake]
+#
+#   --no-compile  skip the torch.compile baseline (its compilation is the slow part)
+#   --build-only  stop after step 1; with --arch it needs neither a GPU nor nvidia-smi
+#   --arch SM     compute capability to build for, e.g. 90 (default: this GPU's, from nvidia-smi)
+#   --no-cmake    build with nvcc and g++ directly even when cmake is present
 #
 # 1. Builds plugins/ with CMake for this GPU's architecture only (CI compiles all of them),
 #    plus the CPU emulation library.
@@ -22,16 +27,36 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${POM_GPU_CHECK_BUILD:-${TMPDIR:-/tmp}/pom_gpu_check_build}"
 PYTHON="${PYTHON:-python3}"
 COMPILE_FLAG=()
-if [[ "${1:-}" == "--no-compile" ]]; then
-    COMPILE_FLAG=(--no-compile)
+BUILD_ONLY=0
+ARCH=""
+USE_CMAKE=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --no-compile) COMPILE_FLAG=(--no-compile) ;;
+        --build-only) BUILD_ONLY=1 ;;
+        --arch)
+            ARCH="${2:-}"
+            [[ "${ARCH}" =~ ^[0-9]+[a-z]?$ ]] || { echo "gpu_check.sh: --arch needs a compute capability such as 90" >&2; exit 2; }
+            shift ;;
+        --no-cmake) USE_CMAKE=0 ;;
+        *) echo "gpu_check.sh: unknown option $1 (see the usage at the top of this script)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if ! command -v cmake > /dev/null; then
+    USE_CMAKE=0
 fi
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "GPU and toolchain"
-nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+if [[ -z "${ARCH}" || "${BUILD_ONLY}" == 0 ]]; then
+    nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+fi
 nvcc --version | tail -n 2
-ARCH="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')"
+if [[ -z "${ARCH}" ]]; then
+    ARCH="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')"
+fi
 
 WITH_TRT=OFF
 if [[ -n "${TENSORRT_INCLUDE_DIR:-}${TensorRT_ROOT:-}" ]]; then
@@ -41,7 +66,7 @@ fi
 step "build (sm_${ARCH})"
 start=${SECONDS}
 mkdir -p "${BUILD}"
-if command -v cmake > /dev/null; then
+if [[ "${USE_CMAKE}" == 1 ]]; then
     cmake -S "${ROOT}/plugins" -B "${BUILD}" -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_CUDA_ARCHITECTURES="${ARCH}-real" -DPOM_WITH_TENSORRT="${WITH_TRT}" > "${BUILD}/configure.log" 2>&1 \
         || { cat "${BUILD}/configure.log"; exit 1; }
@@ -50,7 +75,7 @@ if command -v cmake > /dev/null; then
     grep -q "TensorRT headers:" "${BUILD}/configure.log" || WITH_TRT=OFF
 else
     # Same library without CMake: the kernels (+ the plugin when TENSORRT_INCLUDE_DIR is set).
-    echo "cmake not found: building with nvcc and g++ directly"
+    echo "building with nvcc and g++ directly (no cmake, or --no-cmake)"
     SOURCES=("${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu")
     INCLUDES=()
     if [[ -n "${TENSORRT_INCLUDE_DIR:-}" ]]; then
@@ -92,6 +117,11 @@ for pid in ${PIDS[@]+"${PIDS[@]}"}; do
     wait "${pid}"
 done
 echo "built in $((SECONDS - start)) s"
+if [[ "${BUILD_ONLY}" == 1 ]]; then
+    echo
+    echo "gpu_check: build only, done (${BUILD})"
+    exit 0
+fi
 
 step "kernels on the GPU: correctness, determinism, benchmark, tuning variants"
 "${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" \

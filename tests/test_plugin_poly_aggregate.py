@@ -326,6 +326,33 @@ def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels,
         assert table in result.stdout, report
 
 
+@pytest.mark.parametrize("builder", ["cmake", "nvcc"])
+def test_gpu_check_build_stage_without_gpu(builder, plugin_tmp):
+    """scripts/gpu_check.sh --build-only --arch 90: the builds a GPU run starts with (CMake, or
+    nvcc and g++ directly as on a machine without CMake), the tuning variants, and with
+    TensorRT headers the plugin and its host test, which runs here with enqueue skipped."""
+    _require("nvcc", "g++", "cmake")
+    build = plugin_tmp / f"gpu_check_{builder}"
+    env = dict(os.environ, POM_GPU_CHECK_BUILD=str(build))
+    try:
+        env["TENSORRT_INCLUDE_DIR"] = str(_tensorrt_headers("newest", plugin_tmp))
+    except pytest.skip.Exception:
+        env.pop("TENSORRT_INCLUDE_DIR", None)
+    options = ["--build-only", "--arch", "90"] + (["--no-cmake"] if builder == "nvcc" else [])
+    result = _run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), *options], env=env)
+    assert "gpu_check: build only, done" in result.stdout
+    libraries = ["libpom_deploy_plugins.so", "libpom_poly_aggregate_cpu.so"]
+    for directory in [build, *(build / f"variant-{name}" for name in gpu_check.TUNING_VARIANTS)]:
+        for library in libraries:
+            assert (directory / library).is_file(), f"{directory / library} was not built"
+    sass, _ = _fatbin_architectures(build / "libpom_deploy_plugins.so")
+    assert sass == {90}
+    if "TENSORRT_INCLUDE_DIR" in env:
+        host_test = _run([str(build / "poly_aggregate_plugin_host_test")])
+        assert "enqueue checks skipped: no CUDA device" in host_test.stdout
+        assert "all PolyAggregate plugin host checks passed" in host_test.stdout
+
+
 def _sanitizer_preload() -> str:
     libraries = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
                  for name in ("libasan.so", "libubsan.so")]
