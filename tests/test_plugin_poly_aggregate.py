@@ -353,6 +353,24 @@ def test_gpu_check_build_stage_without_gpu(builder, plugin_tmp):
         assert "all PolyAggregate plugin host checks passed" in host_test.stdout
 
 
+def test_kernel_source_with_concurrent_blocks(host_kernels, cpu_lib):
+    """Blocks run at the same time in four processes (POM_CUDA_HOST_PROCESSES), so causal chunks
+    really wait for their predecessors' prefixes: results stay bit-identical to the CPU
+    emulation and deterministic. (Run in order, a chunk's predecessor has always finished, and
+    a kernel that skipped the wait would pass.)"""
+    shapes = [(2, 300, 12, 2), (1, 5001, 4, 2), (2, 1500, 96, 4)]
+    env = dict(os.environ, POM_CUDA_HOST_PROCESSES="4", POM_CUDA_HOST_VERBOSE="1")
+    result = subprocess.run(
+        [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", host_kernels._name,
+         "--cpu", cpu_lib._name, "--shapes", json.dumps(shapes)], capture_output=True, text=True, env=env)
+    report = result.stdout + result.stderr[-4000:]
+    assert result.returncode == 0, report
+    cases = len(shapes) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
+    assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
+    sleeps = [int(n) for n in re.findall(r"in 4 process\(es\), (\d+) spin-wait sleeps", result.stderr)]
+    assert len(sleeps) >= cases and max(sleeps) > 0, "no block ever waited for another: nothing ran concurrently"
+
+
 def _sanitizer_preload() -> str:
     libraries = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
                  for name in ("libasan.so", "libubsan.so")]

@@ -8,6 +8,8 @@ Plain Python + NumPy; ml_dtypes for bfloat16.
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 
 import numpy as np
 
@@ -88,17 +90,28 @@ def dtype_name(dtype: np.dtype) -> str:
     return {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(np.dtype(dtype), "bfloat16")
 
 
+def _zeros(shape, dtype, shared: bool) -> np.ndarray:
+    """Zeros, in memory that forked processes share when `shared` (else plain NumPy memory)."""
+    if not shared:
+        return np.zeros(shape, dtype=dtype)
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))  # anonymous, MAP_SHARED
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
 def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask) -> np.ndarray:
     batch, tokens, channels = x.shape
     desc = make_desc(batch, tokens, channels, degree, variant, mode, dtype_name(x.dtype))
-    y = np.zeros(output_shape(batch, tokens, channels, mode), dtype=x.dtype)
+    # The host emulation's concurrent blocks (POM_CUDA_HOST_PROCESSES > 1) write from forked processes.
+    shared = entry == "launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
+    y = _zeros(output_shape(batch, tokens, channels, mode), x.dtype, shared)
     # A contiguous view keeps its address, so callers can pass deliberately misaligned views.
     arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask)]
     pointers = [a.ctypes.data if a is not None else None for a in arrays]
     if entry == "cpu":
         status = lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers, y.ctypes.data)
     else:
-        workspace = np.zeros(lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)), dtype=np.uint8)
+        workspace = _zeros((lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)),), np.uint8, shared)
         status = lib.pomPolyAggregateLaunch(
             ctypes.byref(desc), *pointers, y.ctypes.data, workspace.ctypes.data, workspace.size, None)
     check(lib, status)

@@ -9,13 +9,21 @@
  * function statics (one block runs at a time, so one copy serves them all). Device memory is
  * host memory. Build with -fsanitize=address to catch out-of-bounds global and shared accesses.
  *
+ * Concurrent blocks: with POM_CUDA_HOST_PROCESSES=K (K > 1) in the environment, a launch forks
+ * K processes that take blocks from a shared counter, as a GPU's block scheduler does, and run
+ * them at the same time, each process with its own copy of the __shared__ statics. Blocks that
+ * wait for one another then really wait. The memory the kernels write (outputs, workspace) must
+ * be shared between processes: cudaMalloc here maps it MAP_SHARED, and callers that pass their
+ * own buffers must do the same. POM_CUDA_HOST_VERBOSE=1 prints, per launch, the number of
+ * spin-wait sleeps, so a test can tell that blocks did wait.
+ *
  * Faults a GPU would raise are reported by the launch as an error, with a message that
  * cudaGetErrorString() returns: a vector load or store that is not aligned to its size
  * (cudaErrorMisalignedAddress). A spin-wait that never ends (a deadlock on the GPU) aborts the
  * process with a message.
  *
- * Not emulated: blocks running concurrently, the GPU memory model, warps, the device math
- * library's last bits (erfcf here is glibc's), and anything about speed.
+ * Not emulated: the GPU memory model (the host's is stronger), warps, the device math library's
+ * last bits (erfcf here is glibc's), and anything about speed.
  */
 #ifndef POM_CUDA_HOST_H
 #define POM_CUDA_HOST_H
@@ -29,9 +37,15 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 //! Lets tests tell the emulation from a real CUDA build.
 #define POM_CUDA_HOST_EMULATION 1
@@ -98,6 +112,7 @@ enum cudaError
     cudaErrorInvalidValue = 1,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorMisalignedAddress = 716,
+    cudaErrorLaunchFailure = 719,
 };
 typedef enum cudaError cudaError_t;
 
@@ -130,7 +145,44 @@ struct LaunchState
     std::mutex faultMutex;
     cudaError_t fault = cudaSuccess;
     std::string faultText;
+    std::atomic<long> sleeps{0};
 };
+
+//! Memory shared by the processes of a launch with concurrent blocks.
+struct SharedLaunch
+{
+    std::atomic<unsigned long long> nextBlock{0};
+    std::atomic<long> sleeps{0};
+    std::atomic<int> fault{cudaSuccess};
+    char faultText[256] = {};
+};
+
+//! Anonymous memory that forked processes share; freed with unmapShared.
+inline void* mapShared(size_t bytes)
+{
+    void* memory = mmap(nullptr, bytes == 0 ? 1 : bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return memory == MAP_FAILED ? nullptr : memory;
+}
+
+//! cudaMalloc's shared mappings, with their sizes, for cudaFree.
+inline std::vector<std::pair<void*, size_t>>& sharedAllocations()
+{
+    static std::vector<std::pair<void*, size_t>> allocations;
+    return allocations;
+}
+
+inline std::mutex& sharedAllocationsMutex()
+{
+    static std::mutex mutex;
+    return mutex;
+}
+
+inline int processCount()
+{
+    char const* text = std::getenv("POM_CUDA_HOST_PROCESSES");
+    int const count = text != nullptr ? std::atoi(text) : 1;
+    return count > 1 ? count : 1;
+}
 
 inline LaunchState& state()
 {
@@ -167,7 +219,53 @@ inline void checkAligned(T const* address, char const* what)
     }
 }
 
-//! Runs `body` once per thread of every block of the grid, blocks in order.
+//! Runs the blocks handed out by `nextBlock` (all threads of a block see the same index),
+//! each block's threads as host threads, until it hands out an index past the grid.
+template <typename Body, typename NextBlock>
+void runBlocks(dim3 grid, dim3 block, Body const& body, NextBlock const& nextBlock)
+{
+    unsigned long long const threads = 1ULL * block.x * block.y * block.z;
+    unsigned long long const blocks = 1ULL * grid.x * grid.y * grid.z;
+    std::barrier<> blockBarrier(static_cast<std::ptrdiff_t>(threads));
+    state().blockBarrier = &blockBarrier;
+    unsigned long long current = 0;
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned long long t = 0; t < threads; ++t)
+    {
+        pool.emplace_back([&, t] {
+            threadIdx = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
+                static_cast<unsigned>(t / (1ULL * block.x * block.y))};
+            blockDim = block;
+            gridDim = grid;
+            while (true)
+            {
+                if (t == 0)
+                {
+                    current = nextBlock();
+                }
+                blockBarrier.arrive_and_wait();
+                unsigned long long const b = current;
+                if (b >= blocks)
+                {
+                    return;
+                }
+                blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                    static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
+                body();
+                blockBarrier.arrive_and_wait(); // the block's shared statics are reused by the next
+            }
+        });
+    }
+    for (std::thread& thread : pool)
+    {
+        thread.join();
+    }
+    state().blockBarrier = nullptr;
+}
+
+//! Runs `body` once per thread of every block of the grid: blocks in order, or with
+//! POM_CUDA_HOST_PROCESSES > 1 concurrently in that many forked processes.
 template <typename Body>
 cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
 {
@@ -180,33 +278,58 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
         return cudaErrorInvalidConfiguration;
     }
     LaunchState& s = state();
-    std::barrier<> blockBarrier(static_cast<std::ptrdiff_t>(threads));
-    s.blockBarrier = &blockBarrier;
     s.fault = cudaSuccess;
     s.faultText.clear();
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned long long t = 0; t < threads; ++t)
+    s.sleeps = 0;
+    int const processes = processCount();
+    if (processes == 1)
     {
-        pool.emplace_back([&, t] {
-            threadIdx = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
-                static_cast<unsigned>(t / (1ULL * block.x * block.y))};
-            blockDim = block;
-            gridDim = grid;
-            for (unsigned long long b = 0; b < blocks; ++b)
+        unsigned long long next = 0;
+        runBlocks(grid, block, body, [&] { return next++; });
+    }
+    else
+    {
+        auto* shared = new (mapShared(sizeof(SharedLaunch))) SharedLaunch{};
+        std::fflush(nullptr); // a child's exit must not repeat buffered output
+        std::vector<pid_t> children;
+        for (int i = 0; i < processes; ++i)
+        {
+            pid_t const pid = fork();
+            if (pid == 0)
             {
-                blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                    static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
-                body();
-                blockBarrier.arrive_and_wait(); // the block's shared statics are reused by the next
+                runBlocks(grid, block, body, [&] { return shared->nextBlock.fetch_add(1); });
+                shared->sleeps += s.sleeps;
+                int expected = cudaSuccess;
+                if (s.fault != cudaSuccess && shared->fault.compare_exchange_strong(expected, s.fault))
+                {
+                    std::snprintf(shared->faultText, sizeof(shared->faultText), "%s", s.faultText.c_str());
+                }
+                _exit(0);
             }
-        });
+            children.push_back(pid);
+        }
+        bool crashed = false;
+        for (pid_t child : children)
+        {
+            int status = 0;
+            crashed |= waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        }
+        s.sleeps = shared->sleeps.load();
+        if (crashed)
+        {
+            fault(cudaErrorLaunchFailure, "a process running blocks ended abnormally (see its message above)");
+        }
+        else if (shared->fault != cudaSuccess)
+        {
+            fault(static_cast<cudaError_t>(shared->fault.load()), shared->faultText);
+        }
+        munmap(shared, sizeof(SharedLaunch));
     }
-    for (std::thread& thread : pool)
+    if (char const* verbose = std::getenv("POM_CUDA_HOST_VERBOSE"); verbose != nullptr && *verbose == '1')
     {
-        thread.join();
+        std::fprintf(stderr, "cuda_host: %llu blocks of %llu threads in %d process(es), %ld spin-wait sleeps\n",
+            blocks, threads, processes, s.sleeps.load());
     }
-    s.blockBarrier = nullptr;
     lastErrorText() = s.faultText;
     return s.fault;
 }
@@ -229,14 +352,36 @@ inline cudaError_t cudaGetDeviceCount(int* count)
     return cudaSuccess;
 }
 
+//! Device memory is host memory: malloc'd (so AddressSanitizer guards its ends), or, when
+//! launches run blocks in several processes, mapped shared so that all of them write to it.
 inline cudaError_t cudaMalloc(void** devPtr, size_t size)
 {
-    *devPtr = std::malloc(size);
+    if (cuda_host::processCount() == 1)
+    {
+        *devPtr = std::malloc(size == 0 ? 1 : size);
+    }
+    else
+    {
+        *devPtr = cuda_host::mapShared(size);
+        std::lock_guard<std::mutex> lock(cuda_host::sharedAllocationsMutex());
+        cuda_host::sharedAllocations().emplace_back(*devPtr, size);
+    }
     return *devPtr != nullptr ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 inline cudaError_t cudaFree(void* devPtr)
 {
+    std::lock_guard<std::mutex> lock(cuda_host::sharedAllocationsMutex());
+    auto& mapped = cuda_host::sharedAllocations();
+    for (auto it = mapped.begin(); it != mapped.end(); ++it)
+    {
+        if (it->first == devPtr)
+        {
+            munmap(it->first, it->second == 0 ? 1 : it->second);
+            mapped.erase(it);
+            return cudaSuccess;
+        }
+    }
     std::free(devPtr);
     return cudaSuccess;
 }
@@ -271,7 +416,8 @@ inline char const* cudaGetErrorString(cudaError_t error)
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorMisalignedAddress: return cuda_host::lastErrorText().c_str();
+    case cudaErrorMisalignedAddress:
+    case cudaErrorLaunchFailure: return cuda_host::lastErrorText().c_str();
     }
     return "unrecognized error code";
 }
@@ -293,6 +439,7 @@ inline void __nanosleep(unsigned)
 {
     constexpr long kMaxWaits = 20'000'000;
     thread_local long waits = 0;
+    ++cuda_host::state().sleeps;
     if (++waits > kMaxWaits)
     {
         std::fprintf(stderr, "cuda_host: a spin-wait has not ended after %ld sleeps (block %u): deadlock\n",
