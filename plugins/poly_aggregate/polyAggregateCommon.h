@@ -30,6 +30,11 @@ namespace pom
 #ifndef POM_CAUSAL_TOKENS_PER_LANE
 #define POM_CAUSAL_TOKENS_PER_LANE 4
 #endif
+// causal: 0 chains each chunk's carry to the next; 1 lets a chunk look back over its
+// predecessors' published totals (same sums, same order: bit-identical results).
+#ifndef POM_CAUSAL_LOOKBACK
+#define POM_CAUSAL_LOOKBACK 0
+#endif
 
 // A block is kBlockCols column groups x kBlockLanes token lanes.
 constexpr int kBlockCols = POM_BLOCK_COLS;
@@ -40,6 +45,7 @@ constexpr int64_t kReduceTokensPerSplit = POM_REDUCE_TOKENS_PER_SPLIT;
 // causal: consecutive tokens one thread keeps in registers; a chunk is lanes x this.
 constexpr int kCausalTokensPerLane = POM_CAUSAL_TOKENS_PER_LANE;
 constexpr int64_t kCausalChunkTokens = int64_t{kBlockLanes} * kCausalTokensPerLane;
+constexpr bool kCausalLookback = POM_CAUSAL_LOOKBACK != 0;
 // Per-thread float32 accumulators (features of V channels x K chunks); bounds registers. At
 // V = 1 a thread holds all K <= POM_MAX_DEGREE chunks, so this is not a tuning knob.
 constexpr int kMaxAccumulators = POM_MAX_DEGREE;
@@ -175,13 +181,15 @@ inline Plan makePlan(PomPolyAggregateDesc const& d, int vec)
 
 //! Workspace layout. mean/masked: partial sums [B][splits][C] then mask sums [B][splits].
 //! causal: ready flags [chains][splits] and the block ticket (zeroed before each launch), then
-//! inclusive prefixes [chains][splits][kBlockCols * V * K]. Sized for the worst vector width.
+//! inclusive prefixes [chains][splits][kBlockCols * V * K], and with the look-back the chunk
+//! totals in the same layout. Sized for the worst vector width.
 struct WorkspaceLayout
 {
     size_t partialBytes;
     size_t maskSumOffset;
     size_t flagsBytes; // flags + ticket: the region cleared before a causal launch
     size_t prefixOffset;
+    size_t chunkTotalOffset; // look-back only
     size_t totalBytes;
 };
 
@@ -198,7 +206,9 @@ inline WorkspaceLayout workspaceLayout(PomPolyAggregateDesc const& d)
         // chains(V) * kBlockCols * V <= B * (columns + kBlockCols * 8) for every V <= 8.
         size_t const prefixFloats
             = static_cast<size_t>(d.batch * (scalar.columns + kBlockCols * 8) * kAcc * splits);
-        w.totalBytes = w.prefixOffset + alignUp(sizeof(float) * prefixFloats);
+        size_t const prefixBytes = alignUp(sizeof(float) * prefixFloats);
+        w.chunkTotalOffset = w.prefixOffset + prefixBytes;
+        w.totalBytes = w.chunkTotalOffset + (kCausalLookback ? prefixBytes : 0);
     }
     else
     {

@@ -7,9 +7,12 @@
  * causal: single pass. A block takes a chunk of kCausalChunkTokens tokens, keeps their
  * features in registers, scans them, and chains its carry to the next chunk through the
  * workspace: chunk c waits for chunk c-1's inclusive prefix, so the sums are always added in
- * the same order (deterministic, unlike a decoupled look-back). Blocks take their chunk from
- * an atomic ticket, so a chunk's predecessor has always started and waiting cannot deadlock.
- * x is read once and y written once.
+ * the same order (deterministic). With POM_CAUSAL_LOOKBACK a chunk publishes its total at
+ * once and, when its predecessor has no prefix yet, adds the totals back to the nearest
+ * published prefix -- forward from that prefix, so the float32 additions are the chain's, in
+ * the chain's order (unlike a decoupled look-back that adds backwards). Blocks take their
+ * chunk from an atomic ticket, so a chunk's predecessors have always started and waiting
+ * cannot deadlock. x is read once and y written once.
  */
 #include "polyAggregateCommon.h"
 #include "polyAggregateMath.cuh"
@@ -24,6 +27,10 @@ namespace pom
 {
 namespace
 {
+
+// What a causal chunk has published in the workspace's ready flags.
+constexpr int32_t kTotalPublished = 1;  // look-back only: its chunk total
+constexpr int32_t kPrefixPublished = 2; // its inclusive prefix
 
 // Two resident blocks per SM (<= 128 registers a thread) keep enough loads in flight.
 #ifndef POM_MIN_BLOCKS_PER_SM
@@ -172,8 +179,9 @@ struct KernelArgs
     float* partial;    // mean/masked: [B][splits][C]
     float* maskSums;   // masked: [B][splits]
     uint32_t* ticket;  // causal: block ticket counter (zeroed per launch)
-    int32_t* ready;    // causal: [chains * splits] chunk-prefix-ready flags (zeroed per launch)
+    int32_t* ready;    // causal: [chains * splits] what each chunk has published (zeroed per launch)
     float* prefix;     // causal: [chains * splits][kBlockCols * V * K] inclusive prefixes
+    float* chunkTotal; // causal look-back: chunk totals, same layout
 };
 
 //! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers.
@@ -353,6 +361,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     __shared__ uint32_t blockTicket;
     __shared__ float lanePrefix[kBlockLanes][kBlockCols][kMaxAccumulators];
     __shared__ float chunkCarry[kBlockCols][kMaxAccumulators];
+    __shared__ int64_t lookBackBase; // ticket of the nearest predecessor with a prefix
 
     Plan const& p = a.plan;
     int const tx = threadIdx.x;
@@ -445,27 +454,85 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     }
     int64_t const prefixStride = kBlockCols * nbAcc;
     int64_t const slot = scanCol * nbAcc + scanAcc;
-    if (tid == 0 && chunk > 0)
+    if constexpr (kCausalLookback)
     {
-        int32_t const volatile* predecessorReady = a.ready + (ticket - p.chains);
-        while (*predecessorReady == 0)
+        // Publish at once: chunk 0 its prefix, later chunks their total.
+        if (scans)
         {
-            __nanosleep(64);
+            float* const published = chunk == 0 ? a.prefix : a.chunkTotal;
+            __stcg(published + ticket * prefixStride + slot, chunk == 0 ? 0.0F + chunkTotal : chunkTotal);
+            __threadfence();
         }
-        __threadfence();
+        __syncthreads();
+        if (tid == 0)
+        {
+            atomicExch(a.ready + ticket, chunk == 0 ? kPrefixPublished : kTotalPublished);
+            if (chunk > 0)
+            {
+                // Back to the nearest predecessor with a prefix (chunk 0 always has one).
+                int64_t base = ticket - p.chains;
+                int32_t status = 0;
+                while ((status = *static_cast<int32_t const volatile*>(a.ready + base)) != kPrefixPublished)
+                {
+                    if (status == kTotalPublished)
+                    {
+                        base -= p.chains;
+                    }
+                    else
+                    {
+                        __nanosleep(64);
+                    }
+                }
+                __threadfence();
+                lookBackBase = base;
+            }
+        }
+        __syncthreads();
+        if (scans)
+        {
+            float carry = 0.0F;
+            if (chunk > 0)
+            {
+                carry = __ldcg(a.prefix + lookBackBase * prefixStride + slot);
+                for (int64_t j = lookBackBase + p.chains; j < ticket; j += p.chains)
+                {
+                    carry += __ldcg(a.chunkTotal + j * prefixStride + slot);
+                }
+                __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
+                __threadfence();
+            }
+            chunkCarry[scanCol][scanAcc] = carry;
+        }
+        __syncthreads();
+        if (tid == 0 && chunk > 0)
+        {
+            atomicExch(a.ready + ticket, kPrefixPublished);
+        }
     }
-    __syncthreads();
-    if (scans)
+    else
     {
-        float const carry = chunk > 0 ? __ldcg(a.prefix + (ticket - p.chains) * prefixStride + slot) : 0.0F;
-        __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
-        chunkCarry[scanCol][scanAcc] = carry;
-        __threadfence();
-    }
-    __syncthreads();
-    if (tid == 0)
-    {
-        atomicExch(a.ready + ticket, 1);
+        if (tid == 0 && chunk > 0)
+        {
+            int32_t const volatile* predecessorReady = a.ready + (ticket - p.chains);
+            while (*predecessorReady != kPrefixPublished)
+            {
+                __nanosleep(64);
+            }
+            __threadfence();
+        }
+        __syncthreads();
+        if (scans)
+        {
+            float const carry = chunk > 0 ? __ldcg(a.prefix + (ticket - p.chains) * prefixStride + slot) : 0.0F;
+            __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
+            chunkCarry[scanCol][scanAcc] = carry;
+            __threadfence();
+        }
+        __syncthreads();
+        if (tid == 0)
+        {
+            atomicExch(a.ready + ticket, kPrefixPublished);
+        }
     }
 
     // Phase 3: prefix means of this lane's tokens.
@@ -646,6 +713,7 @@ extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void con
         a.ticket = reinterpret_cast<uint32_t*>(base);
         a.ready = reinterpret_cast<int32_t*>(base) + 1;
         a.prefix = reinterpret_cast<float*>(base + layout.prefixOffset);
+        a.chunkTotal = reinterpret_cast<float*>(base + layout.chunkTotalOffset);
         cudaError_t const cleared = cudaMemsetAsync(workspace, 0, layout.flagsBytes, cudaStream);
         if (cleared != cudaSuccess)
         {

@@ -60,6 +60,8 @@ TUNING_VARIANTS = {
     "occupancy3": {"POM_CAUSAL_TOKENS_PER_LANE": 2, "POM_MIN_BLOCKS_PER_SM": 3},
     # mean/masked: 1024 tokens a block, a quarter of the partial sums
     "split1024": {"POM_REDUCE_TOKENS_PER_SPLIT": 1024},
+    # causal: chunks publish their totals at once and look back (no serial chain of hops)
+    "lookback": {"POM_CAUSAL_LOOKBACK": 1},
 }
 
 
