@@ -157,7 +157,7 @@ struct SharedLaunch
     char faultText[256] = {};
 };
 
-//! Anonymous memory that forked processes share; freed with unmapShared.
+//! Anonymous memory that forked processes share (nullptr if none); freed with munmap.
 inline void* mapShared(size_t bytes)
 {
     void* memory = mmap(nullptr, bytes == 0 ? 1 : bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -289,12 +289,23 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
     }
     else
     {
-        auto* shared = new (mapShared(sizeof(SharedLaunch))) SharedLaunch{};
+        void* memory = mapShared(sizeof(SharedLaunch));
+        if (memory == nullptr)
+        {
+            return cudaErrorLaunchFailure;
+        }
+        auto* shared = new (memory) SharedLaunch{};
         std::fflush(nullptr); // a child's exit must not repeat buffered output
         std::vector<pid_t> children;
+        bool crashed = false;
         for (int i = 0; i < processes; ++i)
         {
             pid_t const pid = fork();
+            if (pid < 0)
+            {
+                crashed = true; // the processes already started still run every block
+                break;
+            }
             if (pid == 0)
             {
                 runBlocks(grid, block, body, [&] { return shared->nextBlock.fetch_add(1); });
@@ -308,7 +319,6 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
             }
             children.push_back(pid);
         }
-        bool crashed = false;
         for (pid_t child : children)
         {
             int status = 0;
@@ -317,7 +327,7 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
         s.sleeps = shared->sleeps.load();
         if (crashed)
         {
-            fault(cudaErrorLaunchFailure, "a process running blocks ended abnormally (see its message above)");
+            fault(cudaErrorLaunchFailure, "a process running blocks failed to start or ended abnormally");
         }
         else if (shared->fault != cudaSuccess)
         {
