@@ -6,13 +6,14 @@
   dtype and odd shapes.
 * The kernel source itself, compiled by g++ against a host emulation of CUDA
   (plugins/tests/cuda_host: blocks of real threads, __syncthreads on a barrier), matches the CPU
-  emulation bit for bit, and runs clean under AddressSanitizer.
+  emulation bit for bit, runs clean under AddressSanitizer, and stays bit-identical with blocks
+  running concurrently in several processes.
 * With TensorRT headers (env TENSORRT_INCLUDE_DIR, or tags of a NVIDIA/TensorRT git mirror),
   the plugin compiles and its build-time methods pass a host-side test program; built against
   the host emulation, that program also runs the plugin's enqueue.
-
-* The builds with other tuning constants that the GPU check benchmarks are correct too, and the
-  GPU check's Python script runs end to end on the host emulation (--emulated).
+* The builds with other tuning constants that the GPU check benchmarks are correct too; the GPU
+  check's build stage runs (--build-only) and its Python script runs end to end on the host
+  emulation (--emulated).
 
 GPU checks live in scripts/gpu_check.sh (docs/gpu_check.md).
 """
