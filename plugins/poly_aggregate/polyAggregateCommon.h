@@ -90,6 +90,12 @@ inline int validate(PomPolyAggregateDesc const& d)
     return POM_SUCCESS;
 }
 
+//! pomPolyAggregateValidate, for the CUDA and the CPU library alike.
+inline int validateDescription(PomPolyAggregateDesc const* desc)
+{
+    return desc == nullptr ? POM_ERROR_BAD_SHAPE : validate(*desc);
+}
+
 inline char const* statusText(int status)
 {
     switch (status)
@@ -217,6 +223,12 @@ inline WorkspaceLayout workspaceLayout(PomPolyAggregateDesc const& d)
         w.totalBytes = w.maskSumOffset + alignUp(sizeof(float) * static_cast<size_t>(d.batch * splits));
     }
     return w;
+}
+
+//! pomPolyAggregateWorkspaceSize: 0 for a description that does not validate.
+inline size_t workspaceBytes(PomPolyAggregateDesc const* desc)
+{
+    return validateDescription(desc) == POM_SUCCESS ? workspaceLayout(*desc).totalBytes : 0;
 }
 
 } // namespace pom

@@ -300,16 +300,12 @@ void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
 
 extern "C" int pomPolyAggregateValidate(PomPolyAggregateDesc const* desc)
 {
-    return desc == nullptr ? POM_ERROR_BAD_SHAPE : pom::validate(*desc);
+    return pom::validateDescription(desc);
 }
 
 extern "C" size_t pomPolyAggregateWorkspaceSize(PomPolyAggregateDesc const* desc)
 {
-    if (desc == nullptr || pom::validate(*desc) != POM_SUCCESS)
-    {
-        return 0;
-    }
-    return pom::workspaceLayout(*desc).totalBytes;
+    return pom::workspaceBytes(desc);
 }
 
 extern "C" char const* pomPolyAggregateStatusString(int status)
