@@ -246,11 +246,16 @@ def benchmark_inputs(target: Target) -> dict:
     return {"x": x, "coeff": coeff, "mask": mask, "degree": degree, "copy_gbs": copy_gbs}
 
 
+def op_args(inputs: dict, variant: str, mode: str) -> tuple:
+    """(x, degree, variant, mode, coeff, mask) of one op at the benchmark shape."""
+    return (inputs["x"], inputs["degree"], variant, mode, inputs["coeff"] if variant == "v2" else None,
+            inputs["mask"] if mode == "masked" else None)
+
+
 def time_kernel(kernels: Kernels, inputs: dict, variant: str, mode: str) -> tuple[float, float]:
     """(ms, GB/s) of one launch at the benchmark shape; GB/s counts x + y (+ mask) once."""
     x, mask = inputs["x"], inputs["mask"]
-    args = (x, inputs["degree"], variant, mode, inputs["coeff"] if variant == "v2" else None,
-            mask if mode == "masked" else None)
+    args = op_args(inputs, variant, mode)
     out = torch.empty(abi.output_shape(*x.shape, mode), dtype=x.dtype, device=x.device)
     kernel_ms = kernels.target.time_ms(lambda: kernels(*args, out=out))
     moved = x.numel() * x.element_size() + out.numel() * out.element_size()
@@ -260,12 +265,11 @@ def time_kernel(kernels: Kernels, inputs: dict, variant: str, mode: str) -> tupl
 
 
 def benchmark(kernels: Kernels, inputs: dict, compile_baseline: bool) -> list[tuple]:
-    x, coeff, mask, degree, copy_gbs = (inputs[k] for k in ("x", "coeff", "mask", "degree", "copy_gbs"))
     compiled = torch.compile(torch_poly_aggregate, dynamic=False) if compile_baseline else None
     rows = []
     for variant in ("v1", "v2"):
         for mode in ("mean", "causal", "masked"):
-            args = (x, degree, variant, mode, coeff if variant == "v2" else None, mask if mode == "masked" else None)
+            args = op_args(inputs, variant, mode)
             kernel_ms, kernel_gbs = time_kernel(kernels, inputs, variant, mode)
             eager_ms = kernels.target.time_ms(lambda: torch_poly_aggregate(*args), iterations=5)
             compile_ms = float("nan")
@@ -275,7 +279,8 @@ def benchmark(kernels: Kernels, inputs: dict, compile_baseline: bool) -> list[tu
                 compiled(*args)  # compile outside the timing
                 print(f"  torch.compile {variant}/{mode}: compiled in {time.perf_counter() - started:.0f} s")
                 compile_ms = kernels.target.time_ms(lambda: compiled(*args), iterations=5)
-            rows.append((variant, mode, kernel_ms, kernel_gbs, 100 * kernel_gbs / copy_gbs, eager_ms, compile_ms))
+            rows.append((variant, mode, kernel_ms, kernel_gbs, 100 * kernel_gbs / inputs["copy_gbs"], eager_ms,
+                         compile_ms))
     return rows
 
 
