@@ -84,21 +84,22 @@ def median(values) -> float:
     return statistics.median(values)
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process (VmRSS of /proc/self/status)."""
-    with open("/proc/self/status") as f:
+def _proc_kib_field(path: str, key: str) -> int:
+    """Bytes of a "Key:  N kB" line of a /proc file (0 when absent)."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (VmRSS of /proc/self/status)."""
+    return _proc_kib_field("/proc/self/status", "VmRSS")
 
 
 def mem_available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def machine_info(threads: int) -> dict[str, Any]:
@@ -173,3 +174,10 @@ def ort_profile_by_op(profile_json: str | Path, runs_to_skip: int = 0) -> dict[s
         op = e.get("args", {}).get("op_name", "?")
         totals[op] = totals.get(op, 0.0) + e["dur"] * 1e-6
     return totals
+
+
+def save_figure(fig, path) -> None:
+    """Lay out and write a matplotlib figure as the docs' PNGs are written (110 dpi)."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)

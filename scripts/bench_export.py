@@ -417,9 +417,7 @@ def plot(results: dict, path: str) -> None:
     m = results["machine"]
     fig.suptitle(f"CPU fp32, {m['threads']} threads for torch and onnxruntime ({m['cpu']}); torch {m['torch']}, "
                  f"onnxruntime {m['onnxruntime']}", fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":

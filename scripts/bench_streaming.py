@@ -504,9 +504,7 @@ def plot(results: dict, path: str) -> None:
     m, a = results["machine"], results["arch"]
     fig.suptitle(f"dim {a['dim']}, depth {a['depth']}, 256-token frames, batch 1, fp32; {m['threads']} threads ({m['cpu']}); "
                  f"onnxruntime {m['onnxruntime']}", fontsize=9)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    C.save_figure(fig, path)
 
 
 if __name__ == "__main__":
