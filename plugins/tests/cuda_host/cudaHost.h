@@ -5,7 +5,8 @@
  * blocking, vector loads and stores, the causal scan and carry chain, the split reduction.
  *
  * How it runs: a launch executes the grid's blocks one after another. Each block's threads are
- * real host threads that meet at __syncthreads() on a std::barrier; __shared__ variables are
+ * fibers (ucontext) on one host thread that run in turn from one __syncthreads() to the next,
+ * in a fixed order (reversed with POM_CUDA_HOST_THREAD_ORDER=reverse); __shared__ variables are
  * function statics (one block runs at a time, so one copy serves them all). Device memory is
  * host memory. Build with -fsanitize=address to catch out-of-bounds global and shared accesses.
  *
@@ -14,7 +15,8 @@
  * them at the same time, each process with its own copy of the __shared__ statics. Blocks that
  * wait for one another then really wait. The memory the kernels write (outputs, workspace) must
  * be shared between processes: cudaMalloc here maps it MAP_SHARED, and callers that pass their
- * own buffers must do the same. POM_CUDA_HOST_VERBOSE=1 prints, per launch, the number of
+ * own buffers must do the same. A spin-wait's __nanosleep() really sleeps, so waiting processes
+ * hold no core. POM_CUDA_HOST_VERBOSE=1 prints, per launch, the number of
  * spin-wait sleeps, so a test can tell that blocks did wait.
  *
  * Faults a GPU would raise are reported by the launch as an error, with a message that
@@ -29,23 +31,28 @@
 #define POM_CUDA_HOST_H
 
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <functional>
 #include <mutex>
 #include <new>
 #include <utility>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 
 //! Lets tests tell the emulation from a real CUDA build.
 #define POM_CUDA_HOST_EMULATION 1
@@ -95,7 +102,7 @@ inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w)
     return uint4{x, y, z, w};
 }
 
-inline thread_local uint3 threadIdx{};
+inline thread_local uint3 threadIdx{}; // the running fiber's (set at each switch)
 inline thread_local uint3 blockIdx{};
 inline thread_local dim3 blockDim{};
 inline thread_local dim3 gridDim{};
@@ -141,7 +148,6 @@ namespace cuda_host
 //! State of the launch in progress (one at a time: launches are synchronous here).
 struct LaunchState
 {
-    std::barrier<>* blockBarrier = nullptr;
     std::mutex faultMutex;
     cudaError_t fault = cudaSuccess;
     std::string faultText;
@@ -219,49 +225,190 @@ inline void checkAligned(T const* address, char const* what)
     }
 }
 
-//! Runs the blocks handed out by `nextBlock` (all threads of a block see the same index),
-//! each block's threads as host threads, until it hands out an index past the grid.
+//! The threads of one block as fibers (ucontext) on the calling OS thread: each runs until it
+//! reaches __syncthreads() or returns, then the next one runs. One OS thread per block keeps
+//! the machine's run queue short (256 runnable threads per block would flood a small CI
+//! machine), and the order in which the threads run between two barriers is fixed: forward,
+//! or reversed with POM_CUDA_HOST_THREAD_ORDER=reverse. A kernel that reads another thread's
+//! shared-memory write without a barrier in between gets the old value in one of the two
+//! orders, so running both finds a missing __syncthreads deterministically.
+class BlockFibers
+{
+public:
+    static constexpr size_t kStackBytes = 256 * 1024;
+
+    explicit BlockFibers(unsigned long long threads)
+        : mFibers(threads)
+        , mPageBytes(static_cast<size_t>(sysconf(_SC_PAGESIZE)))
+    {
+        size_t const bytes = threads * kStackBytes;
+        void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        mStacks = memory == MAP_FAILED ? nullptr : static_cast<char*>(memory);
+        for (unsigned long long t = 0; mStacks != nullptr && t < threads; ++t)
+        {
+            mprotect(stackOf(t), mPageBytes, PROT_NONE); // a guard page: a stack overflow faults
+        }
+        char const* order = std::getenv("POM_CUDA_HOST_THREAD_ORDER");
+        mReverse = order != nullptr && std::strcmp(order, "reverse") == 0;
+    }
+
+    ~BlockFibers()
+    {
+        if (mStacks != nullptr)
+        {
+            munmap(mStacks, mFibers.size() * kStackBytes);
+        }
+    }
+
+    BlockFibers(BlockFibers const&) = delete;
+    BlockFibers& operator=(BlockFibers const&) = delete;
+
+    bool ready() const
+    {
+        return mStacks != nullptr;
+    }
+
+    //! Runs `body` for every thread of the current block until all have returned.
+    template <typename Body>
+    void run(dim3 blockShape, Body const& body)
+    {
+        sCurrent = this;
+        mBody = [&body] { body(); };
+        unsigned long long const threads = mFibers.size();
+        for (unsigned long long t = 0; t < threads; ++t)
+        {
+            Fiber& fiber = mFibers[t];
+            fiber.index = uint3{static_cast<unsigned>(t % blockShape.x), static_cast<unsigned>(t / blockShape.x % blockShape.y),
+                static_cast<unsigned>(t / (1ULL * blockShape.x * blockShape.y))};
+            fiber.finished = false;
+            getcontext(&fiber.context);
+            fiber.context.uc_stack.ss_sp = stackOf(t);
+            fiber.context.uc_stack.ss_size = kStackBytes;
+            fiber.context.uc_link = nullptr;
+            makecontext(&fiber.context, &BlockFibers::entry, 0);
+        }
+        unsigned long long finished = 0;
+        while (finished < threads)
+        {
+            // One phase: every unfinished thread runs up to its next barrier, or to its end.
+            for (unsigned long long i = 0; i < threads; ++i)
+            {
+                Fiber& fiber = mFibers[mReverse ? threads - 1 - i : i];
+                if (!fiber.finished)
+                {
+                    switchTo(fiber);
+                }
+            }
+            unsigned long long const done = countFinished();
+            if (done != threads && done != finished)
+            {
+                fault(cudaErrorLaunchFailure, "__syncthreads() reached by some threads of a block while others returned");
+            }
+            finished = done;
+        }
+        sCurrent = nullptr;
+    }
+
+    //! __syncthreads(): back to the scheduler, which resumes this thread in the next phase.
+    static void barrier()
+    {
+        BlockFibers& self = *sCurrent;
+        self.switchToScheduler(self.mFibers[self.mRunning], false);
+    }
+
+private:
+    struct Fiber
+    {
+        ucontext_t context{};
+        uint3 index{};
+        bool finished = false;
+    };
+
+    char* stackOf(unsigned long long t) const
+    {
+        return mStacks + t * kStackBytes;
+    }
+
+    unsigned long long countFinished() const
+    {
+        unsigned long long count = 0;
+        for (Fiber const& fiber : mFibers)
+        {
+            count += fiber.finished ? 1 : 0;
+        }
+        return count;
+    }
+
+    void switchTo(Fiber& fiber)
+    {
+        mRunning = static_cast<unsigned long long>(&fiber - mFibers.data());
+        threadIdx = fiber.index;
+#if defined(__SANITIZE_ADDRESS__)
+        void* fakeStack = nullptr;
+        __sanitizer_start_switch_fiber(&fakeStack, stackOf(mRunning), kStackBytes);
+        swapcontext(&mScheduler, &fiber.context);
+        __sanitizer_finish_switch_fiber(fakeStack, nullptr, nullptr);
+#else
+        swapcontext(&mScheduler, &fiber.context);
+#endif
+    }
+
+    void switchToScheduler(Fiber& fiber, bool finished)
+    {
+        fiber.finished = finished;
+#if defined(__SANITIZE_ADDRESS__)
+        void* fakeStack = nullptr;
+        __sanitizer_start_switch_fiber(finished ? nullptr : &fakeStack, mSchedulerStackBottom, mSchedulerStackBytes);
+        swapcontext(&fiber.context, &mScheduler);
+        __sanitizer_finish_switch_fiber(fakeStack, &mSchedulerStackBottom, &mSchedulerStackBytes);
+#else
+        swapcontext(&fiber.context, &mScheduler);
+#endif
+    }
+
+    static void entry()
+    {
+        BlockFibers& self = *sCurrent;
+#if defined(__SANITIZE_ADDRESS__)
+        __sanitizer_finish_switch_fiber(nullptr, &self.mSchedulerStackBottom, &self.mSchedulerStackBytes);
+#endif
+        self.mBody();
+        self.switchToScheduler(self.mFibers[self.mRunning], true); // never resumed
+    }
+
+    std::vector<Fiber> mFibers;
+    size_t mPageBytes;
+    char* mStacks = nullptr;
+    bool mReverse = false;
+    ucontext_t mScheduler{};
+    unsigned long long mRunning = 0;
+    std::function<void()> mBody;
+    void const* mSchedulerStackBottom = nullptr;
+    size_t mSchedulerStackBytes = 0;
+    static inline thread_local BlockFibers* sCurrent = nullptr;
+};
+
+//! Runs the blocks handed out by `nextBlock`, one at a time on this OS thread, each block's
+//! threads as fibers, until it hands out an index past the grid.
 template <typename Body, typename NextBlock>
 void runBlocks(dim3 grid, dim3 block, Body const& body, NextBlock const& nextBlock)
 {
     unsigned long long const threads = 1ULL * block.x * block.y * block.z;
     unsigned long long const blocks = 1ULL * grid.x * grid.y * grid.z;
-    std::barrier<> blockBarrier(static_cast<std::ptrdiff_t>(threads));
-    state().blockBarrier = &blockBarrier;
-    unsigned long long current = 0;
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned long long t = 0; t < threads; ++t)
+    BlockFibers fibers(threads);
+    if (!fibers.ready())
     {
-        pool.emplace_back([&, t] {
-            threadIdx = uint3{static_cast<unsigned>(t % block.x), static_cast<unsigned>(t / block.x % block.y),
-                static_cast<unsigned>(t / (1ULL * block.x * block.y))};
-            blockDim = block;
-            gridDim = grid;
-            while (true)
-            {
-                if (t == 0)
-                {
-                    current = nextBlock();
-                }
-                blockBarrier.arrive_and_wait();
-                unsigned long long const b = current;
-                if (b >= blocks)
-                {
-                    return;
-                }
-                blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                    static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
-                body();
-                blockBarrier.arrive_and_wait(); // the block's shared statics are reused by the next
-            }
-        });
+        fault(cudaErrorLaunchFailure, "could not map the stacks of a block's threads");
+        return;
     }
-    for (std::thread& thread : pool)
+    blockDim = block;
+    gridDim = grid;
+    for (unsigned long long b = nextBlock(); b < blocks; b = nextBlock())
     {
-        thread.join();
+        blockIdx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+            static_cast<unsigned>(b / (1ULL * grid.x * grid.y))};
+        fibers.run(block, body); // the block's shared statics are reused by the next block
     }
-    state().blockBarrier = nullptr;
 }
 
 //! Runs `body` once per thread of every block of the grid: blocks in order, or with
@@ -436,7 +583,7 @@ inline char const* cudaGetErrorString(cudaError_t error)
 
 inline void __syncthreads()
 {
-    cuda_host::state().blockBarrier->arrive_and_wait();
+    cuda_host::BlockFibers::barrier();
 }
 
 inline void __threadfence()
@@ -444,10 +591,12 @@ inline void __threadfence()
     std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
-//! Called in spin-wait loops: on the GPU a wait that never ends is a deadlock; here, too.
+//! Called in spin-wait loops, which here wait for a block in another process: a real sleep,
+//! so that a waiting process does not hold a core. On the GPU a wait that never ends is a
+//! deadlock; here, after about a minute of sleeping, it aborts.
 inline void __nanosleep(unsigned)
 {
-    constexpr long kMaxWaits = 20'000'000;
+    constexpr long kMaxWaits = 1'000'000;
     thread_local long waits = 0;
     ++cuda_host::state().sleeps;
     if (++waits > kMaxWaits)
@@ -456,7 +605,8 @@ inline void __nanosleep(unsigned)
             kMaxWaits, blockIdx.x);
         std::abort();
     }
-    std::this_thread::yield();
+    struct timespec const pause{0, 20'000}; // 20 us
+    nanosleep(&pause, nullptr);
 }
 
 inline unsigned atomicAdd(unsigned* address, unsigned value)
