@@ -96,3 +96,86 @@ OP_DOMAIN = "pom_deploy"
 PLUGIN_NAME = OP_TYPE
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = OP_DOMAIN
+
+
+# ---------------------------------------------------------------- error bound
+
+FLOAT32_ROUNDOFF = 2.0**-24
+# Unit roundoff of the output dtype, and half the spacing of its smallest subnormals (the
+# absolute error of rounding a tiny value).
+OUTPUT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+OUTPUT_TINY = {"float32": 2.0**-150, "float16": 2.0**-25, "bfloat16": 2.0**-134}
+# A float32 GELU's absolute error, in units of FLOAT32_ROUNDOFF * (|gelu(t)| + |t| / 2): erf or
+# erfc within 4 ulps (CUDA's erff/erfcf: 2-4, glibc: 1-2, PyTorch's vectorized erf: below 2),
+# the 1 + erf(t) rounding and the products. The |t| / 2 term is the cancellation of 1 + erf(t)
+# for t < 0, which t/2 * erfc(-t/sqrt 2) avoids; the bound holds for both forms.
+GELU_ROUNDOFFS = 8
+
+
+def _gamma(n: np.ndarray | int) -> np.ndarray:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of n float32 roundings."""
+    nu = np.asarray(n, dtype=np.float64) * FLOAT32_ROUNDOFF
+    return nu / (1.0 - nu)
+
+
+def _feature_error(x, degree, variant, coeff) -> tuple[np.ndarray, np.ndarray]:
+    """(|f|, bound on |f32 features - f|) per token and channel, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if variant == "v1":
+        g = np.split(_gelu(x), degree, axis=-1)
+        t = np.split(np.abs(x), degree, axis=-1)
+        magnitude, perturbed, parts_abs, parts_err = 1.0, 1.0, [], []
+        for j in range(degree):
+            error = GELU_ROUNDOFFS * FLOAT32_ROUNDOFF * (np.abs(g[j]) + t[j] / 2)
+            magnitude = magnitude * np.abs(g[j])
+            # every factor at its worst, and one rounding per product
+            perturbed = perturbed * (np.abs(g[j]) + error) * (1.0 + FLOAT32_ROUNDOFF if j else 1.0)
+            parts_abs.append(magnitude)
+            parts_err.append(perturbed - magnitude)
+        return np.concatenate(parts_abs, axis=-1), np.concatenate(parts_err, axis=-1)
+    a = np.abs(v2_activation(x))
+    c = np.abs(np.asarray(coeff, dtype=np.float64))
+    horner_magnitude = sum(c[:, k] * a ** (k + 1) for k in range(degree))
+    # Horner's rule: 2 roundings per degree; the activation's rounding (x * 0.01): a^k moves by k u.
+    return np.abs(poly_features(x, degree, variant, coeff)), _gamma(3 * degree + 1) * horner_magnitude
+
+
+def error_bound(
+    x: np.ndarray,
+    degree: int,
+    variant: str,
+    mode: str,
+    coeff: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    dtype: str = "float32",
+) -> np.ndarray:
+    """Largest |y - poly_aggregate(...)| of any correct implementation, elementwise.
+
+    "Correct" means: features and every sum in float32 (or better), the sums in any order,
+    blocking or thread count, and one rounding to ``dtype`` at the end -- the kernels, their CPU
+    emulation, onnxruntime's function body and PyTorch all qualify. A worst-case bound (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2nd ed., eqs. 3.4-3.5 for sums, 5.3 for
+    Horner's rule): it does not depend on the CPU, the GPU or the number of threads. The inputs
+    must be the values the implementation sees (already rounded to ``dtype``).
+    """
+    magnitude, feature_error = _feature_error(x, degree, variant, coeff)
+    tokens = magnitude.shape[1]
+    reach = magnitude + feature_error  # |float32 features| is at most this
+    y = np.abs(poly_aggregate(x, degree, variant, mode, coeff, mask))
+    if mode == "mean":
+        # n - 1 additions, and the division (or multiplication by 1/n)
+        bound = feature_error.mean(axis=1, keepdims=True) + _gamma(tokens + 1) * reach.mean(axis=1, keepdims=True)
+    elif mode == "causal":
+        counts = np.arange(1, tokens + 1, dtype=np.float64)[None, :, None]
+        bound = (np.cumsum(feature_error, axis=1) + _gamma(counts + 1) * np.cumsum(reach, axis=1)) / counts
+    elif mode == "masked":
+        m = np.abs(np.asarray(mask, dtype=np.float64))[..., None]
+        total = m.sum(axis=1, keepdims=True)  # Sum |m|: the float32 total is within gamma_n of it
+        numerator = (m * feature_error).sum(axis=1, keepdims=True) + _gamma(tokens + 1) * (m * reach).sum(axis=1, keepdims=True)
+        exact_total = np.abs(np.asarray(mask, dtype=np.float64).sum(axis=1))[:, None, None]
+        low_total = exact_total - _gamma(tokens) * total
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = np.where(exact_total > 0, (numerator + y * _gamma(tokens + 1) * total) / np.maximum(low_total, 1e-300), 0.0)
+    else:
+        raise ValueError(f"unknown mode {mode!r}, expected one of {MODES}")
+    return bound + OUTPUT_ROUNDOFF[dtype] * (y + bound) + OUTPUT_TINY[dtype]
