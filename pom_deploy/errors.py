@@ -46,3 +46,7 @@ class RuntimeInputError(PomDeployError):
 
 class BackendUnavailableError(PomDeployError):
     """An optional backend (TensorRT, a CUDA provider) is not installed on this machine."""
+
+
+class PomDeployWarning(UserWarning):
+    """Something the user should know that does not stop the command (the CLI prints one line)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,15 @@ import torch
 import torch.nn as nn
 
 from . import __version__, architectures
-from .errors import ArchitectureError, ModelLoadError, StateDictMismatchError, UntrustedPickleError, first_line
+from .digests import tensors_sha256
+from .errors import (
+    ArchitectureError,
+    ModelLoadError,
+    PomDeployWarning,
+    StateDictMismatchError,
+    UntrustedPickleError,
+    first_line,
+)
 from .models import PoMLayer, PoMv1, PoMv2, PoMv2RoPE
 
 CHECKPOINT_FORMAT = "pom-deploy-checkpoint"
@@ -29,14 +38,17 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Save a zoo model or reference layer with its architecture, atomically."""
+    """Save a zoo model or reference layer with its architecture and a digest of its weights
+    (checked by ``load_model``), atomically."""
     path = Path(path)
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "pom_deploy_version": __version__,
         "architecture": architectures.describe(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state_dict,
+        "weights_sha256": tensors_sha256(state_dict),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     os.close(fd)
@@ -61,9 +73,11 @@ def load_model(
     if zipfile.is_zipfile(path) and _is_exported_program(path):
         return _load_exported_program(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: not the user's concern
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # weights_only refused a class: a pickled object
+        if not _refused_by_weights_only(exc, path):
             raise ModelLoadError(f"{path} is corrupted or not a PyTorch file ({first_line(exc)})") from None
         if not trust_pickle:
             raise UntrustedPickleError(
@@ -105,9 +119,24 @@ def _load_exported_program(path: Path) -> nn.Module:
     return module
 
 
+def _refused_by_weights_only(exc: pickle.UnpicklingError, path: Path) -> bool:
+    """Whether torch's weights-only unpickler refused a pickled object (a class in torch.save's
+    archive, or a plain pickle.dump, which starts with pickle's PROTO opcode), as opposed to a
+    damaged or foreign file."""
+    if "Unsupported global" in str(exc):
+        return True
+    with open(path, "rb") as file:
+        return not zipfile.is_zipfile(path) and file.read(1) == pickle.PROTO
+
+
 def _load_pickle(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if not zipfile.is_zipfile(path):  # a plain pickle.dump (torch.load wants its own header)
+                with open(path, "rb") as file:
+                    return pickle.load(file)
+            return torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
         raise ModelLoadError(f"{path} needs Python code that is not importable here: {first_line(exc)}") from None
     except Exception as exc:
@@ -121,6 +150,7 @@ def _to_model(obj: Any, path: Path, architecture) -> nn.Module:
         version = obj.get("format_version")
         if version != CHECKPOINT_VERSION:
             raise ModelLoadError(f"{path} is a pom-deploy checkpoint of format version {version}; this version reads {CHECKPOINT_VERSION}")
+        _check_weights_digest(obj, path)
         model = architectures.build(obj["architecture"])
         load_state_dict_checked(model, obj["state_dict"], path)
         return model
@@ -133,6 +163,16 @@ def _to_model(obj: Any, path: Path, architecture) -> nn.Module:
     model = architectures.build(spec)
     load_state_dict_checked(model, state_dict, path)
     return model
+
+
+def _check_weights_digest(checkpoint: Mapping[str, Any], path: Path) -> None:
+    saved = checkpoint.get("weights_sha256")
+    if saved is None:
+        warnings.warn(f"{path} has no weights digest (saved by an older pom-deploy): a damaged file cannot be "
+                      "detected; save it again with save_checkpoint to add one", PomDeployWarning, stacklevel=3)
+        return
+    if tensors_sha256(checkpoint["state_dict"]) != saved:
+        raise ModelLoadError(f"{path} is corrupted: its weights do not match the sha256 digest saved with them")
 
 
 def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:

@@ -250,3 +250,68 @@ def test_cli_pickle_without_opt_in_has_no_traceback(pickled_upstream_model, tmp_
     assert run.returncode == 1
     assert "Traceback" not in run.stderr and run.stderr.startswith("error: ") and "--trust-pickle" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+# --- damaged weights and raw pickles (issue: a flipped weight byte exported "successfully") ---
+# test_corrupted_file above zeroes bytes of the zip's headers, which torch notices; a byte inside
+# a tensor's data is not checked by torch's reader, hence the digest that save_checkpoint stores.
+
+def _flip_byte_inside_tensor(path, tensor: torch.Tensor):
+    data = bytearray(path.read_bytes())
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at > 0, "the tensor's bytes are stored as they are"
+    data[at + len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_weight_byte_is_refused(tmp_path, capsys):
+    model = PoMv2(16, 2, 1, 1, 4)
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    _flip_byte_inside_tensor(path, model.po_coeff)
+    with pytest.raises(ModelLoadError, match="corrupted: its weights do not match"):
+        load_model(path)
+    code = export_cli.main([str(path), "--onnx", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and str(path) in err[0] and "corrupted" in err[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(tmp_path):
+    from pom_deploy import architectures
+    from pom_deploy.errors import PomDeployWarning
+    from pom_deploy.loading import CHECKPOINT_FORMAT
+
+    model = PoMv2(16, 2, 1, 1, 4)
+    older = {"format": CHECKPOINT_FORMAT, "format_version": 1, "pom_deploy_version": "0.1.0",
+             "architecture": architectures.describe(model), "state_dict": model.state_dict()}
+    torch.save(older, tmp_path / "old.pt")
+    with pytest.warns(PomDeployWarning, match="no weights digest"):
+        loaded = load_model(tmp_path / "old.pt")
+    _same_outputs(loaded, model, torch.randn(1, 5, 16))
+
+
+@pytest.fixture()
+def plain_pickle(tmp_path):
+    """A model written with pickle.dump (protocol 4), not torch.save."""
+    import pickle
+
+    model = PoMv2(16, 2, 1, 1, 4)
+    with open(tmp_path / "model.pkl", "wb") as file:
+        pickle.dump(model, file, protocol=4)
+    return tmp_path / "model.pkl", model
+
+
+def test_plain_pickle_without_opt_in_is_one_line(plain_pickle, tmp_path):
+    path, _ = plain_pickle
+    run = subprocess.run([sys.executable, "-m", "pom_deploy.cli.export", str(path), "-o", str(tmp_path / "o.onnx")],
+                         capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and len(lines) == 1, run.stderr
+    assert lines[0].startswith("error: ") and str(path) in lines[0] and "--trust-pickle" in lines[0]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_plain_pickle_with_opt_in_loads(plain_pickle):
+    path, model = plain_pickle
+    _same_outputs(load_model(path, trust_pickle=True), model, torch.randn(1, 5, 16))

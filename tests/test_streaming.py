@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import load_upstream_case, spread_coefficients
+from tolerances import LAYER_ATOL, MODEL_ATOL, UPSTREAM
 from pom_deploy.cli import deploy as deploy_cli
 from pom_deploy.errors import ExportError, RuntimeInputError
 from pom_deploy.exporters import export_onnx
@@ -32,7 +33,7 @@ def test_video_step_graph_equals_block_causal_forward(exported_video, video_mode
     x = torch.randn(3, sum(chunks), 16)
     with torch.no_grad():
         expected = video_model(x, mask=block_causal_mask(chunks, 3)).numpy()
-    np.testing.assert_allclose(_stream(session, x.numpy(), chunks), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(_stream(session, x.numpy(), chunks), expected, atol=MODEL_ATOL, rtol=0)
     assert session.tokens_seen.tolist() == [sum(chunks)] * 3
 
 
@@ -44,8 +45,8 @@ def test_equal_chunks_equal_upstream_state_forward(tmp_path, name):
     session = load(export_onnx(layer, tmp_path / "layer.step.onnx", step=True).path)
     for f in range(len(case["calls"][index]["frames"])):
         y = session.step(data[f"call{index}.x{f}"])
-        np.testing.assert_allclose(y, data[f"call{index}.y{f}"], atol=1e-5, rtol=1e-5)
-        np.testing.assert_allclose(session.state["past.0.mean"], data[f"call{index}.h{f}"], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(y, data[f"call{index}.y{f}"], **UPSTREAM)
+        np.testing.assert_allclose(session.state["past.0.mean"], data[f"call{index}.h{f}"], **UPSTREAM)
 
 
 class _ResidualStack(torch.nn.Module):
@@ -73,7 +74,7 @@ def test_any_block_causal_model_gets_state_io(tmp_path):
     x = torch.randn(2, sum(chunks), 16)
     with torch.no_grad():  # RoPE positions continue from the tokens seen: 0..N-1 over the whole stream
         expected = model(x, mask=block_causal_mask(chunks, 2)).numpy()
-    np.testing.assert_allclose(_stream(session, x.numpy(), chunks), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(_stream(session, x.numpy(), chunks), expected, atol=MODEL_ATOL, rtol=0)
 
 
 def test_fused_step_graph_agrees(tmp_path, video_model, exported_video):
@@ -81,7 +82,7 @@ def test_fused_step_graph_agrees(tmp_path, video_model, exported_video):
     fused = export_onnx(video_model, tmp_path / "fused.step.onnx", step=True, fused_ops_enabled=True)
     assert fused.spec.fused_ops
     x = np.random.default_rng(0).standard_normal((2, 24, 16)).astype(np.float32)
-    np.testing.assert_allclose(_stream(load(fused.path), x, [8, 8, 8]), _stream(load(plain.path), x, [8, 8, 8]), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_stream(load(fused.path), x, [8, 8, 8]), _stream(load(plain.path), x, [8, 8, 8]), atol=MODEL_ATOL, rtol=0)
 
 
 def test_resumed_stream_equals_uninterrupted(tmp_path, exported_video):
@@ -103,11 +104,11 @@ def test_independent_streams_and_reset_of_one_row(exported_video):
     a, b = rng.standard_normal((1, 16, 16), dtype=np.float32), rng.standard_normal((1, 16, 16), dtype=np.float32)
     session = load(step.path)
     both = _stream(session, np.concatenate([a, b]), [8, 8])
-    np.testing.assert_allclose(both[0:1], _stream(load(step.path), a, [8, 8]), atol=1e-6)
+    np.testing.assert_allclose(both[0:1], _stream(load(step.path), a, [8, 8]), atol=MODEL_ATOL, rtol=0)
     session.reset(row=1)
     assert session.tokens_seen.tolist() == [16, 0]
     again = session.step(np.concatenate([a[:, :8], b[:, :8]]))
-    np.testing.assert_allclose(again[1:], both[1:, :8], atol=1e-6)  # row 1 restarted
+    np.testing.assert_allclose(again[1:], both[1:, :8], atol=MODEL_ATOL, rtol=0)  # row 1 restarted
     session.reset()
     assert session.tokens_seen.size == 0
 
@@ -165,7 +166,7 @@ def test_run_command_streams_a_file(tmp_path, capsys, exported_video, video_mode
     assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "frames.npy"), "-o", str(tmp_path / "out.npy"), "-q"]) == 0
     with torch.no_grad():
         expected = video_model(torch.from_numpy(x)).numpy()  # chunks default to the model's 8-token frames
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=MODEL_ATOL, rtol=0)
     assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "frames.npy"), "-o", str(tmp_path / "out.npy")]) == 1
     assert "--force" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", np.zeros((4, 5, 6, 7), np.float32))
@@ -209,7 +210,7 @@ def test_bare_rope_layer_streams(tmp_path, rope_2d):
     positions = {"positions_hw": grid} if rope_2d else {"positions": torch.arange(16)}
     with torch.no_grad():
         expected = layer(x, mask=block_causal_mask(chunks, 2), **positions).numpy()
-    np.testing.assert_allclose(np.concatenate(outs, 1), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.concatenate(outs, 1), expected, atol=LAYER_ATOL, rtol=0)
     if not rope_2d:  # past the layer's 64 positions: one clear error, not onnxruntime's traceback
         for _ in range(4):  # 16 tokens seen, 64 positions: the 4th step reaches position 64
             try:
@@ -219,3 +220,50 @@ def test_bare_rope_layer_streams(tmp_path, rope_2d):
                 break
         else:
             pytest.fail("stepping past max_seq_len did not fail")
+
+
+def test_streaming_session_opens_a_path(exported_video):
+    _, step = exported_video
+    stream = StreamingSession(step.path)
+    assert stream.step(np.zeros((1, 8, 16), np.float32)).shape == (1, 8, 16)
+    with pytest.raises(RuntimeInputError, match=r"pom_deploy.load\(path\)"):
+        StreamingSession(42)
+
+
+def _saved_stream(tmp_path, step):
+    stream = load(step.path)
+    stream.step(np.random.default_rng(0).standard_normal((1, 8, 16)).astype(np.float32))
+    stream.save_state(tmp_path / "s.npz")
+    return tmp_path / "s.npz"
+
+
+def test_damaged_state_file_is_refused(tmp_path, exported_video):
+    """A changed value with the digest left as saved (a CRC-consistent file), and a flipped byte."""
+    _, step = exported_video
+    path = _saved_stream(tmp_path, step)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["past.0.mean"] = arrays["past.0.mean"] + np.float32(1e-3)
+    np.savez(tmp_path / "edited.npz", **arrays)
+    with pytest.raises(RuntimeInputError, match="corrupted: its arrays do not match"):
+        load(step.path).load_state(tmp_path / "edited.npz")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (tmp_path / "flipped.npz").write_bytes(bytes(data))
+    with pytest.raises(RuntimeInputError, match="flipped.npz"):
+        load(step.path).load_state(tmp_path / "flipped.npz")
+
+
+def test_state_file_without_digest_resumes_with_a_warning(tmp_path, exported_video):
+    from pom_deploy.errors import PomDeployWarning
+    from pom_deploy.runtime.session import STATE_DIGEST_KEY
+
+    _, step = exported_video
+    path = _saved_stream(tmp_path, step)
+    with np.load(path) as data:
+        arrays = {k: v for k, v in data.items() if k != STATE_DIGEST_KEY}
+    np.savez(tmp_path / "older.npz", **arrays)
+    resumed = load(step.path)
+    with pytest.warns(PomDeployWarning, match="no state digest"):
+        resumed.load_state(tmp_path / "older.npz")
+    np.testing.assert_array_equal(resumed.state["past.0.mean"], arrays["past.0.mean"])

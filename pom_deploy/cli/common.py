@@ -3,27 +3,39 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
 from rich.console import Console
 
 from .. import __version__
-from ..errors import PomDeployError
+from ..errors import PomDeployError, PomDeployWarning
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
 def run_command(func: Callable[[], int]) -> int:
-    """Run a command: user errors become one line on stderr and exit 1, Ctrl-C exits 130."""
+    """Run a command: user errors become one line on stderr and exit 1, Ctrl-C exits 130;
+    pom-deploy's warnings are one line each."""
     try:
-        return func()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PomDeployWarning)
+            warnings.showwarning = _show_warning
+            return func()
     except PomDeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, PomDeployWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def stderr_console(quiet: bool = False) -> Console:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
+from ..digests import tensors_sha256
 from ..errors import ExportError, PomDeployError, VerificationError, first_line
 from ..ops import fused_ops
 from ..outputs import check_output_path
@@ -597,13 +598,7 @@ def _dtype_name(value) -> str:
 # --- small helpers ---------------------------------------------------------------------
 
 def _weights_digest(model: nn.Module) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_sha256(model.state_dict())[:16]
 
 
 def _as_tuple(value) -> tuple:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import RuntimeInputError
+from ..digests import tensors_sha256
+from ..errors import PomDeployWarning, RuntimeInputError, first_line
+from ..outputs import atomic_output
 from ..spec import GraphSpec, TensorSpec
 from .base import Backend, check_feed
 
 STATE_FINGERPRINT_KEY = "__pom_deploy_model__"
+STATE_DIGEST_KEY = "__pom_deploy_state_sha256__"  # in state files: the digest of every other array
 
 
 class Session:
@@ -42,7 +47,14 @@ class StreamingSession:
     resume streams; ``reset()`` starts all streams, or one row, afresh.
     """
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend | str | Path, device: str | None = None, **options):
+        if isinstance(backend, (str, Path)):  # a file, opened as pom_deploy.load opens it
+            from . import open_backend
+
+            backend = open_backend(backend, device, **options)
+        elif not isinstance(backend, Backend):
+            raise RuntimeInputError(f"StreamingSession takes a step graph's path or a backend, not {type(backend).__name__}; "
+                                    "pom_deploy.load(path) opens any exported file")
         spec = backend.spec
         if spec is None or spec.kind != "step":
             raise RuntimeInputError(f"{getattr(backend, 'path', 'this graph')} is not a pom-deploy step graph (export it with --step)")
@@ -93,11 +105,26 @@ class StreamingSession:
         self.batch = int(np.asarray(saved[self.spec.state[0].past_count]).shape[0])
 
     def save_state(self, path: str | Path) -> None:
-        np.savez(path, **self.state)
+        """Write the state (.npz) with a digest of its arrays, atomically."""
+        state = self.state
+        path = Path(path)
+        with atomic_output(path) as tmp, open(tmp, "wb") as file:  # a file object: savez adds no suffix
+            np.savez(file, **state, **{STATE_DIGEST_KEY: np.array(tensors_sha256(state))})
 
     def load_state(self, path: str | Path) -> None:
-        with np.load(path) as data:
-            self.state = dict(data)
+        """Resume from ``save_state``'s file; a damaged file is refused."""
+        try:
+            with np.load(path) as data:
+                saved = dict(data)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise RuntimeInputError(f"{path} is not a readable state file ({first_line(exc)})") from None
+        digest = saved.pop(STATE_DIGEST_KEY, None)
+        if digest is None:
+            warnings.warn(f"{path} has no state digest (saved by an older pom-deploy): a damaged file cannot be detected",
+                          PomDeployWarning, stacklevel=2)
+        elif tensors_sha256(saved) != str(digest):
+            raise RuntimeInputError(f"{path} is corrupted: its arrays do not match the sha256 digest saved with them")
+        self.state = saved
 
     def reset(self, row: int | None = None) -> None:
         """Forget everything (row None), or restart one stream of the batch."""
