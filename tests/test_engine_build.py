@@ -306,6 +306,8 @@ def test_compare_backends_on_two_onnxruntime_sessions(tmp_path):
     plan = plan_build(source)
     feeds = example_feeds(reference.spec.inputs, plan.profiles[0], seed=3)
     assert feeds["x"].shape == (1, 32, 16) and feeds["x"].dtype == np.float32
+    # One graph in two sessions with the same options: the same float32 operations in the same
+    # order, so bit-identical (a difference of 0 passes any tolerance); this checks the plumbing.
     report = compare_backends(reference, candidate, feeds, atol=1e-6, rtol=1e-6)
     assert report.passed and report.shapes == {"x": (1, 32, 16)}
     from rich.console import Console

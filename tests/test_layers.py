@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import spread_coefficients
+from tolerances import UPSTREAM
 from pom_deploy.errors import ArchitectureError
 from pom_deploy.exporters.onnx_export import block_causal_mask
 from pom_deploy.models import BlockCausalMask, PoMv1, PoMv2, PoMv2RoPE
@@ -35,7 +36,7 @@ def test_streaming_equals_block_causal_forward(frames, batch, which):
             y, state = layer.state_forward(x[:, start:start + size], state=state)
             outs.append(y)
             start += size
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(outs, 1), full, **UPSTREAM)
 
 
 def test_block_causal_mask_spec_equals_dense_mask():
@@ -50,7 +51,7 @@ def test_causal_string_equals_lower_triangular_mask():
     x = torch.randn(2, 9, 16)
     tril = torch.tril(torch.ones(9, 9)).expand(2, -1, -1)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x, mask="causal"), layer(x, mask=tril), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x, mask="causal"), layer(x, mask=tril), **UPSTREAM)
 
 
 def test_horner_equals_power_series():
@@ -84,7 +85,7 @@ def test_rope_streaming_continues_positions():
         full = layer(x, mask=block_causal_mask([3, 7], 2), positions=torch.arange(10))
         y0, state = layer.state_forward(x[:, :3])
         y1, _ = layer.state_forward(x[:, 3:], state=state)
-    torch.testing.assert_close(torch.cat([y0, y1], 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([y0, y1], 1), full, **UPSTREAM)
 
 
 @pytest.mark.parametrize("make,message", [

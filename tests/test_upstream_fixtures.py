@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import load_upstream_case, upstream_cases
+from tolerances import UPSTREAM
 from pom_deploy.models.functional import BlockCausalMask
 
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL = UPSTREAM
 
 
 def _forward_cases():

@@ -1,0 +1,49 @@
+"""Every tolerance of the suite that compares two floating-point implementations, each derived
+from a worst-case error bound that any correct implementation meets on any CPU and thread count.
+
+Float32 (Higham, Accuracy and Stability of Numerical Algorithms, ch. 3): a result that went
+through a chain of at most L float32 roundings (dot products and sums of any order, blocking or
+thread count; element-wise ops) is within gamma_L * M of the exact value, where
+gamma_L = L u / (1 - L u), u = 2^-24, and M is the sum of the magnitudes of the terms involved
+(|w| |x| for a dot product). Two implementations are within twice that of each other.
+L below is counted from the test models' sizes; M from their magnitudes: activations after
+LayerNorm and unit-normal inputs keep each sum of |terms| within 4 times the output's scale.
+
+The PolyAggregate op has its own elementwise bound, pom_deploy.ops.poly_aggregate.error_bound.
+"""
+
+from __future__ import annotations
+
+FLOAT32_ROUNDOFF = 2.0**-24
+FLOAT16_ROUNDOFF = 2.0**-11
+MAGNITUDE = 4.0  # M: sums of |terms| relative to the output's scale (see above)
+
+
+def gamma(roundings: int) -> float:
+    nu = roundings * FLOAT32_ROUNDOFF
+    return nu / (1.0 - nu)
+
+
+def between_two_float32(roundings: int) -> float:
+    """|a - b| for two float32 implementations of a chain of ``roundings``, scale 1."""
+    return 2.0 * gamma(roundings) * MAGNITUDE
+
+
+# One upstream-sized layer (dim <= 32, expand <= 2, degree <= 5, <= 16 tokens): input GEMM (32),
+# features (3K + 1 = 16), token sum (16), output GEMM (64), selection GEMM (32): L = 160.
+# Outputs reach 296 (v2_d5_e1_h8): relative and absolute parts, as np.testing's allclose.
+UPSTREAM = dict(rtol=between_two_float32(160), atol=between_two_float32(160))
+
+# One test layer exported to ONNX (dim 16, expand 2, degree <= 3, <= 300 tokens): input GEMM (16),
+# features (10), token sum (300), output and selection GEMMs (32 + 16): L = 374, outputs <= 1.
+LAYER_ATOL = between_two_float32(374)
+
+# The zoo's test models (dim 32, depth 2, mlp_ratio <= 4, <= 248 tokens) per block: LayerNorm (32),
+# mixer GEMMs (32 + 64), features (7), token sum (248), FFN GEMMs (32 + 128), modulation (32);
+# two blocks, patch/token embedding (16) and head (32): L = 2 * 575 + 48 = 1198, outputs <= 1.
+MODEL_ATOL = between_two_float32(1198)
+
+# fp16 graphs (onnxruntime rounds every tensor to float16 between ops): along the longest path
+# of the test models about 20 float16 roundings, each within FLOAT16_ROUNDOFF of the value,
+# which stays within the output's peak: error <= 20 * 2^-11 = 0.98% of the peak.
+FP16_RELATIVE_TO_PEAK = 20 * FLOAT16_ROUNDOFF
