@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--http-port", type=int, default=8000, help="default 8000")
     serve.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
+    serve.add_argument("--exit-timeout", type=int, default=30, metavar="S",
+                       help="on Ctrl-C, let open streams and requests finish for S seconds at most (default 30)")
     serve.add_argument("--verbose", type=int, default=0, help="tritonserver --log-verbose level")
     serve.set_defaults(func=run_serve)
 
@@ -70,7 +72,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     with console.status(f"Starting tritonserver on {args.repository}"):
-        server = start_server(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, verbose=args.verbose)
+        server = start_server(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                              exit_timeout_s=args.exit_timeout, verbose=args.verbose)
     try:
         console.print(f"[green]serving[/] {args.repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops it)")
         while server.alive():

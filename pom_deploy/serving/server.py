@@ -25,7 +25,8 @@ from pathlib import Path
 from . import ServingError
 
 STARTUP_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
+EXIT_TIMEOUT_S = 30  # Triton's own default: how long a stopping server lets open sequences and requests finish
+KILL_MARGIN_S = 5.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,6 +75,7 @@ class TritonServer:
     grpc_port: int
     workdir: Path
     log_path: Path
+    exit_timeout_s: float = EXIT_TIMEOUT_S
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -91,7 +93,8 @@ class TritonServer:
         return self.process.poll() is None
 
     def stop(self) -> None:
-        """SIGINT the process group (Triton's graceful stop), SIGKILL it if still there after a while."""
+        """SIGINT the process group: Triton stops taking new sequences and lets the open ones and the
+        requests in flight finish, for ``exit_timeout_s`` at most; SIGKILL whatever is left after that."""
         if self._stopped:
             return
         self._stopped = True
@@ -99,7 +102,7 @@ class TritonServer:
             if self.alive():
                 _signal_group(self.process, signal.SIGINT)
                 try:
-                    self.process.wait(STOP_TIMEOUT_S)
+                    self.process.wait(self.exit_timeout_s + KILL_MARGIN_S)
                 except subprocess.TimeoutExpired:
                     pass
             _signal_group(self.process, signal.SIGKILL)  # python stubs left in the group go too
@@ -114,6 +117,15 @@ class TritonServer:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills the server when the process that started it dies,
+    so a crashed or killed caller (``pom-deploy serve``, a test run) leaves no server behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(process.pid, sig)
@@ -122,7 +134,8 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None,
-                 grpc_port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S, verbose: int = 0) -> TritonServer:
+                 grpc_port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S, exit_timeout_s: int = EXIT_TIMEOUT_S,
+                 verbose: int = 0) -> TritonServer:
     """Start the bundled tritonserver on ``repository``; returns once every model is ready.
 
     Raises ServingError with the server's first error line when it exits or is not ready in time
@@ -145,13 +158,13 @@ def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: 
         str(bundled.binary), f"--model-repository={repository}", f"--backend-directory={backends}",
         f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
         "--allow-metrics=false", "--exit-on-error=true", "--strict-readiness=true", "--disable-auto-complete-config",
-        f"--log-verbose={verbose}",
+        f"--exit-timeout-secs={exit_timeout_s}", f"--log-verbose={verbose}",
     ]
     log_path = workdir / "tritonserver.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                   cwd=workdir, start_new_session=True)
-    server = TritonServer(process, host, http_port, grpc_port, workdir, log_path)
+                                   cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent)
+    server = TritonServer(process, host, http_port, grpc_port, workdir, log_path, exit_timeout_s)
     try:
         _wait_ready(server, timeout_s)
     except ServingError as exc:
