@@ -268,3 +268,9 @@ def test_self_check_refuses_a_stub_that_loses_tensor_data():
                 return cls(name, capsule.copy())
 
     self_check(Faithful)
+
+
+def test_serve_without_a_repository_is_one_line(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such model repository" in err and len(err.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..spec import GraphSpec
-from .triton_config import RepoOptions, _pb, summary
+from .triton_config import RepoOptions, model_config_schema, summary
 
 _NGC = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
 
@@ -14,7 +14,7 @@ _NGC = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
 def repository_readme(spec: GraphSpec, config, options: RepoOptions, model_path: Path, sidecar: dict | None,
                       plugin_library: Path | None) -> str:
     facts = summary(config)
-    data_type = _pb()[0].DataType.Name
+    data_type = model_config_schema()[0].DataType.Name
     lines = [
         f"# {options.name}: PoM {spec.kind} graph on Triton's {options.backend} backend",
         "",

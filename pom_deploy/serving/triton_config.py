@@ -46,7 +46,8 @@ class RepoOptions:
     threads: int = 1  # python backend: onnxruntime intra-op threads per instance
 
 
-def _pb():
+def model_config_schema():
+    """Triton's ModelConfig protobuf module (as tritonclient ships it) and protobuf's text format."""
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
@@ -108,7 +109,7 @@ def triton_dims(shape: list[int | str], batched: bool) -> list[int]:
 
 def build_config(spec: GraphSpec, options: RepoOptions, model_file: str, profile_max_batch: int | None = None):
     """The ``ModelConfig`` message for ``spec`` served by ``options.backend`` (checked by ``check_config``)."""
-    pb, _ = _pb()
+    pb, _ = model_config_schema()
     check_options(options, spec)
     config = pb.ModelConfig(name=options.name)
     if options.backend == "tensorrt":
@@ -171,13 +172,13 @@ def _sequence_batching(config, spec: GraphSpec, options: RepoOptions, states, ba
 
 
 def config_text(config) -> str:
-    _, text_format = _pb()
+    _, text_format = model_config_schema()
     return text_format.MessageToString(config)
 
 
 def parse_config(text: str):
     """Parse ``config.pbtxt`` text with Triton's own schema; ServingError on anything it rejects."""
-    pb, text_format = _pb()
+    pb, text_format = model_config_schema()
     try:
         return text_format.Parse(text, pb.ModelConfig())
     except text_format.ParseError as exc:
@@ -189,7 +190,7 @@ def parse_config(text: str):
 def check_config(config, spec: GraphSpec, model_io: dict[str, dict[str, TensorSpec]]) -> None:
     """Raise ServingError when ``config`` would not serve the model whose file has ``model_io``
     (``{"inputs": {name: TensorSpec}, "outputs": {...}}``, read from the file itself)."""
-    pb, _ = _pb()
+    pb, _ = model_config_schema()
     batched = config.max_batch_size > 0
     dtype_names = {v: k for k, v in TRITON_DTYPES.items()}
     python = config.backend == "python"

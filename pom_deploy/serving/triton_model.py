@@ -122,7 +122,8 @@ class TritonPythonModel:
         if self.spec is None:
             raise RuntimeError(f"pom-deploy: {path.name} has no pom-deploy metadata (export it with pom-export)")
         self.inputs = [t.name for t in self.spec.data_inputs]
-        self.outputs = [t.name for t in self.spec.outputs if not t.name.startswith("present.")]
+        self.next_state = {s.present_mean: s.past_mean for s in self.spec.state} | {s.present_count: s.past_count for s in self.spec.state}
+        self.outputs = [t.name for t in self.spec.outputs if t.name not in self.next_state]
         self.store = SequenceStore(int(params.get("max_sequences", 64)), float(params.get("idle_timeout_s", 10)), self._zero_state)
 
     def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
@@ -184,8 +185,7 @@ class TritonPythonModel:
                 if end:
                     self.store.end(corrid)
                 else:
-                    self.store.put(corrid, {s.replace("present.", "past.", 1): np.ascontiguousarray(v[rows])
-                                            for s, v in outputs.items() if s.startswith("present.")})
+                    self.store.put(corrid, {past: np.ascontiguousarray(outputs[present][rows]) for present, past in self.next_state.items()})
             tensors = [self.pb.Tensor(name, np.ascontiguousarray(outputs[name][rows])) for name in self.outputs]
             responses.append(self.pb.InferenceResponse(output_tensors=tensors))
         return responses

@@ -26,7 +26,6 @@ from .triton_model import generated_model_py
 @dataclass
 class RepoResult:
     model_dir: Path
-    config_text: str
     summary: dict
 
 
@@ -115,7 +114,7 @@ def write_repository(model_path: str | Path, repository: str | Path, options: Re
         _move_into_place(staging, model_dir, repository, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return RepoResult(destination, text, summary(config))
+    return RepoResult(destination, summary(config))
 
 
 def _umask() -> int:
