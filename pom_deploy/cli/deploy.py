@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ..errors import ExportError, ModelLoadError, RuntimeInputError, first_line
 from . import tensorrt_commands
+from . import serving_commands
 from ..outputs import atomic_output, check_output_path
 from .common import human_size, run_command, shape_text, stderr_console, version_text
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=run_command_)
 
     tensorrt_commands.register(commands)
+    serving_commands.register(commands)
     return parser
 
 
