@@ -4,7 +4,9 @@ That wheel ships Triton 2.51 with its python backend only (no onnxruntime or Ten
 and it runs on CPU-only machines: enough to serve a python-backend repository locally and in tests.
 The server runs in its own process group, listens on 127.0.0.1 by default, and ``stop()`` ends the
 whole group. The python backend's stub embeds the interpreter found first on ``PATH``, so this
-environment's ``bin/`` goes first: the stub then imports numpy and pom_deploy from here.
+environment's ``bin/`` goes first (the stub then takes its standard library from here), and the
+generated model.py adds this environment's site folders (``_site_folders``) before it imports
+pom_deploy: a plain (non-venv) Python's site-packages is otherwise not on the stub's path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ServingError
+from .triton_model import SITE_FOLDERS_VARIABLE
 
 STARTUP_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = 30  # Triton's own default: how long a stopping server lets open sequences and requests finish
@@ -133,6 +137,16 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def _site_folders() -> list[str]:
+    """This interpreter's site-packages, for the stub (read by the generated model.py).
+
+    The stub embeds the libpython bundled with the server, which ignores PYTHONPATH and whose own
+    (Debian) ``site`` module adds a virtual environment's site-packages but not those of a plain
+    interpreter such as a pyenv or conda Python (measured: numpy was not importable there).
+    """
+    return site.getsitepackages()
+
+
 def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S, exit_timeout_s: int = EXIT_TIMEOUT_S,
                  verbose: int = 0) -> TritonServer:
@@ -154,6 +168,7 @@ def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: 
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(bundled.libraries), env.get("LD_LIBRARY_PATH", "")) if p)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env[SITE_FOLDERS_VARIABLE] = os.pathsep.join(_site_folders())
     command = [
         str(bundled.binary), f"--model-repository={repository}", f"--backend-directory={backends}",
         f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",

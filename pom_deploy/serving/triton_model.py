@@ -194,9 +194,19 @@ class TritonPythonModel:
         self.store.states.clear()
 
 
+SITE_FOLDERS_VARIABLE = "POM_DEPLOY_SITE_FOLDERS"
+
+
 def generated_model_py(spec: GraphSpec) -> str:
     """The ``model.py`` written into a repository: the class above, found at run time."""
     return (f'"""Triton python-backend model for a pom-deploy {spec.kind} graph (weights {spec.model_digest}),\n'
             'written by `pom-deploy triton-repo`. The stub must run a Python with pom-deploy installed: see\n'
             'the README.md beside the config."""\n\n'
-            "from pom_deploy.serving.triton_model import TritonPythonModel  # noqa: F401\n")
+            "import os\n"
+            "import site\n\n"
+            "# Set by `pom-deploy serve`: the site folders of the Python that started the server (the stub's\n"
+            "# embedded interpreter ignores PYTHONPATH); absent in other deployments.\n"
+            f"for folder in os.environ.get({SITE_FOLDERS_VARIABLE!r}, \"\").split(os.pathsep):\n"
+            "    if folder:\n"
+            "        site.addsitedir(folder)  # also runs its .pth files (an editable install's hook)\n\n"
+            "from pom_deploy.serving.triton_model import TritonPythonModel  # noqa: E402,F401\n")
