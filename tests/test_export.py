@@ -19,7 +19,7 @@ from pom_deploy.errors import ExportError, VerificationError
 from pom_deploy.exporters import export_onnx
 from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import create_zoo_model
-from pom_deploy.runtime.onnxrt import read_spec
+from pom_deploy.onnx_graph import read_spec
 from pom_deploy.spec import METADATA_KEY
 
 

@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, consoles, atomic writes, formatting."""
+"""What every command shares: one-line errors, consoles, version text, sizes."""
 
 from __future__ import annotations
 
@@ -56,7 +56,3 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
-
-
-def shape_text(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

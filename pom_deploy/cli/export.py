@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..exporters.config import MASK_KINDS
 from ..exporters.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportResult, export_onnx
-from .common import human_size, run_command, shape_text, stderr_console, version_text
+from ..spec import shape_text
+from .common import human_size, run_command, stderr_console, version_text
 
 STAGES = {"load": "Loading model", "export": "Exporting with torch.onnx (dynamo)", "check": "Checking graph (onnx.checker, shape inference)",
           "verify": "Verifying in onnxruntime against PyTorch"}

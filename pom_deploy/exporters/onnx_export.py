@@ -33,7 +33,8 @@ from ..spec import METADATA_KEY, GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from . import config as cfg
 from ..comparator import compare_outputs
-from .verify import DEFAULT_TOLERANCES, VerificationReport
+from ..tolerances import tolerances
+from .verify import VerificationReport
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 18
@@ -130,8 +131,7 @@ def export_onnx(
         if verify:
             stage("verify")
             clock = time.perf_counter()
-            default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
-            report = builder.verify(staged, target, atol if atol is not None else default_atol, rtol if rtol is not None else default_rtol)
+            report = builder.verify(staged, target, *tolerances(dtype, atol, rtol, ExportError))
             seconds["verify"] = time.perf_counter() - clock
             if not report.passed:
                 worst = max(report.failures(), key=lambda e: e.max_absdiff)

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 from ..comparator import OutputComparison
 
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
-
 
 @dataclass
 class VerificationReport:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..outputs import atomic_output
 from ..errors import ModelLoadError
+from ..outputs import atomic_output
 from ..spec import GraphSpec
 from .environment import version_tuple
 
