@@ -8,7 +8,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from .. import __version__
+from ..version import __version__
 from ..errors import PomDeployError, PomDeployWarning
 
 EXIT_USER_ERROR = 1

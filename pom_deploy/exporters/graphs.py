@@ -12,7 +12,7 @@ import onnx_ir as ir
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..version import __version__
 from ..architectures import describe
 from ..digests import tensors_sha256
 from ..dtypes import name_of

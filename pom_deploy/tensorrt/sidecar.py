@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ModelLoadError
 from ..outputs import atomic_output
 from ..spec import GraphSpec
