@@ -14,7 +14,6 @@ import ctypes
 import sys
 from pathlib import Path
 
-import onnx
 import onnx.helper as oh
 import torch
 
