@@ -39,7 +39,7 @@ class DataType:
     def torch(self) -> Any:
         import torch  # noqa: PLC0415
 
-        return getattr(torch, {"bool": "bool"}.get(self.name, self.name))
+        return getattr(torch, self.name)
 
 
 DATATYPES = (

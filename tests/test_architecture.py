@@ -21,6 +21,7 @@ LAYERS = (
     ("exporters", ("pom_deploy.exporters",)),
     ("runtime", ("pom_deploy.runtime",)),
     ("tensorrt", ("pom_deploy.tensorrt",)),
+    ("serving", ("pom_deploy.serving",)),  # Triton serving (issue 13), above the backends it serves
     ("cli", ("pom_deploy.cli",)),
 )
 FACADE = "pom_deploy"

@@ -12,7 +12,6 @@ import onnx_ir as ir
 import torch
 import torch.nn as nn
 
-from ..version import __version__
 from ..architectures import describe
 from ..digests import tensors_sha256
 from ..dtypes import name_of
@@ -20,6 +19,7 @@ from ..errors import ArchitectureError, ExportError, PomDeployError, first_line
 from ..ops import fused_ops
 from ..spec import GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, stream_layers
+from ..version import __version__
 from . import config as cfg
 from .tracing import as_tuple, exporter_error, quiet_exporter
 
@@ -27,7 +27,7 @@ CHUNK_DIM = "chunk"
 
 
 class GraphBuilder:
-    """What full and step graphs share: tracing, naming, metadata and verification."""
+    """What full and step graphs share: tracing, naming and metadata."""
 
     kind = "full"
 
