@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__, architectures
+from . import architectures
 from .digests import tensors_sha256
 from .errors import (
     ArchitectureError,
@@ -32,6 +32,7 @@ from .errors import (
     first_line,
 )
 from .models import PoMLayer, PoMv1, PoMv2, PoMv2RoPE
+from .version import __version__
 
 CHECKPOINT_FORMAT = "pom-deploy-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -80,3 +80,8 @@ class GraphSpec:
     def data_inputs(self) -> list[TensorSpec]:
         """Inputs that are not state: the chunk and the model's extra inputs."""
         return [t for t in self.inputs if t.name not in self.state_input_names]
+
+
+def shape_text(shape) -> str:
+    """``(batch, tokens, 32)``: how every message and table writes a shape."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"

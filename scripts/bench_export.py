@@ -60,15 +60,7 @@ def parse_args():
 def main():
     args = parse_args()
     C.configure_waiting(args.spin)
-    C.set_threads(args.threads)
-    import numpy as np
-    import torch
-    import torch.nn as nn
-
-    from pom_deploy.exporters.onnx_export import export_onnx
-    from pom_deploy.models import PoMv2
-    from pom_deploy.models.zoo import create_zoo_model
-
+    C.set_threads(args.threads)  # before torch is imported (the steps below import it)
     settings = QUICK if args.quick else FULL
     if args.variants:
         return variants(args)
@@ -82,19 +74,43 @@ def main():
     results = {"machine": info, "settings": {"quick": args.quick, "layer": LAYER, "zoo": ZOO, **{k: v for k, v in settings.items()}},
                "layer": [], "zoo": [], "profile": None, "goals": {}}
 
-    # --- the layer and its projections ------------------------------------------------
+    layer = make_layer()
+    layer_onnx, proj_onnx, qc_onnx = export_layer_graphs(layer, work, out)
+    results["layer"] = measure_layer(layer, layer_onnx, proj_onnx, qc_onnx, settings, args, work, out)
+    tabulate_layer(results["layer"], args.threads, out)
+    results["profile"] = profile_layer(layer_onnx, settings, args, work, out)
+    if not args.no_zoo:
+        results["zoo"] = measure_zoo(settings, args, work, out)
+        tabulate_zoo(results["zoo"], out)
+    results["goals"] = evaluate_goals(results, out)
+    results["loadavg_at_end"] = os.getloadavg()
+
+    json_path = Path(args.json) if args.json else work / "bench_export.json"
+    C.write_json(json_path, results)
+    out.print(f"results: {json_path}")
+    if args.plot:
+        plot(results, args.plot)
+        out.print(f"plot: {args.plot}")
+
+
+def make_layer():
+    """The benchmarked PoMv2 layer, seeded, with coefficients that exercise the polynomial."""
+    import torch
+
+    from pom_deploy.models import PoMv2
+
     torch.manual_seed(0)
     layer = PoMv2(**LAYER).eval()
     with torch.no_grad():
         layer.po_coeff.uniform_(-0.5, 0.5)  # upstream init (+-1e-3) gives near-zero outputs
-    clock = time.perf_counter()
-    layer_onnx = work / "pomv2_layer.onnx"
-    export_onnx(layer, layer_onnx, force=True)
-    out.print(f"exported the layer in {time.perf_counter() - clock:.1f} s (verified against PyTorch)")
+    return layer
+
+
+def _projections(layer):
+    """Only the layer's two GEMMs, same weights and shapes: qc_proj(x), ag_proj(z)."""
+    import torch.nn as nn
 
     class Projections(nn.Module):
-        """Only the layer's two GEMMs, same weights and shapes: qc_proj(x), ag_proj(z)."""
-
         def __init__(self, layer):
             super().__init__()
             self.qc_proj, self.ag_proj = layer.qc_proj, layer.ag_proj
@@ -102,7 +118,22 @@ def main():
         def forward(self, x, z):
             return self.qc_proj(x), self.ag_proj(z)
 
-    proj = Projections(layer).eval()
+    return Projections(layer).eval()
+
+
+def export_layer_graphs(layer, work: Path, out):
+    """The layer (verified export), its two projections alone, and qc_proj alone, as ONNX files."""
+    import onnx
+    import torch
+
+    from pom_deploy import export_onnx
+
+    clock = time.perf_counter()
+    layer_onnx = work / "pomv2_layer.onnx"
+    export_onnx(layer, layer_onnx, force=True)
+    out.print(f"exported the layer in {time.perf_counter() - clock:.1f} s (verified against PyTorch)")
+
+    proj = _projections(layer)
     proj_onnx = work / "pomv2_projections.onnx"
     tokens = torch.export.Dim("tokens", min=2, max=65536)
     with warnings.catch_warnings():
@@ -119,11 +150,16 @@ def main():
         warnings.simplefilter("ignore")
         torch.onnx.export(layer.qc_proj, (torch.randn(1, 64, 512),), dynamo=True, opset_version=18, input_names=["x"],
                           output_names=["qc"], dynamic_shapes=({1: tokens},), optimize=True, verbose=False).save(str(qc_onnx))
-    import onnx
-
     proj_ops = sorted({n.op_type for n in onnx.load(str(proj_onnx)).graph.node})
     layer_ops = [n.op_type for n in onnx.load(str(layer_onnx)).graph.node]
     out.print(f"projection graph ops: {proj_ops}; layer graph: {len(layer_ops)} nodes")
+    return layer_onnx, proj_onnx, qc_onnx
+
+
+def measure_layer(layer, layer_onnx: Path, proj_onnx: Path, qc_onnx: Path, settings, args, work: Path, out) -> list[dict]:
+    """Eager, torch.compile and onnxruntime timings of the layer (and of its GEMMs alone) at each N."""
+    import numpy as np
+    import torch
 
     sess_layer = C.ort_session(layer_onnx, args.threads)
     sess_proj = C.ort_session(proj_onnx, args.threads)
@@ -180,15 +216,18 @@ def main():
                "non_qc_share_ort": (med["ort"] - med["ort_qc_only"]) / med["ort"],
                "nongemm_share_eager": (med["eager"] - med["eager_matmuls"]) / med["eager"],
                "gemm_gflops_ort": 2 * n * (512 * 1032 + 1024 * 512) / med["ort_matmuls"] / 1e9}
-        results["layer"].append(row)
         rows.append(row)
         out.print(f"  layer N={n}: eager {C.ms(med['eager'])} ms, ort {C.ms(med['ort'])} ms, ort matmuls {C.ms(med['ort_matmuls'])} ms"
                   + (f", compile {C.ms(med['compile'])} ms" if "compile" in med else ""))
 
+    return rows
+
+
+def tabulate_layer(rows: list[dict], threads: int, out) -> None:
     cols = ["N", "eager ms", "compile ms", "ort ms", "ort matmuls ms", "ort vs eager", "ort vs compile",
             "non-GEMM share (ort)", "share outside qc_proj (ort)", "non-MatMul share (ort profile)", "non-GEMM share (eager)",
             "GEMM GFLOP/s (ort)"]
-    out.print(C.table(f"PoMv2 layer (dim 512, degree 3, expand 2, 8 sel heads), batch 1, fp32, {args.threads} threads; medians",
+    out.print(C.table(f"PoMv2 layer (dim 512, degree 3, expand 2, 8 sel heads), batch 1, fp32, {threads} threads; medians",
                       cols, [[r["n"], C.ms(r["median_s"]["eager"]), C.ms(r["median_s"]["compile"]) if "compile" in r["median_s"] else "-",
                               C.ms(r["median_s"]["ort"]), C.ms(r["median_s"]["ort_matmuls"]), f"{r['ort_speedup_vs_eager']:.2f}x",
                               f"{r['ort_speedup_vs_compile']:.2f}x" if r["ort_speedup_vs_compile"] else "-",
@@ -196,7 +235,11 @@ def main():
                               f"{r['nongemm_share_eager']:.1%}", f"{r['gemm_gflops_ort']:.0f}"]
                              for r in rows]))
 
-    # --- onnxruntime profile of the layer at the largest N ------------------------------
+
+def profile_layer(layer_onnx: Path, settings, args, work: Path, out) -> dict:
+    """Kernel time per op of the layer in an onnxruntime profile at the largest N."""
+    import torch
+
     n = settings["layer_n"][-1]
     xn = torch.randn(1, n, 512, generator=torch.Generator().manual_seed(1)).numpy()
     prof = C.ort_session(layer_onnx, args.threads, profile_prefix=str(work / "ort_profile_layer"))
@@ -207,51 +250,64 @@ def main():
     by_op = C.ort_profile_by_op(profile_file, runs_to_skip=1)
     total = sum(by_op.values())
     per_run = {op: t / runs for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])}
-    results["profile"] = {"n": n, "runs": runs, "file": str(profile_file), "per_run_seconds_by_op": per_run,
-                          "share_by_op": {op: t / total * runs for op, t in per_run.items()}}
+    result = {"n": n, "runs": runs, "file": str(profile_file), "per_run_seconds_by_op": per_run,
+              "share_by_op": {op: t / total * runs for op, t in per_run.items()}}
     out.print(C.table(f"onnxruntime profile of the layer at N={n} (kernel time per run, {runs} runs)", ["op", "ms/run", "share"],
                       [[op, C.ms(t), f"{t / total * runs:.1%}"] for op, t in per_run.items()]))
+    return result
 
-    # --- a zoo model --------------------------------------------------------------------
-    if not args.no_zoo:
-        model = create_zoo_model("video_pom", **ZOO)
-        zoo_onnx = work / "video_pom.onnx"
-        clock = time.perf_counter()
-        export_onnx(model, zoo_onnx, force=True)
-        out.print(f"exported video_pom ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) in {time.perf_counter() - clock:.1f} s")
-        sess_zoo = C.ort_session(zoo_onnx, args.threads)
-        zoo_compiled = torch.compile(model, dynamic=False) if not args.no_compile else None
-        zrows = []
-        for n in settings["zoo_n"]:
-            x = torch.randn(1, n, ZOO["in_dim"], generator=torch.Generator().manual_seed(n))
-            xn = x.numpy()
-            with torch.inference_mode():
-                max_abs = float(np.abs(sess_zoo.run(None, {"tokens": xn})[0] - model(x).numpy()).max())
-                compile_s = None
-                if zoo_compiled is not None:
-                    clock = time.perf_counter()
-                    zoo_compiled(x)
-                    compile_s = time.perf_counter() - clock
-                contenders = {"eager": lambda: model(x), "ort": lambda: sess_zoo.run(None, {"tokens": xn})}
-                if zoo_compiled is not None:
-                    contenders["compile"] = lambda: zoo_compiled(x)
-                times = C.interleaved(contenders, reps=settings["zoo_reps"][n], warmup=1)
-            med = {k: C.median(v) for k, v in times.items()}
-            row = {"n": n, "median_s": med, "reps": settings["zoo_reps"][n], "max_abs_diff_ort_vs_eager": max_abs,
-                   "compile_seconds": compile_s, "ort_speedup_vs_eager": med["eager"] / med["ort"],
-                   "ort_speedup_vs_compile": med["compile"] / med["ort"] if "compile" in med else None}
-            results["zoo"].append(row)
-            zrows.append(row)
-            out.print(f"  video_pom N={n}: eager {C.ms(med['eager'])} ms, ort {C.ms(med['ort'])} ms"
-                      + (f", compile {C.ms(med['compile'])} ms" if "compile" in med else ""))
-        out.print(C.table("video_pom zoo model (in_dim 64, dim 512, depth 2, degree 3, expand 2, 8 sel heads, 256-token frames, "
-                          "mlp 4x), full block-causal graph, batch 1; medians",
-                          ["N", "eager ms", "compile ms", "ort ms", "ort vs eager", "ort vs compile"],
-                          [[r["n"], C.ms(r["median_s"]["eager"]), C.ms(r["median_s"]["compile"]) if "compile" in r["median_s"] else "-",
-                            C.ms(r["median_s"]["ort"]), f"{r['ort_speedup_vs_eager']:.2f}x",
-                            f"{r['ort_speedup_vs_compile']:.2f}x" if r["ort_speedup_vs_compile"] else "-"] for r in zrows]))
 
-    # --- goals ----------------------------------------------------------------------------
+def measure_zoo(settings, args, work: Path, out) -> list[dict]:
+    """Eager, torch.compile and onnxruntime timings of the video zoo model's full graph at each N."""
+    import numpy as np
+    import torch
+
+    from pom_deploy import export_onnx
+    from pom_deploy.models.zoo import create_zoo_model
+
+    model = create_zoo_model("video_pom", **ZOO)
+    zoo_onnx = work / "video_pom.onnx"
+    clock = time.perf_counter()
+    export_onnx(model, zoo_onnx, force=True)
+    out.print(f"exported video_pom ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) in {time.perf_counter() - clock:.1f} s")
+    sess_zoo = C.ort_session(zoo_onnx, args.threads)
+    zoo_compiled = torch.compile(model, dynamic=False) if not args.no_compile else None
+    zrows = []
+    for n in settings["zoo_n"]:
+        x = torch.randn(1, n, ZOO["in_dim"], generator=torch.Generator().manual_seed(n))
+        xn = x.numpy()
+        with torch.inference_mode():
+            max_abs = float(np.abs(sess_zoo.run(None, {"tokens": xn})[0] - model(x).numpy()).max())
+            compile_s = None
+            if zoo_compiled is not None:
+                clock = time.perf_counter()
+                zoo_compiled(x)
+                compile_s = time.perf_counter() - clock
+            contenders = {"eager": lambda: model(x), "ort": lambda: sess_zoo.run(None, {"tokens": xn})}
+            if zoo_compiled is not None:
+                contenders["compile"] = lambda: zoo_compiled(x)
+            times = C.interleaved(contenders, reps=settings["zoo_reps"][n], warmup=1)
+        med = {k: C.median(v) for k, v in times.items()}
+        row = {"n": n, "median_s": med, "reps": settings["zoo_reps"][n], "max_abs_diff_ort_vs_eager": max_abs,
+               "compile_seconds": compile_s, "ort_speedup_vs_eager": med["eager"] / med["ort"],
+               "ort_speedup_vs_compile": med["compile"] / med["ort"] if "compile" in med else None}
+        zrows.append(row)
+        out.print(f"  video_pom N={n}: eager {C.ms(med['eager'])} ms, ort {C.ms(med['ort'])} ms"
+                  + (f", compile {C.ms(med['compile'])} ms" if "compile" in med else ""))
+    return zrows
+
+
+def tabulate_zoo(zrows: list[dict], out) -> None:
+    out.print(C.table("video_pom zoo model (in_dim 64, dim 512, depth 2, degree 3, expand 2, 8 sel heads, 256-token frames, "
+                      "mlp 4x), full block-causal graph, batch 1; medians",
+                      ["N", "eager ms", "compile ms", "ort ms", "ort vs eager", "ort vs compile"],
+                      [[r["n"], C.ms(r["median_s"]["eager"]), C.ms(r["median_s"]["compile"]) if "compile" in r["median_s"] else "-",
+                        C.ms(r["median_s"]["ort"]), f"{r['ort_speedup_vs_eager']:.2f}x",
+                        f"{r['ort_speedup_vs_compile']:.2f}x" if r["ort_speedup_vs_compile"] else "-"] for r in zrows]))
+
+
+def evaluate_goals(results: dict, out) -> dict:
+    """Whether the measured layer meets the speed and non-GEMM-share goals (docs/benchmarks.md)."""
     big = [r for r in results["layer"] if r["n"] >= 4096]
     goals = {
         "ort_2x_faster_than_eager_at_n_ge_4096": {
@@ -266,18 +322,10 @@ def main():
             "profile": {r["n"]: round(r["nonmatmul_share_ort_profile"], 3) for r in results["layer"]},
             "outside_qc_proj": {r["n"]: round(r["non_qc_share_ort"], 3) for r in results["layer"]}},
     }
-    results["goals"] = goals
-    results["loadavg_at_end"] = os.getloadavg()
     for name, g in goals.items():
         verdict = "[yellow]NOT EVALUATED[/]" if g["met"] is None else "[green]MET[/]" if g["met"] else "[red]NOT MET[/]"
         out.print(f"goal {name}: {verdict} {g['measured']}")
-
-    json_path = Path(args.json) if args.json else work / "bench_export.json"
-    C.write_json(json_path, results)
-    out.print(f"results: {json_path}")
-    if args.plot:
-        plot(results, args.plot)
-        out.print(f"plot: {args.plot}")
+    return goals
 
 
 def variants(args) -> None:
@@ -299,7 +347,7 @@ def variants(args) -> None:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from pom_deploy.exporters.onnx_export import export_onnx
+    from pom_deploy import export_onnx
     from pom_deploy.models import PoMv2
     from pom_deploy.models import functional as P
 

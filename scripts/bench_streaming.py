@@ -201,7 +201,7 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
     import numpy as np
     import torch
 
-    from pom_deploy.exporters.onnx_export import export_onnx
+    from pom_deploy import export_onnx
     from pom_deploy.models import functional as P
     from pom_deploy.models.zoo import create_zoo_model
 
@@ -248,7 +248,7 @@ def main():
     import numpy as np
     import torch
 
-    from pom_deploy.exporters.onnx_export import export_onnx
+    from pom_deploy import export_onnx
     from pom_deploy.models.zoo import create_zoo_model
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="pom-bench-streaming-"))

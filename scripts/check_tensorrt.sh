@@ -18,4 +18,4 @@ if ! "$PYTHON" -c "import tensorrt, polygraphy" >/dev/null 2>&1; then
     echo "error: TensorRT is not installed for $PYTHON: pip install 'pom-deploy[trt]' (on Jetson: JetPack's python3-libnvinfer)" >&2
     exit 2
 fi
-exec "$PYTHON" -m pom_deploy.engine.check "$@"
+exec "$PYTHON" scripts/check_tensorrt.py "$@"

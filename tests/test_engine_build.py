@@ -9,21 +9,21 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pom_deploy.cli.tensorrt_commands import build_options, register, report_table
-from pom_deploy.engine import plugins
-from pom_deploy.engine.build import (
+from pom_deploy.tensorrt.cli import build_options, register, report_table
+from pom_deploy.tensorrt import plugins
+from pom_deploy.tensorrt.build import (
     BuildOptions, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing,
 )
-from pom_deploy.engine.compare import ComparisonError, compare_backends, compare_outputs, example_feeds
-from pom_deploy.engine.environment import INSTALL_HINT, tensorrt_available
-from pom_deploy.engine.plugins import (
+from pom_deploy.tensorrt.compare import ComparisonError, compare_backends, compare_outputs, example_feeds
+from pom_deploy.tensorrt.environment import INSTALL_HINT, tensorrt_available
+from pom_deploy.tensorrt.plugins import (
     PLUGIN_ENV, PluginError, find_plugin_library, fused_nodes, must_strip_function, strip_local_function,
 )
-from pom_deploy.engine.profiles import ProfileError, ShapeRange
+from pom_deploy.tensorrt.profiles import ProfileError, ShapeRange
 from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
-from pom_deploy.runtime.tensorrt import TensorRTBackend
+from pom_deploy.tensorrt.backend import TensorRTBackend
 from pom_deploy.spec import METADATA_KEY, GraphSpec, TensorSpec
 
 no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the behaviour without TensorRT")
@@ -333,8 +333,8 @@ def test_example_feeds_dtypes_and_zero_state():
 def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch, version, stripped):
     from types import SimpleNamespace
 
-    from pom_deploy.engine import build as build_module
-    from pom_deploy.engine.sidecar import read_sidecar, spec_from_sidecar
+    from pom_deploy.tensorrt import build as build_module
+    from pom_deploy.tensorrt.sidecar import read_sidecar, spec_from_sidecar
 
     source = tiny_onnx(tmp_path / "f.onnx", fused=True)
     library = tmp_path / "libpom_deploy_plugins.so"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pom_deploy.engine.profiles import (
+from pom_deploy.tensorrt.profiles import (
     DEFAULT_DIM_RANGES, ProfileError, ShapeRange, derive_profiles, parse_profile_arg, profiles_from_json,
     profiles_to_json, select_profile,
 )

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pom_deploy.engine.profiles import derive_profiles, profiles_to_json
-from pom_deploy.engine.sidecar import (
+from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json
+from pom_deploy.tensorrt.sidecar import (
     EngineMismatchError, check_compatible, compatibility_problems, make_sidecar, read_sidecar, sidecar_path,
     spec_from_sidecar, write_json_atomic,
 )

@@ -19,7 +19,7 @@ from pom_deploy.errors import ExportError, VerificationError
 from pom_deploy.exporters import export_onnx
 from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import create_zoo_model
-from pom_deploy.runtime.onnxrt import read_spec
+from pom_deploy.onnx_graph import read_spec
 from pom_deploy.spec import METADATA_KEY
 
 
@@ -350,9 +350,9 @@ def test_help_and_version(capsys):
 
 def test_large_models_use_external_data(tmp_path, monkeypatch, video_model, exported_video):
     """Over the 2 GB protobuf limit weights go to <name>.data (threshold lowered for the test)."""
-    from pom_deploy.exporters import onnx_export
+    from pom_deploy.exporters import onnx_file
 
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1024)
+    monkeypatch.setattr(onnx_file, "EXTERNAL_DATA_THRESHOLD", 1024)
     result = export_onnx(video_model, tmp_path / "big.onnx")
     assert result.external_data is not None and result.external_data.parent == tmp_path
     assert result.size_bytes + 32 * 1024 < exported_video[0].size_bytes  # the weights left the .onnx file

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from conftest import spread_coefficients
 from tolerances import UPSTREAM
 from pom_deploy.errors import ArchitectureError
-from pom_deploy.exporters.onnx_export import block_causal_mask
+from pom_deploy.exporters.verify import block_causal_mask
 from pom_deploy.models import BlockCausalMask, PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models import functional as P
 

@@ -34,18 +34,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 POLY_AGGREGATE = PLUGINS / "poly_aggregate"
 CUDA_HOST = PLUGINS / "tests" / "cuda_host"
-sys.path.insert(0, str(POLY_AGGREGATE))
 sys.path.insert(0, str(CUDA_HOST))
 sys.path.insert(0, str(ROOT / "scripts" / "gpu_check"))
 import check_poly_aggregate as gpu_check  # noqa: E402
 import compare_with_cpu_emulation as host_emulation  # noqa: E402
-import poly_aggregate_abi as abi  # noqa: E402
 
 # A git mirror of NVIDIA/TensorRT (its tags give each version's headers); no default location.
 TRT_MIRROR = Path(os.environ["POM_TENSORRT_MIRROR"]) if os.environ.get("POM_TENSORRT_MIRROR") else None

@@ -11,7 +11,7 @@ from tolerances import LAYER_ATOL, MODEL_ATOL, UPSTREAM
 from pom_deploy.cli import deploy as deploy_cli
 from pom_deploy.errors import ExportError, RuntimeInputError
 from pom_deploy.exporters import export_onnx
-from pom_deploy.exporters.onnx_export import block_causal_mask
+from pom_deploy.exporters.verify import block_causal_mask
 from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import PoMBlock
 from pom_deploy.runtime import Session, StreamingSession, load

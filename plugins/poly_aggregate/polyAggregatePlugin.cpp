@@ -134,7 +134,7 @@ bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConf
         PluginField const& field = fc->fields[i];
         std::string const name = field.name != nullptr ? field.name : "";
         std::string text;
-        if (name == "variant")
+        if (name == kFieldVariant)
         {
             if (!readString(field, text, error))
             {
@@ -148,7 +148,7 @@ bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConf
             config.variant = text == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2;
             hasVariant = true;
         }
-        else if (name == "mode")
+        else if (name == kFieldMode)
         {
             if (!readString(field, text, error))
             {
@@ -173,7 +173,7 @@ bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConf
             }
             hasMode = true;
         }
-        else if (name == "degree")
+        else if (name == kFieldDegree)
         {
             int64_t degree = 0;
             if (!readInt(field, degree, error))
@@ -188,7 +188,7 @@ bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConf
             config.degree = static_cast<int32_t>(degree);
             hasDegree = true;
         }
-        else if (name == "plugin_version" || name == "plugin_namespace")
+        else if (name == kAttributePluginVersion || name == kAttributePluginNamespace)
         {
             // Parser-level attributes that picked this creator; nothing to configure.
         }
@@ -230,10 +230,10 @@ void PolyAggregatePlugin::updateSerializedFields()
     mModeText = modeText(mConfig.mode);
     // String lengths include the NUL, as the ONNX parser passes them.
     mSerializedFields = {
-        PluginField{"variant", mVariantText.c_str(), PluginFieldType::kCHAR,
+        PluginField{kFieldVariant, mVariantText.c_str(), PluginFieldType::kCHAR,
             static_cast<int32_t>(mVariantText.size() + 1)},
-        PluginField{"degree", &mConfig.degree, PluginFieldType::kINT32, 1},
-        PluginField{"mode", mModeText.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(mModeText.size() + 1)},
+        PluginField{kFieldDegree, &mConfig.degree, PluginFieldType::kINT32, 1},
+        PluginField{kFieldMode, mModeText.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(mModeText.size() + 1)},
     };
     mSerialized.nbFields = static_cast<int32_t>(mSerializedFields.size());
     mSerialized.fields = mSerializedFields.data();
@@ -444,9 +444,9 @@ PluginFieldCollection const* PolyAggregatePlugin::getFieldsToSerialize() noexcep
 
 PolyAggregatePluginCreator::PolyAggregatePluginCreator()
     : mFields{
-        PluginField{"variant", nullptr, PluginFieldType::kCHAR, 0},
-        PluginField{"degree", nullptr, PluginFieldType::kINT32, 1},
-        PluginField{"mode", nullptr, PluginFieldType::kCHAR, 0},
+        PluginField{kFieldVariant, nullptr, PluginFieldType::kCHAR, 0},
+        PluginField{kFieldDegree, nullptr, PluginFieldType::kINT32, 1},
+        PluginField{kFieldMode, nullptr, PluginFieldType::kCHAR, 0},
     }
 {
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());

@@ -1,8 +1,8 @@
 /*
  * TensorRT IPluginV3 adapter of the PolyAggregate kernels.
  *
- * Registry key: name "PolyAggregate", version "1", namespace "pom_deploy".
- * Fields: variant (kCHAR "v1"|"v2"), degree (kINT32), mode (kCHAR "mean"|"causal"|"masked");
+ * Registry key and field names: polyAggregateIdentity.h (name "PolyAggregate", version "1",
+ * namespace "pom_deploy"). Fields: variant (kCHAR "v1"|"v2"), degree (kINT32), mode (kCHAR "mean"|"causal"|"masked");
  * plugin_version / plugin_namespace are accepted and ignored (they select the creator).
  * Inputs: x (B, N, C), then coeff (C, K) for v2, then mask (B, N) for masked; one dtype
  * (fp32, fp16 or bf16), linear format. Output: (B, 1, C) for mean/masked, (B, N, C) for causal.
@@ -12,6 +12,7 @@
 #define POM_POLY_AGGREGATE_PLUGIN_H
 
 #include "polyAggregate.h"
+#include "polyAggregateIdentity.h"
 
 #include <NvInferRuntime.h>
 
@@ -20,10 +21,6 @@
 
 namespace pom
 {
-
-constexpr char const* kPluginName = "PolyAggregate";
-constexpr char const* kPluginVersion = "1";
-constexpr char const* kPluginNamespace = "pom_deploy";
 
 //! Validated plugin attributes.
 struct PolyAggregateConfig

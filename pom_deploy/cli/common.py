@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, consoles, atomic writes, formatting."""
+"""What every command shares: one-line errors, consoles, version text, sizes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from .. import __version__
+from ..version import __version__
 from ..errors import PomDeployError, PomDeployWarning
 
 EXIT_USER_ERROR = 1
@@ -56,7 +56,3 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{size} B"
-
-
-def shape_text(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

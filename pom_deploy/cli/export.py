@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..exporters.config import MASK_KINDS
-from ..exporters.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, DTYPES, MAX_OPSET, MIN_OPSET, ExportResult, export_onnx
-from .common import human_size, run_command, shape_text, stderr_console, version_text
+from ..dtypes import PRECISIONS
+from ..exporters.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, ExportResult, export_onnx
+from ..spec import shape_text
+from .common import human_size, run_command, stderr_console, version_text
 
 STAGES = {"load": "Loading model", "export": "Exporting with torch.onnx (dynamo)", "check": "Checking graph (onnx.checker, shape inference)",
           "verify": "Verifying in onnxruntime against PyTorch"}
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, help="output file (default: MODEL with .onnx, or .step.onnx with --step)")
     parser.add_argument("--step", action="store_true", help="export a stateful step graph (state as explicit past.*/present.* I/O)")
     parser.add_argument("--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
-    parser.add_argument("--dtype", default="fp32", help=f"I/O and weight precision: {', '.join(DTYPES)} (default fp32); reductions stay float32")
+    parser.add_argument("--dtype", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
     parser.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=True, help="compare with PyTorch in onnxruntime (default)")

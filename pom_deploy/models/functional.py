@@ -8,12 +8,40 @@ model dtype.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 ACCUM_DTYPE = torch.float32
+
+# (features, coefficients or None, mask, variant, degree) -> aggregated (B, 1 or N, C), or None
+# when the fused op does not cover the mask. Set by ``pom_deploy.ops.fused_ops`` while exporting
+# with fused ops, so that the layers here need not know the op layer above them.
+FusedAggregate = Callable[[torch.Tensor, Optional[torch.Tensor], object, str, int], Optional[torch.Tensor]]
+_FUSED_AGGREGATE: contextvars.ContextVar[FusedAggregate | None] = contextvars.ContextVar("pom_deploy_fused_aggregate", default=None)
+
+
+@contextlib.contextmanager
+def fused_aggregate(implementation: FusedAggregate):
+    """Within the block, ``poly_aggregate`` tries ``implementation`` first."""
+    token = _FUSED_AGGREGATE.set(implementation)
+    try:
+        yield
+    finally:
+        _FUSED_AGGREGATE.reset(token)
+
+
+def poly_aggregate(x: torch.Tensor, coeff: torch.Tensor | None, mask, variant: str, degree: int,
+                   features: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Polynomial ``features(x)`` and their mean over tokens: one fused op when one is active and
+    covers ``mask``, else ``aggregate(features(x), mask)``."""
+    fused = _FUSED_AGGREGATE.get()
+    result = fused(x, coeff, mask, variant, degree) if fused is not None else None
+    return result if result is not None else aggregate(features(x), mask)
 
 
 @dataclass(frozen=True)

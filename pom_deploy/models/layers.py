@@ -15,7 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ArchitectureError
-from ..ops import fused_ops
 from . import functional as P
 
 
@@ -57,9 +56,7 @@ class PoMLayer(nn.Module):
 
     def _aggregate(self, h: torch.Tensor, mask) -> torch.Tensor:
         """Polynomial + mean over tokens; one ``PolyAggregate`` op when exporting with fused ops."""
-        if fused_ops.active() and fused_ops.supports(mask):
-            return fused_ops.poly_aggregate(h, self._coefficients(), mask, self.variant, self.order)
-        return P.aggregate(self._features(h), mask)
+        return P.poly_aggregate(h, self._coefficients(), mask, self.variant, self.order, self._features)
 
     def _output(self, s: torch.Tensor, h: torch.Tensor, single_context: bool) -> torch.Tensor:
         """ag_proj(select(s, h)); ``single_context``: h is one vector per sequence (B, 1, C)."""

@@ -9,8 +9,6 @@ torch exporter from the same decomposed code, so onnxruntime runs the file witho
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from typing import Optional
 
 import onnx
@@ -20,21 +18,9 @@ from onnx.defs import OpSchema
 from ..models import functional as P
 from . import poly_aggregate as ref
 
-_ACTIVE = contextvars.ContextVar("pom_deploy_fused_ops", default=False)
-
-
-@contextlib.contextmanager
 def fused_ops_export():
-    """Route PoM aggregations through the fused op (used while exporting)."""
-    token = _ACTIVE.set(True)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
-
-
-def active() -> bool:
-    return _ACTIVE.get()
+    """Route PoM aggregations through the fused op (used while exporting): a context manager."""
+    return P.fused_aggregate(_fused_or_none)
 
 
 def mode_of(mask) -> str | None:
@@ -47,10 +33,6 @@ def mode_of(mask) -> str | None:
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return "masked"
     return None
-
-
-def supports(mask) -> bool:
-    return mode_of(mask) is not None
 
 
 def decomposed(x: torch.Tensor, coeff: Optional[torch.Tensor], mask: Optional[torch.Tensor], variant: str, degree: int, mode: str) -> torch.Tensor:
@@ -71,15 +53,17 @@ def _(x, coeff, mask, variant, degree, mode):
     return x.new_empty(x.shape[0], tokens, x.shape[2])
 
 
-def poly_aggregate(x: torch.Tensor, coeff: torch.Tensor | None, mask, variant: str, degree: int) -> torch.Tensor:
+def _fused_or_none(x: torch.Tensor, coeff: torch.Tensor | None, mask, variant: str, degree: int) -> torch.Tensor | None:
+    """One ``pom_deploy::poly_aggregate`` call, or None for a mask the op does not cover."""
     mode = mode_of(mask)
+    if mode is None:
+        return None
     return _poly_aggregate_op(x, coeff, mask if mode == "masked" else None, variant, degree, mode)
 
 
 # --- ONNX side -------------------------------------------------------------------------
 
 OPSET_VERSION = 1
-ATTRIBUTES = ("variant", "degree", "mode", "plugin_version", "plugin_namespace")
 
 
 def _register_schema() -> None:

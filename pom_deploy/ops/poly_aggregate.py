@@ -90,12 +90,16 @@ def poly_aggregate(
     raise ValueError(f"unknown mode {mode!r}, expected one of {MODES}")
 
 
-# How the op appears in ONNX and in TensorRT's plugin registry (see docs/poly_aggregate.md).
+# How the op appears in ONNX and in TensorRT's plugin registry (see docs/poly_aggregate.md):
+# its identity, described once for Python. The C++ plugin's copy is polyAggregateIdentity.h,
+# which tests/test_plugin_identity.py checks against this one.
 OP_TYPE = "PolyAggregate"
 OP_DOMAIN = "pom_deploy"
 PLUGIN_NAME = OP_TYPE
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = OP_DOMAIN
+PLUGIN_FIELDS = ("variant", "degree", "mode")  # the plugin's fields: the node attributes that configure it
+ONNX_ATTRIBUTES = PLUGIN_FIELDS + ("plugin_version", "plugin_namespace")  # the last two pick TensorRT's creator
 
 
 # ---------------------------------------------------------------- error bound

@@ -1,4 +1,6 @@
-"""What every backend offers, so that sessions and streaming work the same on each."""
+"""What every backend offers, so that sessions and streaming work the same on each, and the
+registry of backends by kind (Polygraphy keeps one runner per backend folder; here a backend
+class joins with ``@register_backend``, and ``open_backend`` finds it by kind or file suffix)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RuntimeInputError
-from ..spec import GraphSpec, TensorSpec
+from ..errors import BackendUnavailableError, RuntimeInputError
+from ..spec import GraphSpec, TensorSpec, shape_text
 
 
 class Backend(abc.ABC):
@@ -16,6 +18,8 @@ class Backend(abc.ABC):
 
     spec: GraphSpec | None
     name: str
+    kind: str  # registry key, e.g. "onnxruntime"
+    suffixes: tuple[str, ...] = ()  # files this backend opens when no kind is asked for
 
     @property
     @abc.abstractmethod
@@ -38,6 +42,24 @@ class Backend(abc.ABC):
         return {k: v for k, v in outputs.items() if k not in keep}, {k: outputs[k] for k in keep}
 
 
+BACKENDS: dict[str, type[Backend]] = {}
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: make ``cls`` available to ``open_backend`` under ``cls.kind``."""
+    BACKENDS[cls.kind] = cls
+    return cls
+
+
+def backend_class(path, kind: str | None, default: str) -> type[Backend]:
+    """The backend of ``kind``, else the one claiming the file's suffix, else ``default``."""
+    if kind is not None:
+        if kind not in BACKENDS:
+            raise BackendUnavailableError(f"unknown backend {kind!r}; known: {', '.join(sorted(BACKENDS))}")
+        return BACKENDS[kind]
+    return next((cls for cls in BACKENDS.values() if path.suffix in cls.suffixes), BACKENDS[default])
+
+
 def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> None:
     """Raise one clear error when an array does not fit an input spec.
 
@@ -47,7 +69,7 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
     if value.ndim != len(spec.shape):
-        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {_fmt(spec.shape)}, got shape {tuple(value.shape)}")
+        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {shape_text(spec.shape)}, got shape {tuple(value.shape)}")
     for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
         if isinstance(want, int):
             if want != got:
@@ -56,7 +78,3 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
             raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got} but {want} is {bound[want]} in another input")
         else:
             bound[want] = got
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

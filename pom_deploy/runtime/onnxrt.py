@@ -1,4 +1,4 @@
-"""onnxruntime backend."""
+"""onnxruntime backend (kind ``onnxruntime``): ``.onnx`` files, and any file no other backend claims."""
 
 from __future__ import annotations
 
@@ -7,28 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
+from ..dtypes import name_of
 from ..errors import ModelLoadError, RuntimeInputError, first_line
-from ..spec import METADATA_KEY, GraphSpec, TensorSpec
-from .base import Backend
+from ..onnx_graph import read_spec
+from ..spec import TensorSpec
+from .base import Backend, register_backend
 from .providers import select_providers
-
-_ORT_TYPES = {
-    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
-    "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool",
-}
-
-
-def read_spec(path: str | Path) -> GraphSpec | None:
-    """The pom-deploy spec stored in an ONNX file's metadata, or None for a foreign file."""
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return GraphSpec.from_json(prop.value)
-    return None
-
 
 _ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in ("Fail", "InvalidArgument", "RuntimeException"))
 
@@ -43,7 +29,11 @@ def _runtime_errors():
         raise RuntimeInputError(f"onnxruntime failed: {first_line(exc)}") from None
 
 
+@register_backend
 class OnnxRuntimeBackend(Backend):
+    kind = "onnxruntime"
+    suffixes = (".onnx",)
+
     def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None):
         path = Path(path)
         if not path.is_file():
@@ -64,11 +54,11 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def input_specs(self) -> list[TensorSpec]:
-        return [TensorSpec(i.name, list(i.shape), _ORT_TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+        return [TensorSpec(i.name, list(i.shape), name_of("ort", i.type)) for i in self.session.get_inputs()]
 
     @property
     def output_specs(self) -> list[TensorSpec]:
-        return [TensorSpec(o.name, list(o.shape), _ORT_TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+        return [TensorSpec(o.name, list(o.shape), name_of("ort", o.type)) for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

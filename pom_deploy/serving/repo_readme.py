@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..spec import GraphSpec
 from .triton_config import RepoOptions, model_config_schema, summary
 

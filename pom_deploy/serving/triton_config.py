@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..dtypes import DATATYPES
 from ..spec import GraphSpec, TensorSpec
 from . import ServingError
 
@@ -21,10 +22,7 @@ BACKENDS = ("onnxruntime", "tensorrt", "python")
 STRATEGIES = ("oldest", "direct")
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}  # python: the file keeps its suffix
 CONTROL_INPUTS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "CORRID": "CONTROL_SEQUENCE_CORRID"}
-TRITON_DTYPES = {
-    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
-    "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
-}
+TRITON_DTYPES = {t.name: t.triton for t in DATATYPES if t.triton}  # metadata spelling -> config.pbtxt's
 NUMPY_LESS_DTYPES = {"bfloat16"}  # the python backend hands tensors over as numpy arrays
 DEFAULT_MAX_BATCH = 8
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -34,7 +34,7 @@ def read_model(path: Path) -> tuple[GraphSpec, dict[str, dict[str, TensorSpec]],
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     if path.suffix in (".engine", ".plan"):
-        from ..engine.sidecar import read_sidecar, spec_from_sidecar
+        from ..tensorrt.sidecar import read_sidecar, spec_from_sidecar
 
         sidecar = read_sidecar(path)
         spec = spec_from_sidecar(sidecar)
@@ -44,7 +44,7 @@ def read_model(path: Path) -> tuple[GraphSpec, dict[str, dict[str, TensorSpec]],
         return spec, {"inputs": {t.name: t for t in spec.inputs}, "outputs": {t.name: t for t in spec.outputs}}, sidecar
     import onnx
 
-    from ..runtime.onnxrt import read_spec
+    from ..onnx_graph import read_spec
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -168,7 +168,7 @@ def _plugin_library(sidecar: dict, plugin: str | Path | None) -> Path | None:
         return path
     if not needed:
         return None
-    from ..engine.plugins import find_plugin_library
+    from ..tensorrt.plugins import find_plugin_library
 
     built_with = Path(sidecar["plugin"]["library"])
     found = built_with if built_with.is_file() else find_plugin_library()

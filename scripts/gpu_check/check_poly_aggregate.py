@@ -31,13 +31,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "plugins" / "poly_aggregate"))
-import poly_aggregate_abi as abi  # noqa: E402
-
+sys.path.insert(0, str(ROOT))  # this checkout's pom_deploy, installed or not
+from pom_deploy.ops import poly_aggregate_abi as abi  # noqa: E402
 from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate  # noqa: E402
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 130, 7, 1), (2, 5000, 96, 4),
           (1, 20001, 4, 2)]
 # Enough to catch a blocking error in a variant: partial blocks, K = 16, a long carry chain.
@@ -135,7 +131,7 @@ class Kernels:
 
     def __call__(self, x, degree, variant, mode, coeff=None, mask=None, out=None):
         batch, tokens, channels = x.shape
-        dtype = {v: k for k, v in TORCH_DTYPES.items()}[x.dtype]
+        dtype = str(x.dtype).removeprefix("torch.")
         desc = abi.make_desc(batch, tokens, channels, degree, variant, mode, dtype)
         size = self.lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
         if self.workspace.numel() < size:

@@ -14,7 +14,6 @@ import ctypes
 import sys
 from pathlib import Path
 
-import onnx
 import onnx.helper as oh
 import torch
 
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_poly_aggregate import abi, bound_excess, oracle_and_bound, to_device, to_float64  # noqa: E402
 
+from pom_deploy.dtypes import by_name  # noqa: E402
 from pom_deploy.ops.poly_aggregate import (  # noqa: E402
     OP_DOMAIN,
     OP_TYPE,
@@ -35,13 +35,10 @@ from pom_deploy.ops.poly_aggregate import (  # noqa: E402
     PLUGIN_VERSION,
 )
 
-ONNX_TYPES = {"float32": onnx.TensorProto.FLOAT, "float16": onnx.TensorProto.FLOAT16,
-              "bfloat16": onnx.TensorProto.BFLOAT16}
-
 
 def make_model(variant: str, mode: str, degree: int, dtype: str) -> bytes:
     """One PolyAggregate node with dynamic batch and tokens, as the exporter emits it."""
-    elem = ONNX_TYPES[dtype]
+    elem = by_name(dtype).onnx
     inputs = [oh.make_tensor_value_info("x", elem, ["batch", "tokens", "channels"])]
     if variant == "v2":
         inputs.append(oh.make_tensor_value_info("coeff", elem, ["channels", degree]))

@@ -7,7 +7,8 @@ with the CPU emulation (polyAggregateCpu.cpp: same blocking, same float32 order)
 Every variant, mode and dtype of every (batch, tokens, channels, degree) shape, each launched
 twice (determinism), plus x offset by one element (the launcher must fall back to scalar
 loads). tests/test_plugin_poly_aggregate.py runs it under AddressSanitizer, so an
-out-of-bounds access in a kernel aborts it. Needs only NumPy (and ml_dtypes for bfloat16).
+out-of-bounds access in a kernel aborts it. Needs pom-deploy importable (installed, or this
+checkout on the path) for its ctypes binding of the C ABI.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import argparse
 import json
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "poly_aggregate"))
-import poly_aggregate_abi as abi  # noqa: E402
+from pom_deploy.ops import poly_aggregate_abi as abi
 
 
 def inputs_for(shape, variant: str, mode: str, dtype: str):

@@ -1,4 +1,4 @@
-"""``python -m pom_deploy.engine.check``: the TensorRT check behind ``scripts/check_tensorrt.sh``.
+"""The TensorRT check behind ``scripts/check_tensorrt.sh``, written against the public API.
 
 Needs TensorRT and a GPU. For each zoo model: save it, export it with fused ops (and in
 fp16 too on TensorRT 11, whose fp16 must come from the ONNX types), build engines in fp32
@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PomDeployError
-from .build import build_engine
-from .compare import compare
-from .environment import current_environment, version_tuple
-from .plugins import find_plugin_library
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pom_deploy, installed or not
+from pom_deploy import export_onnx, load, save_checkpoint  # noqa: E402
+from pom_deploy.comparator import compare_outputs  # noqa: E402
+from pom_deploy.errors import PomDeployError  # noqa: E402
+from pom_deploy.models.zoo import create_zoo_model  # noqa: E402
+from pom_deploy.tensorrt import build_engine, compare, current_environment, find_plugin_library  # noqa: E402
+from pom_deploy.tensorrt.environment import version_tuple  # noqa: E402
+from pom_deploy.tolerances import tolerances  # noqa: E402
 
 ZOO_MODELS = ("video_pom", "dit_pom")
 
@@ -34,10 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
-
-    from .. import save_checkpoint  # noqa: PLC0415
-    from ..cli import export as export_cli  # noqa: PLC0415
-    from ..models.zoo import create_zoo_model  # noqa: PLC0415
 
     console = Console(stderr=True)
     try:
@@ -55,16 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(column)
     failures = 0
 
-    def export(model_path: Path, out: Path, *extra: str) -> Path:
-        if export_cli.main([str(model_path), "--onnx", "--fused-ops", "-o", str(out), "--force", "-q", *extra]):
-            raise PomDeployError(f"pom-export failed for {out.name}")
-        return out
+    def export(model_path: Path, out: Path, **options) -> Path:
+        return export_onnx(model_path, out, fused_ops_enabled=True, force=True, **options).path
 
     for name in args.models.split(","):
         model_path = args.dir / f"{name}.pt"
         save_checkpoint(create_zoo_model(name, seed=0), model_path)
         sources = {"fp32": export(model_path, args.dir / f"{name}.onnx")}
-        sources["fp16"] = export(model_path, args.dir / f"{name}.fp16.onnx", "--dtype", "fp16") if trt11 else sources["fp32"]
+        sources["fp16"] = export(model_path, args.dir / f"{name}.fp16.onnx", dtype="fp16") if trt11 else sources["fp32"]
         for precision in ("fp32", "fp16"):
             for fused in (True, False):
                 row = [name, "full", precision, "plugin" if fused else "function body"]
@@ -93,11 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _streaming_row(table, console, model_path: Path, folder: Path, export, plugin) -> int:
     """Stream 8 frames through the step graph on onnxruntime (CPU) and on TensorRT."""
-    from ..runtime import load  # noqa: PLC0415
-
     row = ["video_pom", "step", "fp32", "plugin" if plugin else "function body"]
     try:
-        step_onnx = export(model_path, folder / "video_pom.step.onnx", "--step")
+        step_onnx = export(model_path, folder / "video_pom.step.onnx", step=True)
         engine = folder / "video_pom.step.engine"
         start = time.perf_counter()
         build_engine(step_onnx, engine, plugin=str(plugin) if plugin else False, force=True)
@@ -111,11 +106,11 @@ def _streaming_row(table, console, model_path: Path, folder: Path, export, plugi
     except PomDeployError as exc:
         table.add_row(*row, "", "", "", f"[red]error: {exc}[/]")
         return 1
-    err = float(np.max(np.abs(ref.astype(np.float64) - out)))
-    rel = float(np.max(np.abs(ref.astype(np.float64) - out) / (np.abs(ref) + 1e-12)))
-    passed = err <= 1e-3 + 1e-3 * float(np.max(np.abs(ref)))
-    table.add_row(*row, f"{seconds:.1f}", f"{err:.2e}", f"{rel:.2e}", "[green]PASS[/]" if passed else "[red]FAIL[/]")
-    return 0 if passed else 1
+    atol, rtol = tolerances("fp32")
+    (result,) = compare_outputs({"output": ref}, {"output": out}, atol, rtol, names=("onnxruntime", "tensorrt"))
+    table.add_row(*row, f"{seconds:.1f}", f"{result.max_absdiff:.2e}", f"{result.max_reldiff:.2e}",
+                  "[green]PASS[/]" if result.passed else "[red]FAIL[/]")
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import PomDeployError
-from ..spec import TensorSpec
+from ..spec import TensorSpec, shape_text
 
 # Ranges for well-known symbolic dims, used only where the metadata gives none.
 DEFAULT_DIM_RANGES: dict[str, tuple[int, int, int]] = {
@@ -128,7 +128,7 @@ def derive_profiles(inputs: list[TensorSpec], overrides: list[dict[str, ShapeRan
 
 def _bind(spec: TensorSpec, rng: ShapeRange, bound: dict, index: int) -> None:
     if len(rng.min) != len(spec.shape):
-        raise ProfileError(f"profile {index}: input {spec.name!r} has {len(spec.shape)} dims {_fmt(spec.shape)}, the profile gives {len(rng.min)} ({rng})")
+        raise ProfileError(f"profile {index}: input {spec.name!r} has {len(spec.shape)} dims {shape_text(spec.shape)}, the profile gives {len(rng.min)} ({rng})")
     for axis, dim in enumerate(spec.shape):
         triple = (rng.min[axis], rng.opt[axis], rng.max[axis])
         if isinstance(dim, int):
@@ -177,7 +177,3 @@ def profiles_to_json(profiles: list[Profile]) -> list[dict]:
 
 def profiles_from_json(data: list[dict]) -> list[Profile]:
     return [{name: ShapeRange.from_json(r) for name, r in p.items()} for p in data]
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"

@@ -20,20 +20,18 @@ from typing import Any
 
 import onnx
 
-from ..outputs import atomic_output, check_output_path
+from ..dtypes import FLOAT_TYPES, PRECISIONS, lookup
 from ..errors import ModelLoadError, PomDeployError, first_line
-from ..spec import METADATA_KEY, GraphSpec, TensorSpec
+from ..onnx_graph import graph_tensors, spec_of
+from ..outputs import atomic_output, check_output_path
+from ..spec import GraphSpec
 from .environment import current_environment, require_tensorrt, version_tuple
 from .plugins import find_plugin_library, fused_nodes, load_plugin_library, must_strip_function, strip_local_function
 from .profiles import Profile, ShapeRange, derive_profiles, profiles_to_json
 from .sidecar import make_sidecar, sidecar_path, write_json_atomic
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 HARDWARE_COMPATIBILITY = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 WEAK_TYPING_REMOVED = (11,)
-_ONNX_FLOAT = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
-_SPEC_DTYPE = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-_ONNX_DTYPE = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool"}
 
 
 class EngineBuildError(PomDeployError):
@@ -91,24 +89,11 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
-def onnx_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
-    """Graph inputs (minus initializers) as TensorSpecs; unnamed dynamic dims become ``dim<axis>``."""
-    inits = {i.name for i in model.graph.initializer}
-    out = []
-    for value in model.graph.input:
-        if value.name in inits:
-            continue
-        tt = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{value.name}_dim{axis}")
-                 for axis, d in enumerate(tt.shape.dim)]
-        out.append(TensorSpec(value.name, shape, _ONNX_DTYPE.get(tt.elem_type, str(tt.elem_type))))
-    return out
-
-
 def graph_precision(model: onnx.ModelProto, spec: GraphSpec | None) -> str:
-    if spec is not None and spec.dtype in _SPEC_DTYPE:
-        return _SPEC_DTYPE[spec.dtype]
-    types = {_ONNX_FLOAT[v.type.tensor_type.elem_type] for v in model.graph.input if v.type.tensor_type.elem_type in _ONNX_FLOAT}
+    """The float precision the graph carries: the metadata's, else the narrowest float input's."""
+    if spec is not None and lookup("name", spec.dtype) in FLOAT_TYPES:
+        return lookup("name", spec.dtype).precision
+    types = {t.precision for v in model.graph.input if (t := lookup("onnx", v.type.tensor_type.elem_type)) in FLOAT_TYPES}
     return next((p for p in ("bf16", "fp16") if p in types), "fp32")
 
 
@@ -159,8 +144,8 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, options:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(f"{onnx_path} is not a valid ONNX model: {first_line(exc)}") from None
-    spec = next((GraphSpec.from_json(p.value) for p in model.metadata_props if p.key == METADATA_KEY), None)
-    profiles = derive_profiles(spec.inputs if spec is not None else onnx_inputs(model), options.profiles)
+    spec = spec_of(model)
+    profiles = derive_profiles(spec.inputs if spec is not None else graph_tensors(model)[0], options.profiles)
     nodes = fused_nodes(model)
     plugin = None
     if options.plugin is not False and (nodes or options.plugin not in (None, True)):

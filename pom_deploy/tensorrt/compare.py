@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ..comparator import ComparisonError, OutputComparison, compare_outputs
+from ..dtypes import cast
 from ..runtime.base import Backend
+from ..runtime.onnxrt import OnnxRuntimeBackend
 from ..spec import GraphSpec, TensorSpec
+from ..tolerances import tolerances
+from .backend import TensorRTBackend
 from .profiles import Profile, derive_profiles, profiles_from_json
 from .sidecar import read_sidecar
-
-# (atol, rtol) by engine precision; an element passes when within either.
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
 
 
 @dataclass
@@ -52,16 +53,8 @@ def example_feeds(inputs: list[TensorSpec], profile: Profile, seed: int = 0, sta
             value = rng.integers(0, 2, size=shape)
         else:
             value = rng.standard_normal(shape)
-        feeds[spec.name] = _as_dtype(value, spec.dtype)
+        feeds[spec.name] = cast(value, spec.dtype)
     return feeds
-
-
-def _as_dtype(value: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        import ml_dtypes  # noqa: PLC0415
-
-        return value.astype(ml_dtypes.bfloat16)
-    return value.astype(dtype)
 
 
 def compare_backends(reference: Backend, candidate: Backend, feeds: dict[str, np.ndarray], atol: float, rtol: float) -> CompareReport:
@@ -76,17 +69,12 @@ def compare(onnx_path: str | Path, engine_path: str | Path, *, precision: str | 
     """Run ``onnx_path`` on onnxruntime (``device``, CPU by default: the reference) and
     ``engine_path`` on TensorRT with the same inputs (the engine's first profile's opt shapes).
 
-    Tolerances default by the engine's precision (``precision``, else the sidecar's).
+    Tolerances default by the engine's precision (``precision``, else the sidecar's), from
+    ``pom_deploy.tolerances``.
     """
-    from ..runtime.onnxrt import OnnxRuntimeBackend  # noqa: PLC0415
-    from ..runtime.tensorrt import TensorRTBackend  # noqa: PLC0415
-
     sidecar = read_sidecar(engine_path)
     precision = precision or (sidecar or {}).get("precision") or "fp32"
-    if precision not in DEFAULT_TOLERANCES:
-        raise ComparisonError(f"unknown precision {precision!r}; expected one of {', '.join(DEFAULT_TOLERANCES)}")
-    default_atol, default_rtol = DEFAULT_TOLERANCES[precision]
-    atol, rtol = (default_atol if atol is None else atol), (default_rtol if rtol is None else rtol)
+    atol, rtol = tolerances(precision, atol, rtol, ComparisonError)
     candidate = TensorRTBackend(engine_path, plugin=plugin)
     reference = OnnxRuntimeBackend(onnx_path, device=device)
     spec: GraphSpec | None = reference.spec or candidate.spec

@@ -1,4 +1,5 @@
-"""TensorRT backend: runs a ``.engine`` built by ``pom-deploy build-engine``.
+"""TensorRT backend (kind ``tensorrt``, files ``.engine``/``.plan``): runs an engine built by
+``pom-deploy build-engine``.
 
 TensorRT and Polygraphy are imported when a backend is constructed, never at import time, so
 this module imports everywhere; constructing it without TensorRT raises
@@ -17,23 +18,29 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.environment import current_environment, require_tensorrt
-from ..engine.plugins import PluginError, find_plugin_library, load_plugin_library
-from ..engine.profiles import profiles_from_json, select_profile
-from ..engine.sidecar import check_compatible, read_sidecar, sidecar_path, spec_from_sidecar
-from ..errors import ModelLoadError, RuntimeInputError
+from ..dtypes import by_name, name_of
+from ..errors import BackendUnavailableError, ModelLoadError, RuntimeInputError
+from ..runtime.base import Backend, register_backend
 from ..spec import TensorSpec
-from .base import Backend
+from .environment import current_environment, require_tensorrt
+from .plugins import PluginError, find_plugin_library, load_plugin_library
+from .profiles import profiles_from_json, select_profile
+from .sidecar import check_compatible, read_sidecar, sidecar_path, spec_from_sidecar
 
-_TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64", "INT32": "int32",
-               "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
+DEVICES = ("cuda", "tensorrt")  # an engine runs on the GPU it was built for, nowhere else
 
-
+@register_backend
 class TensorRTBackend(Backend):
-    def __init__(self, path: str | Path, plugin: str | Path | None = None):
+    kind = "tensorrt"
+    suffixes = (".engine", ".plan")
+
+    def __init__(self, path: str | Path, device: str | None = None, plugin: str | Path | None = None):
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such file")
+        if device is not None and device.lower() not in DEVICES:
+            raise BackendUnavailableError(f"device {device!r}: {path} is a TensorRT engine, which runs on its GPU only "
+                                          f"({' or '.join(DEVICES)}); open the ONNX file it was built from for {device}")
         trt = require_tensorrt()
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: PLC0415
         from polygraphy.exception import PolygraphyException  # noqa: PLC0415
@@ -96,7 +103,7 @@ class TensorRTBackend(Backend):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) == mode:
                 shape = [d if d >= 0 else f"{name}_dim{axis}" for axis, d in enumerate(engine.get_tensor_shape(name))]
-                dtype = _TRT_DTYPES.get(engine.get_tensor_dtype(name).name, engine.get_tensor_dtype(name).name.lower())
+                dtype = name_of("tensorrt", engine.get_tensor_dtype(name).name)
                 specs.append(TensorSpec(name, shape, dtype))
         return specs
 
@@ -141,11 +148,10 @@ def _to_host(value) -> np.ndarray:
         return value.copy()
     if hasattr(value, "detach"):  # torch.Tensor
         value = value.detach()
-        if str(value.dtype) == "torch.bfloat16":
-            import ml_dtypes  # noqa: PLC0415
+        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: move the bits
             import torch  # noqa: PLC0415
 
-            return value.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)
+            return value.view(torch.int16).cpu().numpy().view(by_name("bfloat16").numpy())
         return value.cpu().numpy().copy()
     return value.numpy()  # polygraphy DeviceView: synchronous device-to-host copy
 

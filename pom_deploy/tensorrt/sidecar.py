@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..outputs import atomic_output
+from ..version import __version__
 from ..errors import ModelLoadError
+from ..outputs import atomic_output
 from ..spec import GraphSpec
 from .environment import version_tuple
 

@@ -1,4 +1,5 @@
-"""``pom-deploy build-engine`` and ``pom-deploy compare`` (registered by ``cli/deploy.py``).
+"""``pom-deploy build-engine`` and ``pom-deploy compare``: ``register`` adds them to the
+``pom-deploy`` parser (``cli/deploy.py`` lists this module).
 
 Arguments are checked (and the build planned) before TensorRT is looked for, so a bad option
 is reported as such on any machine; without TensorRT the commands then stop with one line
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.build import HARDWARE_COMPATIBILITY, BuildOptions, build_engine, parse_size, plan_build
-from ..engine.environment import require_tensorrt
-from ..engine.profiles import parse_profile_arg
 from ..errors import ModelLoadError
+from .build import HARDWARE_COMPATIBILITY, BuildOptions, build_engine, parse_size, plan_build
+from .compare import ComparisonError, compare
+from .environment import require_tensorrt
+from .profiles import parse_profile_arg
 
 
 def register(subparsers) -> None:
@@ -103,8 +105,6 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from rich.console import Console  # noqa: PLC0415
-
-    from ..engine.compare import ComparisonError, compare  # noqa: PLC0415
 
     if args.atol is not None and args.atol < 0 or args.rtol is not None and args.rtol < 0:
         raise ComparisonError("--atol/--rtol must be >= 0")

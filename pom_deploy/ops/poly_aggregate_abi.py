@@ -1,8 +1,9 @@
-"""ctypes binding of the PolyAggregate C ABI (polyAggregate.h).
+"""ctypes binding of the PolyAggregate C ABI (plugins/poly_aggregate/polyAggregate.h).
 
 Used by the CPU-emulation and host-emulation tests (tests/test_plugin_poly_aggregate.py,
 plugins/tests/cuda_host) and by the GPU check (scripts/gpu_check/check_poly_aggregate.py).
-Plain Python + NumPy; ml_dtypes for bfloat16.
+The variants, modes and dtypes are the op's (``poly_aggregate``) and the dtype registry's; their
+C enum codes are checked against the header by tests/test_plugin_identity.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import os
 
 import numpy as np
 
-DTYPES = {"float32": 0, "float16": 1, "bfloat16": 2}
-VARIANTS = {"v1": 1, "v2": 2}
-MODES = {"mean": 0, "causal": 1, "masked": 2}
-MAX_DEGREE = 16
+from ..dtypes import FLOAT_TYPES, by_name
+from . import poly_aggregate as op
+
+DTYPES = {t.name: t.abi for t in FLOAT_TYPES}  # PomDType
+VARIANTS = {variant: code for code, variant in enumerate(op.VARIANTS, start=1)}  # PomVariant: POM_VARIANT_V1 = 1
+MODES = {mode: code for code, mode in enumerate(op.MODES)}  # PomMode: POM_MODE_MEAN = 0
+MAX_DEGREE = 16  # POM_MAX_DEGREE
 
 
 class Desc(ctypes.Structure):
@@ -31,19 +35,10 @@ class Desc(ctypes.Structure):
     ]
 
 
-def numpy_dtype(dtype: str) -> np.dtype:
-    """NumPy storage type of a dtype name (bfloat16 through ml_dtypes)."""
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype)
-
-
 def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str):
     """(x, coeff, mask) rounded to ``dtype``, so the float64 oracle sees exactly what a kernel sees."""
     rng = np.random.default_rng(seed)
-    storage = numpy_dtype(dtype)
+    storage = by_name(dtype).numpy()
     x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
     coeff = None
     if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
@@ -85,11 +80,6 @@ def check(lib: ctypes.CDLL, status: int) -> None:
         raise RuntimeError(f"PolyAggregate status {status}: {lib.pomPolyAggregateStatusString(status).decode()}")
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    """The ABI's name of a NumPy storage type (float32, float16 or ml_dtypes' bfloat16)."""
-    return {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(np.dtype(dtype), "bfloat16")
-
-
 def _zeros(shape, dtype, shared: bool) -> np.ndarray:
     """Zeros, in memory that forked processes share when `shared` (else plain NumPy memory)."""
     if not shared:
@@ -101,7 +91,7 @@ def _zeros(shape, dtype, shared: bool) -> np.ndarray:
 
 def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask) -> np.ndarray:
     batch, tokens, channels = x.shape
-    desc = make_desc(batch, tokens, channels, degree, variant, mode, dtype_name(x.dtype))
+    desc = make_desc(batch, tokens, channels, degree, variant, mode, np.dtype(x.dtype).name)
     # The host emulation's concurrent blocks (POM_CUDA_HOST_PROCESSES > 1) write from forked processes.
     shared = entry == "launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
     y = _zeros(output_shape(batch, tokens, channels, mode), x.dtype, shared)
