@@ -22,11 +22,13 @@ def tensors_sha256(tensors: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _raw(value: Any) -> tuple[bytes, str, tuple[int, ...]]:
+def _raw(value: Any) -> tuple[np.ndarray, str, tuple[int, ...]]:
+    """The tensor's bytes as a flat uint8 view (no copy of a contiguous tensor: the weights of a
+    large model are hashed in place), its dtype and shape."""
     if isinstance(value, np.ndarray) or np.isscalar(value):
         array = np.ascontiguousarray(value)
-        return array.tobytes(), array.dtype.str, array.shape
+        return array.reshape(-1).view(np.uint8), array.dtype.str, array.shape
     import torch  # a torch tensor: its bytes whatever its dtype (bf16 too)
 
     tensor = value.detach().cpu().contiguous()
-    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes(), str(tensor.dtype), tuple(tensor.shape)
+    return tensor.reshape(-1).view(torch.uint8).numpy(), str(tensor.dtype), tuple(tensor.shape)
