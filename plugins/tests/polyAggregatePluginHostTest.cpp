@@ -310,7 +310,8 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
     inOut[0].max.d[0] = 4;
     inOut[0].max.d[1] = 4096;
     PomPolyAggregateDesc d{4, 4096, 8, 2, variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2,
-        mode == "mean" ? POM_MODE_MEAN : (mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED), POM_DTYPE_FLOAT16};
+        mode == "mean" ? POM_MODE_MEAN : (mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED), POM_DTYPE_FLOAT16,
+        0, POM_ROPE_NONE, 0};
     size_t const expected = pomPolyAggregateWorkspaceSize(&d);
     CHECK(expected > 0);
     CHECK(b->getWorkspaceSize(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) == expected);
@@ -542,7 +543,8 @@ void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::
     // The same op through the C ABI, with its own workspace.
     PomPolyAggregateDesc const desc{batch, tokens, channels, degree,
         variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2,
-        mode == "mean" ? POM_MODE_MEAN : mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED, pomDType(type)};
+        mode == "mean" ? POM_MODE_MEAN : mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED, pomDType(type), 0,
+        POM_ROPE_NONE, 0};
     DeviceBuffer directWorkspace(pomPolyAggregateWorkspaceSize(&desc));
     DeviceBuffer direct(outBytes);
     CHECK(pomPolyAggregateLaunch(&desc, inputs[0]->ptr, variant == "v2" ? inputs[1]->ptr : nullptr,
