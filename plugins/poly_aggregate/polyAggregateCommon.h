@@ -60,6 +60,9 @@ static_assert(kBlockThreads <= 1024, "a CUDA block has at most 1024 threads");
 static_assert(kBlockThreads >= kBlockCols * kMaxAccumulators, "too few threads for the lane sums");
 static_assert(kReduceTokensPerSplit >= kBlockLanes && kCausalTokensPerLane >= 1, "bad token blocking");
 constexpr int kMaxVecBytes = 16;
+// RoPE kernels are instantiated for V <= 4 only: 2 K V coefficients must fit the budget anyway
+// (V = 8 would mean K = 1), and fewer instantiations keep the build time.
+constexpr int kMaxRopeVec = 4;
 constexpr size_t kWorkspaceAlign = 256;
 
 inline int dtypeBytes(int32_t dtype)
@@ -247,9 +250,10 @@ inline int64_t planSplits(PomPolyAggregateDesc const& d)
 //! coefficients, twice with RoPE) within the accumulator budget.
 inline bool vecFits(PomPolyAggregateDesc const& d, int vec)
 {
-    int const coefficientSets = d.rope != POM_ROPE_NONE ? 2 : 1;
+    bool const rope = d.rope != POM_ROPE_NONE;
     return vec * dtypeBytes(d.dtype) <= kMaxVecBytes && planColumns(d) % vec == 0
-        && planChannelStride(d) % vec == 0 && d.degree * vec * coefficientSets <= kMaxAccumulators;
+        && planChannelStride(d) % vec == 0 && d.degree * vec * (rope ? 2 : 1) <= kMaxAccumulators
+        && (!rope || vec <= kMaxRopeVec);
 }
 
 //! Widest vector allowed by shapes and by `alignedBytes`, the largest power of two that

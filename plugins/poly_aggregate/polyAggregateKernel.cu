@@ -200,17 +200,16 @@ struct KernelArgs
 
 //! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers. With
 //! RoPE, rows [0, MAXK/2) hold the pairs' first channels' and rows [MAXK/2, MAXK) the partners'.
-template <typename T, int V, int MAXK>
+template <typename T, int V, int MAXK, bool kRope>
 __device__ __forceinline__ void loadCoefficients(
     KernelArgs const& a, int64_t first, bool active, float (&coef)[MAXK][V])
 {
     T const* coeff = static_cast<T const*>(a.coeff);
-    bool const rope = a.rope != POM_ROPE_NONE;
 #pragma unroll
     for (int k = 0; k < MAXK; ++k)
     {
-        int const member = rope ? k / (MAXK / 2) : 0;
-        int const power = rope ? k % (MAXK / 2) : k;
+        int const member = kRope ? k / (MAXK / 2) : 0;
+        int const power = kRope ? k % (MAXK / 2) : k;
 #pragma unroll
         for (int v = 0; v < V; ++v)
         {
@@ -223,7 +222,7 @@ __device__ __forceinline__ void loadCoefficients(
 
 //! Features of token n of batch row b for the thread's V columns, whose first channel is
 //! `first` (all K chunks for v1; both channels of each pair, rotated, with RoPE).
-template <typename T, int V, int MAXK>
+template <typename T, int V, int MAXK, bool kRope>
 __device__ __forceinline__ void featuresAt(KernelArgs const& a, int64_t b, int64_t n, int64_t first, int64_t col0,
     float const (&coef)[MAXK][V], float (&feat)[MAXK][V])
 {
@@ -237,7 +236,7 @@ __device__ __forceinline__ void featuresAt(KernelArgs const& a, int64_t b, int64
             loadVec<T, V>(row + j * a.plan.channelStride, raw[j]);
         }
     }
-    if (a.rope != POM_ROPE_NONE)
+    if constexpr (kRope)
     {
         int64_t const angles = ((a.ropePerBatch ? b : 0) * a.tokens + n) * (a.channels / 2) + col0;
         float cosines[V];
@@ -252,13 +251,22 @@ __device__ __forceinline__ void featuresAt(KernelArgs const& a, int64_t b, int64
     }
 }
 
-//! Output channel of accumulator `acc` (= channel of the column * V + v) of column group `group`.
-__device__ __forceinline__ int64_t channelOf(Plan const& p, int64_t group, int acc)
+//! First channel of the columns from col0 on: col0 itself without RoPE (spares the division).
+template <bool kRope>
+__device__ __forceinline__ int64_t firstChannelOf(Plan const& p, int64_t col0)
 {
-    return firstChannel(p, group * p.vec) + acc / p.vec * p.channelStride + acc % p.vec;
+    return kRope ? firstChannel(p, col0) : col0;
 }
 
-template <typename T, int V>
+//! Output channel of accumulator `acc` (= channel of the column * V + v) of column group `group`.
+template <bool kRope>
+__device__ __forceinline__ int64_t channelOf(Plan const& p, int64_t group, int acc)
+{
+    return firstChannelOf<kRope>(p, group * p.vec) + acc / p.vec * p.channelStride + acc % p.vec;
+}
+
+//! kRope: a compile-time switch, so that the kernels without RoPE keep their registers.
+template <typename T, int V, bool kRope>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(KernelArgs a)
 {
     constexpr int MAXK = kMaxAccumulators / V;
@@ -274,12 +282,12 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
     int64_t const group = tile * kBlockCols + tx;
     bool const active = group < p.groups;
     int64_t const col0 = group * V;
-    int64_t const first = firstChannel(p, col0);
+    int64_t const first = firstChannelOf<kRope>(p, col0);
     int const nbAcc = p.channelsPerColumn * V;
     bool const masked = a.mode == POM_MODE_MASKED;
 
     float coef[MAXK][V];
-    loadCoefficients<T, V, MAXK>(a, first, active, coef);
+    loadCoefficients<T, V, MAXK, kRope>(a, first, active, coef);
 
     float sum[MAXK][V] = {};
     float maskSum = 0.0F;
@@ -295,7 +303,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
         if (active)
         {
             float feat[MAXK][V];
-            featuresAt<T, V, MAXK>(a, b, n, first, col0, coef, feat);
+            featuresAt<T, V, MAXK, kRope>(a, b, n, first, col0, coef, feat);
 #pragma unroll
             for (int j = 0; j < MAXK; ++j)
             {
@@ -341,7 +349,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
         {
             total += laneSums[lane][sumCol][sumAcc];
         }
-        a.partial[(b * p.splits + split) * a.channels + channelOf(p, sumGroup, sumAcc)] = total;
+        a.partial[(b * p.splits + split) * a.channels + channelOf<kRope>(p, sumGroup, sumAcc)] = total;
     }
     if (masked && tile == 0 && tid == 0)
     {
@@ -437,7 +445,7 @@ __global__ void frameBroadcastKernel(KernelArgs a, int64_t batch)
     storeVec<T, V>(static_cast<T*>(a.y) + token * a.channels + c0, out);
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kRope>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(KernelArgs a)
 {
     constexpr int MAXK = kMaxAccumulators / V;
@@ -465,11 +473,11 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     int64_t const group = tile * kBlockCols + tx;
     bool const active = group < p.groups;
     int64_t const col0 = group * V;
-    int64_t const firstChannelOfGroup = firstChannel(p, col0);
+    int64_t const firstChannelOfGroup = firstChannelOf<kRope>(p, col0);
     int const nbAcc = p.channelsPerColumn * V;
 
     float coef[MAXK][V];
-    loadCoefficients<T, V, MAXK>(a, firstChannelOfGroup, active, coef);
+    loadCoefficients<T, V, MAXK, kRope>(a, firstChannelOfGroup, active, coef);
 
     // Phase 1: features of this lane's R consecutive tokens stay in registers.
     int64_t const first = chunk * kCausalChunkTokens + ty * R;
@@ -481,7 +489,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
         int64_t const n = first + r;
         if (active && n < a.tokens)
         {
-            featuresAt<T, V, MAXK>(a, b, n, firstChannelOfGroup, col0, coef, feat[r]);
+            featuresAt<T, V, MAXK, kRope>(a, b, n, firstChannelOfGroup, col0, coef, feat[r]);
         }
         else
         {
@@ -686,7 +694,7 @@ cudaLaunchConfig_t launchConfig(int64_t blocks, dim3 block, cudaStream_t stream)
     return config;
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kRope>
 cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
 {
     Plan const& p = a.plan;
@@ -698,9 +706,9 @@ cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
     cudaLaunchConfig_t const main = launchConfig(blocks, dim3(kBlockCols, kBlockLanes), stream);
     if (a.mode == POM_MODE_CAUSAL && a.frameTokens == 0)
     {
-        return cudaLaunchKernelEx(&main, causalKernel<T, V>, a);
+        return cudaLaunchKernelEx(&main, causalKernel<T, V, kRope>, a);
     }
-    cudaError_t const reduced = cudaLaunchKernelEx(&main, reduceKernel<T, V>, a);
+    cudaError_t const reduced = cudaLaunchKernelEx(&main, reduceKernel<T, V, kRope>, a);
     if (reduced != cudaSuccess)
     {
         return reduced;
@@ -729,17 +737,27 @@ cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
 template <typename T>
 cudaError_t launchTyped(KernelArgs const& a, int64_t batch, cudaStream_t stream)
 {
+    if (a.rope != POM_ROPE_NONE)
+    {
+        switch (a.plan.vec) // at most kMaxRopeVec
+        {
+        case 4: return launchPlanned<T, 4, true>(a, batch, stream);
+        case 2: return launchPlanned<T, 2, true>(a, batch, stream);
+        case 1: return launchPlanned<T, 1, true>(a, batch, stream);
+        default: return cudaErrorInvalidValue;
+        }
+    }
     switch (a.plan.vec)
     {
     case 8:
         if constexpr (sizeof(T) == 2)
         {
-            return launchPlanned<T, 8>(a, batch, stream);
+            return launchPlanned<T, 8, false>(a, batch, stream);
         }
         return cudaErrorInvalidValue;
-    case 4: return launchPlanned<T, 4>(a, batch, stream);
-    case 2: return launchPlanned<T, 2>(a, batch, stream);
-    default: return launchPlanned<T, 1>(a, batch, stream);
+    case 4: return launchPlanned<T, 4, false>(a, batch, stream);
+    case 2: return launchPlanned<T, 2, false>(a, batch, stream);
+    default: return launchPlanned<T, 1, false>(a, batch, stream);
     }
 }
 
