@@ -681,9 +681,10 @@ def test_plugin_host_side_with_tensorrt_headers(which, plugin_tmp, kernel_build)
 
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_sanitized):
-    """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype."""
+    """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype,
+    and RoPE (tables shared and per batch row) and block-causal configurations."""
     output = _plugin_host_test(which, "emulation", plugin_tmp, host_kernels_sanitized)
-    assert "enqueue checked against the C ABI launch for 18 configurations" in output
+    assert "enqueue checked against the C ABI launch for 30 configurations" in output
 
 
 # ---------------------------------------------------------------- GPU check scripts, CPU parts
