@@ -450,10 +450,15 @@ def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels,
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
     cases = len(gpu_check.SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + len(abi.MODES)
+    cases += len(gpu_check.extended_cases(gpu_check.EXTENDED_SHAPES))
     assert f"correctness ({cases}/{cases} passed" in result.stdout, report
-    assert "tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): 72/72 correctness checks passed" in report
+    checks = 72 + len(gpu_check.extended_cases(gpu_check.VARIANT_EXTENDED_SHAPES))
+    assert (f"tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): {checks}/{checks} correctness checks"
+            " passed") in report
     for table in ("benchmark B=1 N=1024 C=64 K=2 float16", "tuning variants: % of copy bandwidth"):
         assert table in result.stdout, report
+    for row in ("causal rope 2d", "mean rope 2d", "causal F=256", "causal rope 2d F=256"):  # benchmark rows
+        assert row in result.stdout, report
 
 
 def test_gpu_check_build_stage_without_gpu(plugin_tmp):
@@ -713,3 +718,24 @@ def test_gpu_check_scripts_cpu_parts():
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attributes == {"variant": variant.encode(), "degree": 3, "mode": mode.encode(),
                                   "plugin_version": b"1", "plugin_namespace": b"pom_deploy"}
+
+    # RoPE and block-causal: the baseline (the model's rotation and _block_causal_mean) and the nodes.
+    for variant, mode, frame_tokens, rope, table_batch in check_trt_plugin.EXTENDED:
+        x, coeff, mask = abi.make_inputs(4, 2, 300, 12, 3, variant, mode, "float32")
+        cos, sin = abi.make_rope_tables(5, table_batch, 300, 12, "float32") if rope != "none" else (None, None)
+        tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        options = {"frame_tokens": frame_tokens, "rope": rope}
+        baseline = gpu_check.torch_poly_aggregate(tensor(x), 3, variant, mode, tensor(coeff), tensor(mask),
+                                                  cos=tensor(cos), sin=tensor(sin), **options)
+        _assert_close(baseline.double().numpy(), x, 3, variant, mode, coeff, mask, "float32", cos=cos, sin=sin,
+                      **options)
+
+        # No onnx.checker here: the PolyAggregate schema that pom_deploy registers
+        # (pom_deploy/ops/fused_ops.py) does not list frame_tokens and rope yet (the exporter's part).
+        model = onnx.load_from_string(check_trt_plugin.make_model(variant, mode, 3, "float16", channels=12, **options))
+        (node,) = model.graph.node
+        assert list(node.input) == ["x", *(["coeff"] if variant == "v2" else []), *(["mask"] if mode == "masked" else []),
+                                    *(["cos", "sin"] if rope != "none" else [])]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes.get("frame_tokens", 0) == frame_tokens
+        assert attributes.get("rope", b"none") == rope.encode()
