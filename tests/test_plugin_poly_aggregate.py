@@ -410,7 +410,7 @@ def _tuning_build(plugin_tmp: Path, name: str) -> tuple[Path, Path]:
 # 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 20-80 chunks.
 VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 1500, 96, 4), (1, 5001, 4, 2)]
 # With other blockings: RoPE pairs across block shapes, frames across split sizes.
-VARIANT_EXTENDED = [[2, 600, 16, 2, 0, "2d", 2], [2, 1000, 24, 2, 200, "1d", 1], [1, 768, 15, 3, 256, "none", 1]]
+VARIANT_EXTENDED = [[2, 600, 16, 2, 0, "2d", 2], [2, 1000, 24, 2, 200, "1d", 1]]
 
 
 @pytest.mark.parametrize("name", list(gpu_check.TUNING_VARIANTS))
@@ -512,6 +512,10 @@ def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, c
     assert len(sleeps) >= cases and max(sleeps) > 0, "no block ever waited for another: nothing ran concurrently"
 
 
+# Under the sanitizers: RoPE with both kinds of tables and the largest degree, frames of one
+# split, one frame over three splits, one-token frames, frames with RoPE.
+ASAN_EXTENDED = [EXTENDED[i] for i in (0, 1, 3, 6, 7, 8, 9)]
+
 # Token-causal with RoPE (the only chained launches in the run), and block-causal frames.
 CONCURRENT_EXTENDED = [[2, 300, 16, 2, 0, "1d", 2], [2, 1000, 24, 2, 200, "2d", 1], [1, 700, 5, 5, 1, "none", 1]]
 
@@ -556,11 +560,12 @@ def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitize
     env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
     result = subprocess.run(
         [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", str(kernels), "--cpu", str(cpu),
-         "--shapes", json.dumps(HOST_SHAPES), "--extended", json.dumps(EXTENDED)], capture_output=True, text=True, env=env)
+         "--shapes", json.dumps(HOST_SHAPES), "--extended", json.dumps(ASAN_EXTENDED)], capture_output=True, text=True,
+        env=env)
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
     cases = len(HOST_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
-    cases += len(host_emulation.extended_cases(EXTENDED)) + 6
+    cases += len(host_emulation.extended_cases(ASAN_EXTENDED)) + 6
     assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
 
 
