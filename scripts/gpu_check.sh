@@ -11,8 +11,10 @@
 # 1. Builds plugins/ with CMake for this GPU's architecture only (CI compiles all of them),
 #    plus the CPU emulation library.
 # 2. Checks the kernels on the GPU against the float64 oracle and the CPU emulation, and
-#    their determinism, for every mode, variant and dtype on odd shapes.
-# 3. Benchmarks them at B=4, N=16384, C=2048 fp16: bandwidth vs the measured device copy
+#    their determinism, for every mode, variant and dtype on odd shapes, RoPE 1d/2d and
+#    block-causal frames included.
+# 3. Benchmarks them at B=4, N=16384, C=2048 fp16 (plain ops, v2 with RoPE 2d, block-causal
+#    frames of 256 tokens): bandwidth vs the measured device copy
 #    bandwidth, time vs PyTorch eager and torch.compile (--no-compile skips the latter); then
 #    checks and benchmarks, side by side, builds with other tuning constants.
 # 4. With TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT; no TensorRT libraries needed):

@@ -45,6 +45,9 @@ def test_abi_codes_match_the_c_enums():
     assert abi.VARIANTS == _enum_values("POM_VARIANT")
     assert abi.MODES == _enum_values("POM_MODE")
     assert abi.DTYPES == _enum_values("POM_DTYPE") == {t.name: t.abi for t in FLOAT_TYPES}
-    assert tuple(abi.VARIANTS) == op.VARIANTS and tuple(abi.MODES) == op.MODES
+    assert abi.ROPES == _enum_values("POM_ROPE")
+    assert tuple(abi.VARIANTS) == op.VARIANTS and tuple(abi.MODES) == op.MODES and tuple(abi.ROPES) == op.ROPES
     max_degree = re.search(r"#define\s+POM_MAX_DEGREE\s+(\d+)", (HEADERS / "polyAggregate.h").read_text())
     assert abi.MAX_DEGREE == int(max_degree.group(1))
+    max_rope_degree = re.search(r"#define\s+POM_MAX_ROPE_DEGREE\s+(\d+)", (HEADERS / "polyAggregate.h").read_text())
+    assert abi.MAX_ROPE_DEGREE == int(max_rope_degree.group(1))

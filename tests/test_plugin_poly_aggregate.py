@@ -132,11 +132,13 @@ def _as64(a):
     return None if a is None else np.asarray(a, dtype=np.float64)
 
 
-def _assert_close(actual, x, degree, variant, mode, coeff, mask, dtype):
+def _assert_close(actual, x, degree, variant, mode, coeff, mask, dtype, frame_tokens=0, rope="none", cos=None,
+                  sin=None):
     """Within ``error_bound`` of the float64 oracle: the worst case of any implementation with
-    float32 features and sums (any order, any thread count), rounded once to ``dtype``."""
+    float32 features, rotation and sums (any order, any thread count), rounded once to ``dtype``."""
     args = (_as64(x), degree, variant, mode, _as64(coeff), _as64(mask))
-    expected, bound = poly_aggregate(*args), error_bound(*args, dtype=dtype)
+    options = {"frame_tokens": frame_tokens, "rope": rope, "cos": _as64(cos), "sin": _as64(sin)}
+    expected, bound = poly_aggregate(*args, **options), error_bound(*args, dtype=dtype, **options)
     error = np.abs(np.asarray(actual, dtype=np.float64) - expected)
     assert np.all(error <= bound), f"max error / bound {float((error / bound).max()):.3g}"
 
@@ -152,6 +154,50 @@ def test_cpu_emulation_matches_oracle(cpu_lib, shape, variant, mode, dtype):
     y = abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask)
     assert y.dtype == x.dtype and y.shape == abi.output_shape(batch, tokens, channels, mode)
     _assert_close(y, x, degree, variant, mode, coeff, mask, dtype)
+
+
+# RoPE and block-causal cases, [batch, tokens, channels, degree, frame_tokens, rope, batch of the
+# cos/sin tables]; each runs every dtype, RoPE for v2, frames in mode causal
+# (compare_with_cpu_emulation.extended_cases).
+EXTENDED = [
+    [2, 300, 16, 2, 0, "1d", 2],  # tables per batch row, 4-wide vectors of pairs
+    [1, 257, 8, 3, 0, "2d", 1],  # 2d with Q = 2, tokens off the 128/256 blocking
+    [2, 600, 128, 2, 0, "2d", 2],  # two column tiles, row and column halves
+    [1, 130, 4, 8, 0, "1d", 1],  # the largest RoPE degree, scalar columns
+    [2, 1, 8, 1, 0, "2d", 2],  # one token
+    [2, 300, 12, 2, 60, "none", 1],  # frames off the 128/256 blocking
+    [1, 768, 15, 3, 256, "none", 1],  # frames of exactly one reduce split, odd C
+    [2, 600, 8, 2, 600, "none", 1],  # one frame of three splits (the mean, repeated)
+    [1, 700, 5, 5, 1, "none", 1],  # 700 one-token frames (plain causal)
+    [2, 1000, 24, 2, 200, "2d", 1],  # RoPE, frames that straddle split boundaries
+    [2, 520, 16, 2, 8, "1d", 2],  # RoPE, 65 short frames
+]
+# The CPU emulation also runs a 157-chunk causal chain with RoPE and 10 frames of 8 splits.
+CPU_EXTENDED = EXTENDED + [[1, 20001, 4, 2, 0, "1d", 1], [1, 20000, 4, 2, 2000, "2d", 1]]
+
+
+def _extended_id(case) -> str:
+    (batch, tokens, channels, degree), variant, mode, dtype, options = case
+    return (f"B{batch}-N{tokens}-C{channels}-K{degree}-F{options['frame_tokens']}-rope{options['rope']}"
+            f"-tables{options['table_batch']}-{variant}-{mode}-{dtype}")
+
+
+def _run_extended(lib, case, runner):
+    """Run one extended case with `runner` (abi.run_cpu or abi.run_host_launch); (output, its check)."""
+    shape, variant, mode, dtype, options = case
+    x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype, **options)
+    cos, sin = host_emulation.tables_for(shape, variant, mode, dtype, **options)
+    extra = {"frame_tokens": options["frame_tokens"], "rope": options["rope"], "cos": cos, "sin": sin}
+    y = runner(lib, x, shape[3], variant, mode, coeff, mask, **extra)
+    return y, lambda actual: _assert_close(actual, x, shape[3], variant, mode, coeff, mask, dtype, **extra)
+
+
+@pytest.mark.parametrize("case", host_emulation.extended_cases(CPU_EXTENDED), ids=_extended_id)
+def test_cpu_emulation_rope_and_frames_match_oracle(cpu_lib, case):
+    y, check = _run_extended(cpu_lib, case, abi.run_cpu)
+    (batch, tokens, channels, _), _, mode, _, _ = case
+    assert y.shape == abi.output_shape(batch, tokens, channels, mode)
+    check(y)
 
 
 def test_masked_fractional_weights_and_empty_mask(cpu_lib):
@@ -180,6 +226,14 @@ def test_empty_token_axis(cpu_lib):
         (abi.Desc(2, 8, 6, 2, 1, 5, 0), -4),
         (abi.Desc(2, 8, 6, 2, 1, 0, 9), -5),
         (abi.Desc(-1, 8, 6, 2, 1, 0, 0), -1),
+        (abi.Desc(2, 8, 8, 2, 2, 0, 0, 0, 3), -9),  # rope 3
+        (abi.make_desc(2, 8, 6, 2, "v2", "mean", "float32", rope="2d"), -10),  # 6 % 4 != 0
+        (abi.make_desc(2, 8, 7, 1, "v2", "mean", "float32", rope="1d"), -10),
+        (abi.make_desc(2, 8, 8, 2, "v1", "mean", "float32", rope="1d"), -11),  # RoPE kernels are v2's
+        (abi.make_desc(2, 8, 8, abi.MAX_ROPE_DEGREE + 1, "v2", "mean", "float32", rope="1d"), -11),
+        (abi.make_desc(2, 8, 8, 2, "v2", "mean", "float32", frame_tokens=4), -12),  # frames need causal
+        (abi.make_desc(2, 8, 8, 2, "v2", "causal", "float32", frame_tokens=-1), -12),
+        (abi.make_desc(2, 8, 8, 2, "v2", "causal", "float32", frame_tokens=3), -13),  # 8 % 3 != 0
     ],
 )
 def test_validation_errors(cpu_lib, desc, status):
@@ -192,25 +246,34 @@ def test_validation_errors(cpu_lib, desc, status):
 
 def test_missing_inputs_are_reported(cpu_lib):
     x = np.ones((1, 4, 4), dtype=np.float32)
+    coeff = np.ones((4, 2), dtype=np.float32)
     with pytest.raises(RuntimeError, match="coeff"):
         abi.run_cpu(cpu_lib, x, 2, "v2", "mean")
     with pytest.raises(RuntimeError, match="mask"):
         abi.run_cpu(cpu_lib, x, 2, "v1", "masked")
+    with pytest.raises(RuntimeError, match="cos and sin"):  # through the original entry point
+        abi.run_cpu(cpu_lib, x, 2, "v2", "mean", coeff, rope="1d")
+    with pytest.raises(RuntimeError, match="cos and sin"):  # through the Ex entry point, sin missing
+        abi.run_cpu(cpu_lib, x, 2, "v2", "mean", coeff, rope="1d", cos=np.ones((1, 4, 2), dtype=np.float32))
 
 
 def test_workspace_grows_with_shape_and_stays_small(cpu_lib):
     import ctypes
 
-    def size(batch, tokens, channels, mode):
-        desc = abi.make_desc(batch, tokens, channels, 2, "v1", mode, "float16")
+    def size(batch, tokens, channels, mode, **options):
+        desc = abi.make_desc(batch, tokens, channels, 2, "v2", mode, "float16", **options)
         return cpu_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
 
     for mode in abi.MODES:
-        assert 0 < size(1, 100, 64, mode) <= size(4, 16384, 2048, mode)
+        for rope in abi.ROPES:
+            assert 0 < size(1, 100, 64, mode, rope=rope) <= size(4, 16384, 2048, mode, rope=rope)
+    assert 0 < size(1, 256, 64, "causal", frame_tokens=256) <= size(4, 16384, 2048, "causal", frame_tokens=256)
     # The benchmark shape: scratch stays a few percent of x (256 MiB in fp16).
     x_bytes = 4 * 16384 * 2048 * 2
     assert size(4, 16384, 2048, "mean") < 0.05 * x_bytes
     assert size(4, 16384, 2048, "causal") < 0.15 * x_bytes
+    assert size(4, 16384, 2048, "causal", rope="2d") < 0.15 * x_bytes
+    assert size(4, 16384, 2048, "causal", frame_tokens=256) < 0.05 * x_bytes
 
 
 # ---------------------------------------------------------------- kernel source on the host emulation
@@ -233,11 +296,27 @@ def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, 
     _assert_close(y, x, shape[3], variant, mode, coeff, mask, dtype)
 
 
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+@pytest.mark.parametrize("case", host_emulation.extended_cases(EXTENDED), ids=_extended_id)
+def test_kernel_source_rope_and_frames_on_host_emulation(host_kernels, cpu_lib, case, order, monkeypatch):
+    """RoPE (pairs owned by one thread, tables per batch row or shared) and block-causal (frame
+    splits, scan, broadcast): the kernels' source == the CPU emulation bit for bit, and the oracle."""
+    monkeypatch.setenv("POM_CUDA_HOST_THREAD_ORDER", order)
+    shape, variant, mode, dtype, options = case
+    problem, y = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype, **options)
+    assert problem is None, problem
+    _run_extended(cpu_lib, case, abi.run_cpu)[1](y)
+
+
 @pytest.mark.parametrize("mode", list(abi.MODES))
 def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels, cpu_lib, mode):
     # The emulation fails a launch whose vector loads are not aligned, as the GPU would.
     for dtype in ("float16", "bfloat16"):
         problem, _ = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
+        assert problem is None, problem
+        # cos/sin one element off (x aligned): the tables' loads fall back too.
+        problem, _ = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v2", mode, dtype, rope="1d",
+                                                 misaligned_tables=True)
         assert problem is None, problem
 
 
@@ -329,6 +408,8 @@ def _tuning_build(plugin_tmp: Path, name: str) -> tuple[Path, Path]:
 # The GPU check's shapes for tuning variants, shortened (every barrier of the emulation wakes
 # 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 20-80 chunks.
 VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 1500, 96, 4), (1, 5001, 4, 2)]
+# With other blockings: RoPE pairs across block shapes, frames across split sizes.
+VARIANT_EXTENDED = [[2, 600, 16, 2, 0, "2d", 2], [2, 1000, 24, 2, 200, "1d", 1]]
 
 
 @pytest.mark.parametrize("name", list(gpu_check.TUNING_VARIANTS))
@@ -348,6 +429,12 @@ def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
                     assert problem is None, f"{shape} {variant} {mode} {dtype}: {problem}"
                     x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
                     _assert_close(y, x, shape[3], variant, mode, coeff, mask, dtype)
+    for case in host_emulation.extended_cases(VARIANT_EXTENDED):
+        shape, variant, mode, dtype, options = case
+        if dtype != "bfloat16":
+            problem, y = host_emulation.compare_case(kernels, cpu, shape, variant, mode, dtype, **options)
+            assert problem is None, f"{_extended_id(case)}: {problem}"
+            _run_extended(cpu, case, abi.run_cpu)[1](y)
 
 
 def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels, cpu_lib):
@@ -362,10 +449,15 @@ def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels,
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
     cases = len(gpu_check.SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + len(abi.MODES)
+    cases += len(gpu_check.extended_cases(gpu_check.EXTENDED_SHAPES))
     assert f"correctness ({cases}/{cases} passed" in result.stdout, report
-    assert "tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): 72/72 correctness checks passed" in report
+    checks = 72 + len(gpu_check.extended_cases(gpu_check.VARIANT_EXTENDED_SHAPES))
+    assert (f"tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): {checks}/{checks} correctness checks"
+            " passed") in report
     for table in ("benchmark B=1 N=1024 C=64 K=2 float16", "tuning variants: % of copy bandwidth"):
         assert table in result.stdout, report
+    for row in ("causal rope 2d", "mean rope 2d", "causal F=256", "causal rope 2d F=256"):  # benchmark rows
+        assert row in result.stdout, report
 
 
 def test_gpu_check_build_stage_without_gpu(plugin_tmp):
@@ -419,6 +511,37 @@ def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, c
     assert len(sleeps) >= cases and max(sleeps) > 0, "no block ever waited for another: nothing ran concurrently"
 
 
+# Under the sanitizers: RoPE with both kinds of tables and the largest degree, frames of one
+# split, one frame over three splits, one-token frames, frames with RoPE.
+ASAN_EXTENDED = [EXTENDED[i] for i in (0, 1, 3, 6, 7, 8, 9)]
+
+# Token-causal with RoPE (the only chained launches in the run), and block-causal frames.
+CONCURRENT_EXTENDED = [[2, 300, 16, 2, 0, "1d", 2], [2, 1000, 24, 2, 200, "2d", 1], [1, 700, 5, 5, 1, "none", 1]]
+
+
+@pytest.mark.parametrize("build", ["defaults", "lookback"])
+def test_rope_and_frames_with_concurrent_blocks(build, plugin_tmp, host_kernels, cpu_lib):
+    """RoPE and block-causal cases with blocks in four processes: bit-identical to the CPU
+    emulation. The run's only chained launches are RoPE causal ones, so sleeps prove that their
+    chunks waited for their predecessors. Block-causal has no cross-block protocol (its reduce,
+    scan and broadcast are separate launches, ordered by the stream): it must simply stay
+    bit-identical with its blocks running at the same time."""
+    if build == "defaults":
+        kernels, cpu = host_kernels._name, cpu_lib._name
+    else:
+        kernels, cpu = map(str, _tuning_build(plugin_tmp, build))
+    env = dict(os.environ, POM_CUDA_HOST_PROCESSES="4", POM_CUDA_HOST_VERBOSE="1")
+    result = subprocess.run(
+        [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", kernels, "--cpu", cpu,
+         "--shapes", "[]", "--extended", json.dumps(CONCURRENT_EXTENDED)], capture_output=True, text=True, env=env)
+    report = result.stdout + result.stderr[-4000:]
+    assert result.returncode == 0, report
+    cases = 6 + len(host_emulation.extended_cases(CONCURRENT_EXTENDED)) + 6
+    assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
+    sleeps = [int(n) for n in re.findall(r"in 4 process\(es\), (\d+) spin-wait sleeps", result.stderr)]
+    assert len(sleeps) >= cases and max(sleeps) > 0, "no RoPE causal chunk ever waited: nothing ran concurrently"
+
+
 def _sanitizer_preload() -> str:
     libraries = [subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
                  for name in ("libasan.so", "libubsan.so")]
@@ -436,10 +559,12 @@ def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitize
     env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
     result = subprocess.run(
         [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", str(kernels), "--cpu", str(cpu),
-         "--shapes", json.dumps(HOST_SHAPES)], capture_output=True, text=True, env=env)
+         "--shapes", json.dumps(HOST_SHAPES), "--extended", json.dumps(ASAN_EXTENDED)], capture_output=True, text=True,
+        env=env)
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
     cases = len(HOST_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
+    cases += len(host_emulation.extended_cases(ASAN_EXTENDED)) + 6
     assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
 
 
@@ -565,9 +690,10 @@ def test_plugin_host_side_with_tensorrt_headers(which, plugin_tmp, kernel_build)
 
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_sanitized):
-    """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype."""
+    """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype,
+    and RoPE (tables shared and per batch row) and block-causal configurations."""
     output = _plugin_host_test(which, "emulation", plugin_tmp, host_kernels_sanitized)
-    assert "enqueue checked against the C ABI launch for 18 configurations" in output
+    assert "enqueue checked against the C ABI launch for 30 configurations" in output
 
 
 # ---------------------------------------------------------------- GPU check scripts, CPU parts
@@ -596,3 +722,24 @@ def test_gpu_check_scripts_cpu_parts():
             attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attributes == {"variant": variant.encode(), "degree": 3, "mode": mode.encode(),
                                   "plugin_version": b"1", "plugin_namespace": b"pom_deploy"}
+
+    # RoPE and block-causal: the baseline (the model's rotation and _block_causal_mean) and the nodes.
+    for variant, mode, frame_tokens, rope, table_batch in check_trt_plugin.EXTENDED:
+        x, coeff, mask = abi.make_inputs(4, 2, 300, 12, 3, variant, mode, "float32")
+        cos, sin = abi.make_rope_tables(5, table_batch, 300, 12, "float32") if rope != "none" else (None, None)
+        tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        options = {"frame_tokens": frame_tokens, "rope": rope}
+        baseline = gpu_check.torch_poly_aggregate(tensor(x), 3, variant, mode, tensor(coeff), tensor(mask),
+                                                  cos=tensor(cos), sin=tensor(sin), **options)
+        _assert_close(baseline.double().numpy(), x, 3, variant, mode, coeff, mask, "float32", cos=cos, sin=sin,
+                      **options)
+
+        # No onnx.checker here: the PolyAggregate schema that pom_deploy registers
+        # (pom_deploy/ops/fused_ops.py) does not list frame_tokens and rope yet (the exporter's part).
+        model = onnx.load_from_string(check_trt_plugin.make_model(variant, mode, 3, "float16", channels=12, **options))
+        (node,) = model.graph.node
+        assert list(node.input) == ["x", *(["coeff"] if variant == "v2" else []), *(["mask"] if mode == "masked" else []),
+                                    *(["cos", "sin"] if rope != "none" else [])]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attributes.get("frame_tokens", 0) == frame_tokens
+        assert attributes.get("rope", b"none") == rope.encode()

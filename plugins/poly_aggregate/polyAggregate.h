@@ -3,8 +3,9 @@
  *
  * Used by the TensorRT plugin, by tests and benchmarks through ctypes, and by the CPU
  * emulation (same blocking and float32 accumulation order, no GPU needed).
- * All tensors are contiguous (row-major): x (B, N, C), coeff (C, K), mask (B, N),
- * y (B, 1, C) for mean/masked and (B, N, C) for causal, all of the same dtype.
+ * All tensors are contiguous (row-major): x (B, N, C), coeff (C, K), mask (B, N), cos and sin
+ * (B or 1, N, C/2), y (B, 1, C) for mean/masked and (B, N, C) for causal, all of the same dtype.
+ * N counts the context tokens only (queries of cross-mixing stay outside the op).
  */
 #ifndef POM_POLY_AGGREGATE_H
 #define POM_POLY_AGGREGATE_H
@@ -42,6 +43,14 @@ typedef enum
     POM_MODE_MASKED = 2
 } PomMode;
 
+/* Rotation of the features before aggregation (docs/poly_aggregate.md, "RoPE"). */
+typedef enum
+{
+    POM_ROPE_NONE = 0,
+    POM_ROPE_1D = 1, /* pairs (c, c + C/2), C % 2 == 0 */
+    POM_ROPE_2D = 2  /* row half pairs (k, k + C/4), column half (C/2 + k, C/2 + C/4 + k), C % 4 == 0 */
+} PomRope;
+
 /* Argument errors are negative; positive return values are cudaError_t codes. */
 typedef enum
 {
@@ -53,11 +62,18 @@ typedef enum
     POM_ERROR_BAD_DTYPE = -5,
     POM_ERROR_MISSING_INPUT = -6,
     POM_ERROR_WORKSPACE_TOO_SMALL = -7,
-    POM_ERROR_CHANNELS_NOT_DIVISIBLE = -8
+    POM_ERROR_CHANNELS_NOT_DIVISIBLE = -8,
+    POM_ERROR_BAD_ROPE = -9,
+    POM_ERROR_ROPE_CHANNELS = -10,
+    POM_ERROR_ROPE_UNSUPPORTED = -11,
+    POM_ERROR_BAD_FRAME_TOKENS = -12,
+    POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE = -13
 } PomStatus;
 
 /* Largest supported degree K (PoM uses 2..5; the upstream Triton kernels allow <= 16). */
 #define POM_MAX_DEGREE 16
+/* Largest degree with RoPE: a thread holds the coefficients of both channels of a pair. */
+#define POM_MAX_ROPE_DEGREE 8
 
 typedef struct
 {
@@ -67,7 +83,12 @@ typedef struct
     int32_t degree;   /* K in [1, POM_MAX_DEGREE] */
     int32_t variant;  /* PomVariant */
     int32_t mode;     /* PomMode */
-    int32_t dtype;    /* PomDType of x, coeff, mask and y */
+    int32_t dtype;    /* PomDType of x, coeff, mask, cos, sin and y */
+    /* Added after the first release; zero keeps the original behaviour, so descriptions that
+       leave them out ({B, N, C, K, variant, mode, dtype}) still mean what they meant. */
+    int64_t frameTokens;  /* F: 0 off; > 0 block-causal over frames of F tokens (mode causal, N % F == 0) */
+    int32_t rope;         /* PomRope; not none needs v2, degree <= POM_MAX_ROPE_DEGREE, cos and sin */
+    int32_t ropePerBatch; /* 0: cos/sin are (1, N, C/2), shared by the batch; 1: (B, N, C/2) */
 } PomPolyAggregateDesc;
 
 /* POM_SUCCESS or the PomStatus saying what is wrong with the description. */
@@ -80,17 +101,25 @@ POM_API size_t pomPolyAggregateWorkspaceSize(PomPolyAggregateDesc const* desc);
 POM_API char const* pomPolyAggregateStatusString(int status);
 
 /*
- * Enqueue the op on `stream` (a cudaStream_t). Device pointers; coeff only for v2 and mask
- * only for masked (pass NULL otherwise). Deterministic: the same inputs give bit-identical
- * outputs on every run and every GPU.
+ * Enqueue the op on `stream` (a cudaStream_t). Device pointers; coeff only for v2, mask only
+ * for masked, cos and sin only with RoPE (pass NULL otherwise). Deterministic: the same inputs
+ * give bit-identical outputs on every run and every GPU.
  */
+POM_API int pomPolyAggregateLaunchEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void const* cos, void const* sin, void* y, void* workspace, size_t workspaceBytes, void* stream);
+
+/* pomPolyAggregateLaunchEx without cos and sin (any description without RoPE). */
 POM_API int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void* y, void* workspace, size_t workspaceBytes, void* stream);
 
 /*
- * CPU emulation of pomPolyAggregateLaunch: same blocking, same float32 accumulation order.
+ * CPU emulation of pomPolyAggregateLaunchEx: same blocking, same float32 accumulation order.
  * Host pointers; fp16/bf16 tensors are raw 16-bit words. Built into the CPU test library only.
  */
+POM_API int pomPolyAggregateCpuEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void const* cos, void const* sin, void* y);
+
+/* pomPolyAggregateCpuEx without cos and sin. */
 POM_API int pomPolyAggregateCpu(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void* y);
 

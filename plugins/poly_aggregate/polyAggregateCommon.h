@@ -12,6 +12,12 @@
 #include <cstddef>
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define POM_HD_INLINE __host__ __device__ __forceinline__
+#else
+#define POM_HD_INLINE inline
+#endif
+
 namespace pom
 {
 
@@ -54,6 +60,9 @@ static_assert(kBlockThreads <= 1024, "a CUDA block has at most 1024 threads");
 static_assert(kBlockThreads >= kBlockCols * kMaxAccumulators, "too few threads for the lane sums");
 static_assert(kReduceTokensPerSplit >= kBlockLanes && kCausalTokensPerLane >= 1, "bad token blocking");
 constexpr int kMaxVecBytes = 16;
+// RoPE kernels are instantiated for V <= 4 only: 2 K V coefficients must fit the budget anyway
+// (V = 8 would mean K = 1), and fewer instantiations keep the build time.
+constexpr int kMaxRopeVec = 4;
 constexpr size_t kWorkspaceAlign = 256;
 
 inline int dtypeBytes(int32_t dtype)
@@ -87,6 +96,26 @@ inline int validate(PomPolyAggregateDesc const& d)
     {
         return POM_ERROR_CHANNELS_NOT_DIVISIBLE;
     }
+    if (d.rope != POM_ROPE_NONE && d.rope != POM_ROPE_1D && d.rope != POM_ROPE_2D)
+    {
+        return POM_ERROR_BAD_ROPE;
+    }
+    if (d.rope != POM_ROPE_NONE && (d.variant != POM_VARIANT_V2 || d.degree > POM_MAX_ROPE_DEGREE))
+    {
+        return POM_ERROR_ROPE_UNSUPPORTED;
+    }
+    if (d.channels % (d.rope == POM_ROPE_2D ? 4 : d.rope == POM_ROPE_1D ? 2 : 1) != 0)
+    {
+        return POM_ERROR_ROPE_CHANNELS;
+    }
+    if (d.frameTokens < 0 || (d.frameTokens > 0 && d.mode != POM_MODE_CAUSAL))
+    {
+        return POM_ERROR_BAD_FRAME_TOKENS;
+    }
+    if (d.frameTokens > 0 && d.tokens % d.frameTokens != 0)
+    {
+        return POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE;
+    }
     return POM_SUCCESS;
 }
 
@@ -94,6 +123,13 @@ inline int validate(PomPolyAggregateDesc const& d)
 inline int validateDescription(PomPolyAggregateDesc const* desc)
 {
     return desc == nullptr ? POM_ERROR_BAD_SHAPE : validate(*desc);
+}
+
+//! Whether the inputs the description needs were given (coeff, mask, cos and sin may be null otherwise).
+inline bool inputsPresent(PomPolyAggregateDesc const& d, void const* coeff, void const* mask, void const* cos, void const* sin)
+{
+    return (d.variant != POM_VARIANT_V2 || coeff != nullptr) && (d.mode != POM_MODE_MASKED || mask != nullptr)
+        && (d.rope == POM_ROPE_NONE || (cos != nullptr && sin != nullptr));
 }
 
 inline char const* statusText(int status)
@@ -106,9 +142,14 @@ inline char const* statusText(int status)
     case POM_ERROR_BAD_VARIANT: return "variant must be v1 or v2";
     case POM_ERROR_BAD_MODE: return "mode must be mean, causal or masked";
     case POM_ERROR_BAD_DTYPE: return "dtype must be float32, float16 or bfloat16";
-    case POM_ERROR_MISSING_INPUT: return "v2 needs coeff and masked needs mask";
+    case POM_ERROR_MISSING_INPUT: return "v2 needs coeff, masked needs mask, rope needs cos and sin";
     case POM_ERROR_WORKSPACE_TOO_SMALL: return "workspace smaller than pomPolyAggregateWorkspaceSize()";
     case POM_ERROR_CHANNELS_NOT_DIVISIBLE: return "v1 needs channels divisible by degree";
+    case POM_ERROR_BAD_ROPE: return "rope must be none, 1d or 2d";
+    case POM_ERROR_ROPE_CHANNELS: return "rope 1d needs channels divisible by 2, rope 2d by 4";
+    case POM_ERROR_ROPE_UNSUPPORTED: return "rope needs variant v2 and degree <= 8";
+    case POM_ERROR_BAD_FRAME_TOKENS: return "frame_tokens must be >= 0, and > 0 only with mode causal";
+    case POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE: return "tokens must be a multiple of frame_tokens";
     default: return nullptr;
     }
 }
@@ -123,38 +164,96 @@ inline size_t alignUp(size_t bytes)
     return (bytes + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
 }
 
-//! How one launch is cut into blocks. A thread owns `vec` consecutive columns ("a group").
-//! v1: columns are the Cc = C / K indices i, and the thread produces all K chunk channels
-//! j * Cc + i; v2: columns are the C channels.
+//! Block-causal (frames of F tokens): a segmented reduction per frame, a scan over frames and a
+//! broadcast, instead of the token-level causal chain.
+inline bool framed(PomPolyAggregateDesc const& d)
+{
+    return d.mode == POM_MODE_CAUSAL && d.frameTokens > 0;
+}
+
+//! Token-level causal: the single-pass kernel with chained carries.
+inline bool chained(PomPolyAggregateDesc const& d)
+{
+    return d.mode == POM_MODE_CAUSAL && d.frameTokens == 0;
+}
+
+//! How one launch is cut into blocks. A thread owns `vec` consecutive columns ("a group") and
+//! every channel of them. v1: columns are the Cc = C / K indices i, channels j * Cc + i (all K
+//! chunks); v2: columns are the C channels; v2 with RoPE: columns are the C/2 rotation pairs,
+//! channels a(p) and a(p) + H (docs/poly_aggregate.md), so x is read once and a thread rotates
+//! its own pairs. Columns come in runs of `channelStride` (H); column col's channel m is
+//! firstChannel(col) + m * H.
 struct Plan
 {
-    int vec;               // V: columns per thread, loaded as one vector
-    int chunksPerColumn;   // K for v1 (one output per chunk), 1 for v2
-    int64_t columns;       // Cc (v1) or C (v2)
-    int64_t groups;        // columns / V
-    int64_t colTiles;      // blocks across the groups of one batch row
-    int64_t splits;        // token blocks: reduce splits (mean/masked) or scan chunks (causal)
+    int vec;                  // V: columns per thread, loaded as one vector
+    int channelsPerColumn;    // K for v1 (one output per chunk), 2 with RoPE (a pair), else 1
+    int64_t columns;          // Cc (v1), C/2 (RoPE) or C (v2)
+    int64_t channelStride;    // H: Cc (v1), C/2 (RoPE 1d), C/4 (RoPE 2d), C (v2)
+    int64_t groups;           // columns / V
+    int64_t colTiles;         // blocks across the groups of one batch row
+    int64_t splits;           // token blocks: reduce splits (mean/masked/frames) or scan chunks (causal)
     int64_t tokensPerSplit;
-    int64_t chains;        // causal: independent carry chains, batch x colTiles
+    int64_t segmentTokens;    // reduce: tokens summed apart, N (mean/masked) or F (one frame)
+    int64_t splitsPerSegment; // reduce: splits of one segment
+    int64_t chains;           // causal: independent carry chains, batch x colTiles
 };
 
 inline int64_t planColumns(PomPolyAggregateDesc const& d)
 {
+    if (d.rope != POM_ROPE_NONE)
+    {
+        return d.channels / 2;
+    }
     return d.variant == POM_VARIANT_V1 ? d.channels / d.degree : d.channels;
+}
+
+inline int64_t planChannelStride(PomPolyAggregateDesc const& d)
+{
+    switch (d.rope)
+    {
+    case POM_ROPE_1D: return d.channels / 2;
+    case POM_ROPE_2D: return d.channels / 4;
+    default: return planColumns(d);
+    }
+}
+
+inline int planChannelsPerColumn(PomPolyAggregateDesc const& d)
+{
+    if (d.rope != POM_ROPE_NONE)
+    {
+        return 2;
+    }
+    return d.variant == POM_VARIANT_V1 ? d.degree : 1;
+}
+
+//! Tokens of one reduce segment, and how many segments a batch row has.
+inline int64_t segmentTokens(PomPolyAggregateDesc const& d)
+{
+    return framed(d) ? d.frameTokens : d.tokens;
 }
 
 inline int64_t planSplits(PomPolyAggregateDesc const& d)
 {
-    int64_t const perSplit = d.mode == POM_MODE_CAUSAL ? kCausalChunkTokens : kReduceTokensPerSplit;
-    return d.tokens == 0 ? 0 : ceilDiv(d.tokens, perSplit);
+    if (d.tokens == 0)
+    {
+        return 0;
+    }
+    if (chained(d))
+    {
+        return ceilDiv(d.tokens, kCausalChunkTokens);
+    }
+    return d.tokens / segmentTokens(d) * ceilDiv(segmentTokens(d), kReduceTokensPerSplit);
 }
 
-//! Whether `vec` columns per thread is possible: fits a 16-byte load, divides the columns,
-//! and keeps K x V (v1 features or v2 coefficients) within the accumulator budget.
+//! Whether `vec` columns per thread is possible: fits a 16-byte load, divides the runs of
+//! columns, and keeps the thread's float32 registers (v1: K x V features; v2: K x V
+//! coefficients, twice with RoPE) within the accumulator budget.
 inline bool vecFits(PomPolyAggregateDesc const& d, int vec)
 {
+    bool const rope = d.rope != POM_ROPE_NONE;
     return vec * dtypeBytes(d.dtype) <= kMaxVecBytes && planColumns(d) % vec == 0
-        && d.degree * vec <= kMaxAccumulators;
+        && planChannelStride(d) % vec == 0 && d.degree * vec * (rope ? 2 : 1) <= kMaxAccumulators
+        && (!rope || vec <= kMaxRopeVec);
 }
 
 //! Widest vector allowed by shapes and by `alignedBytes`, the largest power of two that
@@ -175,24 +274,45 @@ inline Plan makePlan(PomPolyAggregateDesc const& d, int vec)
 {
     Plan p{};
     p.vec = vec;
-    p.chunksPerColumn = d.variant == POM_VARIANT_V1 ? d.degree : 1;
+    p.channelsPerColumn = planChannelsPerColumn(d);
     p.columns = planColumns(d);
+    p.channelStride = planChannelStride(d);
     p.groups = p.columns / vec;
     p.colTiles = ceilDiv(p.groups, kBlockCols);
     p.splits = planSplits(d);
-    p.tokensPerSplit = d.mode == POM_MODE_CAUSAL ? kCausalChunkTokens : kReduceTokensPerSplit;
+    p.tokensPerSplit = chained(d) ? kCausalChunkTokens : kReduceTokensPerSplit;
+    p.segmentTokens = segmentTokens(d);
+    p.splitsPerSegment = d.tokens == 0 ? 0 : ceilDiv(p.segmentTokens, kReduceTokensPerSplit);
     p.chains = d.batch * p.colTiles;
     return p;
 }
 
-//! Workspace layout. mean/masked: partial sums [B][splits][C] then mask sums [B][splits].
-//! causal: ready flags [chains][splits] and the block ticket (zeroed before each launch), then
-//! inclusive prefixes [chains][splits][kBlockCols * V * K], and with the look-back the chunk
-//! totals in the same layout. Sized for the worst vector width.
+//! Channel of the first of a column's channels (see Plan).
+POM_HD_INLINE int64_t firstChannel(Plan const& p, int64_t column)
+{
+    return column / p.channelStride * p.channelsPerColumn * p.channelStride + column % p.channelStride;
+}
+
+//! Token range [begin, end) of a reduce split: splits cut each segment (all N tokens, or one
+//! frame) into kReduceTokensPerSplit pieces, so no split crosses a frame boundary.
+POM_HD_INLINE void splitTokens(Plan const& p, int64_t split, int64_t& begin, int64_t& end)
+{
+    int64_t const segment = split / p.splitsPerSegment;
+    int64_t const segmentEnd = (segment + 1) * p.segmentTokens;
+    begin = segment * p.segmentTokens + split % p.splitsPerSegment * p.tokensPerSplit;
+    end = begin + p.tokensPerSplit < segmentEnd ? begin + p.tokensPerSplit : segmentEnd;
+}
+
+//! Workspace layout. mean/masked/block-causal: partial sums [B][splits][C], then mask sums
+//! [B][splits] (masked) or frame means [B][frames][C] (block-causal). causal: ready flags
+//! [chains][splits] and the block ticket (zeroed before each launch), then inclusive prefixes
+//! [chains][splits][kBlockCols * V * K], and with the look-back the chunk totals in the same
+//! layout. Sized for the worst vector width.
 struct WorkspaceLayout
 {
     size_t partialBytes;
     size_t maskSumOffset;
+    size_t frameMeanOffset; // block-causal only
     size_t flagsBytes; // flags + ticket: the region cleared before a causal launch
     size_t prefixOffset;
     size_t chunkTotalOffset; // look-back only
@@ -203,10 +323,10 @@ inline WorkspaceLayout workspaceLayout(PomPolyAggregateDesc const& d)
 {
     WorkspaceLayout w{};
     int64_t const splits = planSplits(d);
-    if (d.mode == POM_MODE_CAUSAL)
+    if (chained(d))
     {
         Plan const scalar = makePlan(d, 1); // V = 1 has the most chains
-        int64_t const kAcc = scalar.chunksPerColumn;
+        int64_t const kAcc = scalar.channelsPerColumn;
         w.flagsBytes = sizeof(int32_t) * static_cast<size_t>(scalar.chains * splits + 1);
         w.prefixOffset = alignUp(w.flagsBytes);
         // chains(V) * kBlockCols * V <= B * (columns + kBlockCols * 8) for every V <= 8.
@@ -220,7 +340,16 @@ inline WorkspaceLayout workspaceLayout(PomPolyAggregateDesc const& d)
     {
         w.partialBytes = sizeof(float) * static_cast<size_t>(d.batch * splits * d.channels);
         w.maskSumOffset = alignUp(w.partialBytes);
-        w.totalBytes = w.maskSumOffset + alignUp(sizeof(float) * static_cast<size_t>(d.batch * splits));
+        w.frameMeanOffset = w.maskSumOffset;
+        if (framed(d))
+        {
+            int64_t const frames = d.tokens / d.frameTokens;
+            w.totalBytes = w.frameMeanOffset + alignUp(sizeof(float) * static_cast<size_t>(d.batch * frames * d.channels));
+        }
+        else
+        {
+            w.totalBytes = w.maskSumOffset + alignUp(sizeof(float) * static_cast<size_t>(d.batch * splits));
+        }
     }
     return w;
 }

@@ -3,10 +3,10 @@
  *
  * It follows the kernels' blocking (polyAggregateCommon.h) and evaluates the features with
  * the same source (polyAggregateMath.cuh), so every float32 sum happens in the kernels'
- * order: lanes interleave tokens, lanes are added in lane order, splits in split order, and
- * causal chunks chain their carry. Columns are independent in that order, so one column at
- * a time (V = 1) reproduces any vector width. Only erff may differ from the GPU's in the
- * last bits.
+ * order: lanes interleave tokens, lanes are added in lane order, splits in split order (frame
+ * after frame for block-causal), and causal chunks chain their carry. Columns are independent
+ * in that order, so one column at a time (V = 1) reproduces any vector width. Only erfcf may
+ * differ from the GPU's in the last bits.
  */
 #include "polyAggregateCommon.h"
 #include "polyAggregateMath.cuh"
@@ -128,57 +128,119 @@ void store(void* data, int32_t dtype, int64_t i, float value)
 constexpr int kCpuMaxK = POM_MAX_DEGREE;
 using Column = float[kCpuMaxK][1];
 
-//! Features of token n, column `col` of batch b: feat[j][0] for the K chunks (v1) or feat[0][0] (v2).
+//! Host tensors of one call.
+struct Inputs
+{
+    void const* x;
+    void const* coeff;
+    void const* mask;
+    void const* cos;
+    void const* sin;
+};
+
+//! Channel m of column `col` (see Plan).
+int64_t channelOf(Plan const& p, int64_t col, int m)
+{
+    return firstChannel(p, col) + m * p.channelStride;
+}
+
+//! Features of token n, column `col` of batch b: feat[j][0] for the K chunks (v1), the two
+//! rotated channels of a pair (RoPE) or feat[0][0] (v2).
 struct FeatureSource
 {
     PomPolyAggregateDesc const& d;
     Plan const& plan;
     Tensor x;
+    Tensor cos;
+    Tensor sin;
+    int64_t col;
     Column coef{};
 
-    FeatureSource(PomPolyAggregateDesc const& desc, Plan const& p, void const* xData, void const* coeffData, int64_t col)
+    FeatureSource(PomPolyAggregateDesc const& desc, Plan const& p, Inputs const& in, int64_t column)
         : d(desc)
         , plan(p)
-        , x{xData, desc.dtype}
+        , x{in.x, desc.dtype}
+        , cos{in.cos, desc.dtype}
+        , sin{in.sin, desc.dtype}
+        , col(column)
     {
         if (d.variant == POM_VARIANT_V2)
         {
-            Tensor const coeff{coeffData, d.dtype};
-            for (int k = 0; k < d.degree; ++k)
+            Tensor const coeff{in.coeff, d.dtype};
+            bool const rope = d.rope != POM_ROPE_NONE;
+            for (int m = 0; m < (rope ? 2 : 1); ++m)
             {
-                coef[k][0] = coeff.at(col * d.degree + k);
+                for (int k = 0; k < d.degree; ++k)
+                {
+                    // With RoPE the partners' coefficients go to rows [kCpuMaxK / 2, kCpuMaxK).
+                    coef[m * (kCpuMaxK / 2) + k][0] = coeff.at(channelOf(p, col, m) * d.degree + k);
+                }
             }
         }
     }
 
-    void operator()(int64_t b, int64_t n, int64_t col, Column& feat) const
+    void operator()(int64_t b, int64_t n, Column& feat) const
     {
         Column raw{};
         int64_t const row = (b * d.tokens + n) * d.channels;
-        for (int j = 0; j < plan.chunksPerColumn; ++j)
+        for (int j = 0; j < plan.channelsPerColumn; ++j)
         {
-            raw[j][0] = x.at(row + j * plan.columns + col);
+            raw[j][0] = x.at(row + channelOf(plan, col, j));
         }
-        tokenFeatures<1, kCpuMaxK>(d.variant, d.degree, raw, coef, feat);
+        if (d.rope != POM_ROPE_NONE)
+        {
+            int64_t const angle = ((d.ropePerBatch != 0 ? b : 0) * d.tokens + n) * (d.channels / 2) + col;
+            float const cosines[1] = {cos.at(angle)};
+            float const sines[1] = {sin.at(angle)};
+            rotatedPairFeatures<1, kCpuMaxK>(d.degree, raw, coef, cosines, sines, feat);
+        }
+        else
+        {
+            tokenFeatures<1, kCpuMaxK>(d.variant, d.degree, raw, coef, feat);
+        }
     }
 };
 
-void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void const* coeff, void const* mask, void* y)
+//! Block-causal after the reduction: splits added in split order, the running mean of each
+//! frame's end given to all its tokens (frameScanKernel, frameBroadcastKernel).
+void frameMeansCpu(PomPolyAggregateDesc const& d, Plan const& p, int64_t b, std::vector<float> const& partial, void* y)
 {
-    int const kAcc = p.chunksPerColumn;
+    int64_t const frames = d.tokens / d.frameTokens;
+    for (int64_t c = 0; c < d.channels; ++c)
+    {
+        float total = 0.0F;
+        for (int64_t frame = 0; frame < frames; ++frame)
+        {
+            for (int64_t split = frame * p.splitsPerSegment; split < (frame + 1) * p.splitsPerSegment; ++split)
+            {
+                total += partial[split * d.channels + c];
+            }
+            float const mean = total / static_cast<float>((frame + 1) * d.frameTokens);
+            for (int64_t n = frame * d.frameTokens; n < (frame + 1) * d.frameTokens; ++n)
+            {
+                store(y, d.dtype, (b * d.tokens + n) * d.channels + c, mean);
+            }
+        }
+    }
+}
+
+void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, Inputs const& in, void* y)
+{
+    int const kAcc = p.channelsPerColumn;
     bool const masked = d.mode == POM_MODE_MASKED;
-    Tensor const maskTensor{mask, d.dtype};
+    Tensor const maskTensor{in.mask, d.dtype};
     std::vector<float> partial(static_cast<size_t>(p.splits * d.channels));
     std::vector<float> maskSums(static_cast<size_t>(p.splits));
     for (int64_t b = 0; b < d.batch; ++b)
     {
         for (int64_t col = 0; col < p.columns; ++col)
         {
-            FeatureSource const features(d, p, x, coeff, col);
+            FeatureSource const features(d, p, in, col);
             for (int64_t split = 0; split < p.splits; ++split)
             {
-                int64_t const begin = split * p.tokensPerSplit;
-                int64_t const end = std::min(d.tokens, begin + p.tokensPerSplit);
+                int64_t begin = 0;
+                int64_t end = 0;
+                splitTokens(p, split, begin, end);
                 float total[kCpuMaxK] = {};
                 float maskTotal = 0.0F;
                 for (int lane = 0; lane < kBlockLanes; ++lane)
@@ -190,7 +252,7 @@ void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
                         float const weight = masked ? maskTensor.at(b * d.tokens + n) : 1.0F;
                         laneMask += weight;
                         Column feat;
-                        features(b, n, col, feat);
+                        features(b, n, feat);
                         for (int j = 0; j < kAcc; ++j)
                         {
                             laneSum[j] = accumulate(laneSum[j], weight, feat[j][0]);
@@ -204,10 +266,15 @@ void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
                 }
                 for (int j = 0; j < kAcc; ++j)
                 {
-                    partial[split * d.channels + j * p.columns + col] = total[j];
+                    partial[split * d.channels + channelOf(p, col, j)] = total[j];
                 }
                 maskSums[split] = maskTotal;
             }
+        }
+        if (framed(d))
+        {
+            frameMeansCpu(d, p, b, partial, y);
+            continue;
         }
         for (int64_t c = 0; c < d.channels; ++c)
         {
@@ -232,15 +299,15 @@ void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
     }
 }
 
-void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void const* coeff, void* y)
+void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, Inputs const& in, void* y)
 {
-    int const kAcc = p.chunksPerColumn;
+    int const kAcc = p.channelsPerColumn;
     int constexpr R = kCausalTokensPerLane;
     for (int64_t b = 0; b < d.batch; ++b)
     {
         for (int64_t col = 0; col < p.columns; ++col)
         {
-            FeatureSource const features(d, p, x, coeff, col);
+            FeatureSource const features(d, p, in, col);
             float carry[kCpuMaxK] = {}; // inclusive prefix of the previous chunk
             for (int64_t chunk = 0; chunk < p.splits; ++chunk)
             {
@@ -255,7 +322,7 @@ void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
                         int64_t const n = chunk * kCausalChunkTokens + lane * R + r;
                         if (n < d.tokens)
                         {
-                            features(b, n, col, feat[lane][r]);
+                            features(b, n, feat[lane][r]);
                         }
                         for (int j = 0; j < kAcc; ++j)
                         {
@@ -281,7 +348,7 @@ void causalCpu(PomPolyAggregateDesc const& d, Plan const& p, void const* x, void
                                 break;
                             }
                             running += feat[lane][r][j][0];
-                            store(y, d.dtype, (b * d.tokens + n) * d.channels + j * p.columns + col,
+                            store(y, d.dtype, (b * d.tokens + n) * d.channels + channelOf(p, col, j),
                                 running / static_cast<float>(n + 1));
                         }
                     }
@@ -317,6 +384,12 @@ extern "C" char const* pomPolyAggregateStatusString(int status)
 extern "C" int pomPolyAggregateCpu(
     PomPolyAggregateDesc const* desc, void const* x, void const* coeff, void const* mask, void* y)
 {
+    return pomPolyAggregateCpuEx(desc, x, coeff, mask, nullptr, nullptr, y);
+}
+
+extern "C" int pomPolyAggregateCpuEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void const* cos, void const* sin, void* y)
+{
     using namespace pom;
     int const status = pomPolyAggregateValidate(desc);
     if (status != POM_SUCCESS)
@@ -324,7 +397,7 @@ extern "C" int pomPolyAggregateCpu(
         return status;
     }
     PomPolyAggregateDesc const& d = *desc;
-    if ((d.variant == POM_VARIANT_V2 && coeff == nullptr) || (d.mode == POM_MODE_MASKED && mask == nullptr))
+    if (!inputsPresent(d, coeff, mask, cos, sin))
     {
         return POM_ERROR_MISSING_INPUT;
     }
@@ -341,13 +414,14 @@ extern "C" int pomPolyAggregateCpu(
         return POM_SUCCESS;
     }
     Plan const plan = makePlan(d, 1);
-    if (d.mode == POM_MODE_CAUSAL)
+    Inputs const in{x, coeff, mask, cos, sin};
+    if (chained(d))
     {
-        causalCpu(d, plan, x, coeff, y);
+        causalCpu(d, plan, in, y);
     }
     else
     {
-        reduceCpu(d, plan, x, coeff, mask, y);
+        reduceCpu(d, plan, in, y);
     }
     return POM_SUCCESS;
 }

@@ -18,6 +18,8 @@ constexpr char const* kPluginNamespace = "pom_deploy";
 constexpr char const* kFieldVariant = "variant";
 constexpr char const* kFieldDegree = "degree";
 constexpr char const* kFieldMode = "mode";
+constexpr char const* kFieldFrameTokens = "frame_tokens"; // optional, default 0
+constexpr char const* kFieldRope = "rope";                // optional, default "none"
 
 // ONNX attributes that select the creator in TensorRT's parser; accepted and ignored as fields.
 constexpr char const* kAttributePluginVersion = "plugin_version";

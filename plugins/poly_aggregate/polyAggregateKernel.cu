@@ -4,6 +4,11 @@
  * mean / masked: each block sums kReduceTokensPerSplit tokens of kBlockCols column groups
  * (lanes interleave tokens, then the lanes are added in lane order), writes float32 partial
  * sums to the workspace, and a finalize kernel adds the splits in split order and divides.
+ * Block-causal (frames of F tokens): the same reduction with splits that never cross a frame,
+ * then a scan kernel adds the splits in order and records the running mean at each frame's
+ * end, and a broadcast kernel writes it to every token of the frame.
+ * RoPE: a thread owns rotation pairs (both channels of each), so x is read once and each
+ * token's features are rotated in registers before they are summed.
  * causal: single pass. A block takes a chunk of kCausalChunkTokens tokens, keeps their
  * features in registers, scans them, and chains its carry to the next chunk through the
  * workspace: chunk c waits for chunk c-1's inclusive prefix, so the sums are always added in
@@ -22,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <initializer_list>
 
 namespace pom
 {
@@ -104,11 +110,13 @@ struct RawVec<16>
     using type = uint4;
 };
 
-template <typename T, int V>
+//! Streaming (.cs) for x, read once; cached in L2 (.cg) for the RoPE tables, which every
+//! batch row reads again when they are shared.
+template <typename T, int V, bool kStreaming = true>
 __device__ __forceinline__ void loadVec(T const* src, float (&dst)[V])
 {
     using Raw = typename RawVec<sizeof(T) * V>::type;
-    Raw const raw = __ldcs(reinterpret_cast<Raw const*>(src)); // streaming: x is read once
+    Raw const raw = kStreaming ? __ldcs(reinterpret_cast<Raw const*>(src)) : __ldcg(reinterpret_cast<Raw const*>(src));
     T values[V];
     memcpy(values, &raw, sizeof(raw));
 #pragma unroll
@@ -169,63 +177,96 @@ struct KernelArgs
     void const* x;
     void const* coeff;
     void const* mask;
+    void const* cos; // RoPE: (B or 1, N, C/2)
+    void const* sin;
     void* y;
     int64_t tokens;
     int64_t channels;
+    int64_t frameTokens;
     int32_t degree;
     int32_t variant;
     int32_t mode;
+    int32_t rope;
+    int32_t ropePerBatch;
     Plan plan;
-    float* partial;    // mean/masked: [B][splits][C]
+    float* partial;    // mean/masked/block-causal: [B][splits][C]
     float* maskSums;   // masked: [B][splits]
+    float* frameMeans; // block-causal: [B][frames][C]
     uint32_t* ticket;  // causal: block ticket counter (zeroed per launch)
     int32_t* ready;    // causal: [chains * splits] what each chunk has published (zeroed per launch)
     float* prefix;     // causal: [chains * splits][kBlockCols * V * K] inclusive prefixes
     float* chunkTotal; // causal look-back: chunk totals, same layout
 };
 
-//! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers.
-template <typename T, int V, int MAXK>
-__device__ __forceinline__ void loadCoefficients(KernelArgs const& a, int64_t col0, bool active, float (&coef)[MAXK][V])
+//! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers. With
+//! RoPE, rows [0, MAXK/2) hold the pairs' first channels' and rows [MAXK/2, MAXK) the partners'.
+template <typename T, int V, int MAXK, bool kRope>
+__device__ __forceinline__ void loadCoefficients(
+    KernelArgs const& a, int64_t first, bool active, float (&coef)[MAXK][V])
 {
     T const* coeff = static_cast<T const*>(a.coeff);
 #pragma unroll
     for (int k = 0; k < MAXK; ++k)
     {
+        int const member = kRope ? k / (MAXK / 2) : 0;
+        int const power = kRope ? k % (MAXK / 2) : k;
 #pragma unroll
         for (int v = 0; v < V; ++v)
         {
-            bool const used = active && a.variant == POM_VARIANT_V2 && k < a.degree;
-            coef[k][v] = used ? Convert<T>::toFloat(coeff[(col0 + v) * a.degree + k]) : 0.0F;
+            bool const used = active && a.variant == POM_VARIANT_V2 && power < a.degree;
+            int64_t const channel = first + member * a.plan.channelStride + v;
+            coef[k][v] = used ? Convert<T>::toFloat(coeff[channel * a.degree + power]) : 0.0F;
         }
     }
 }
 
-//! Features of token n for the thread's V columns (all K chunks for v1).
-template <typename T, int V, int MAXK>
-__device__ __forceinline__ void featuresAt(
-    KernelArgs const& a, T const* row, int64_t col0, float const (&coef)[MAXK][V], float (&feat)[MAXK][V])
+//! Features of token n of batch row b for the thread's V columns, whose first channel is
+//! `first` (all K chunks for v1; both channels of each pair, rotated, with RoPE).
+template <typename T, int V, int MAXK, bool kRope>
+__device__ __forceinline__ void featuresAt(KernelArgs const& a, int64_t b, int64_t n, int64_t first, int64_t col0,
+    float const (&coef)[MAXK][V], float (&feat)[MAXK][V])
 {
+    T const* row = static_cast<T const*>(a.x) + (b * a.tokens + n) * a.channels + first;
     float raw[MAXK][V];
 #pragma unroll
     for (int j = 0; j < MAXK; ++j)
     {
-        if (j < a.plan.chunksPerColumn)
+        if (j < a.plan.channelsPerColumn)
         {
-            loadVec<T, V>(row + j * a.plan.columns + col0, raw[j]);
+            loadVec<T, V>(row + j * a.plan.channelStride, raw[j]);
         }
     }
-    tokenFeatures<V, MAXK>(a.variant, a.degree, raw, coef, feat);
+    if constexpr (kRope)
+    {
+        int64_t const angles = ((a.ropePerBatch ? b : 0) * a.tokens + n) * (a.channels / 2) + col0;
+        float cosines[V];
+        float sines[V];
+        loadVec<T, V, false>(static_cast<T const*>(a.cos) + angles, cosines);
+        loadVec<T, V, false>(static_cast<T const*>(a.sin) + angles, sines);
+        rotatedPairFeatures<V, MAXK>(a.degree, raw, coef, cosines, sines, feat);
+    }
+    else
+    {
+        tokenFeatures<V, MAXK>(a.variant, a.degree, raw, coef, feat);
+    }
 }
 
-//! Output channel of accumulator `acc` (= chunk * V + v) of column group `group`.
+//! First channel of the columns from col0 on: col0 itself without RoPE (spares the division).
+template <bool kRope>
+__device__ __forceinline__ int64_t firstChannelOf(Plan const& p, int64_t col0)
+{
+    return kRope ? firstChannel(p, col0) : col0;
+}
+
+//! Output channel of accumulator `acc` (= channel of the column * V + v) of column group `group`.
+template <bool kRope>
 __device__ __forceinline__ int64_t channelOf(Plan const& p, int64_t group, int acc)
 {
-    int const chunk = acc / p.vec;
-    return chunk * p.columns + group * p.vec + acc % p.vec;
+    return firstChannelOf<kRope>(p, group * p.vec) + acc / p.vec * p.channelStride + acc % p.vec;
 }
 
-template <typename T, int V>
+//! kRope: a compile-time switch, so that the kernels without RoPE keep their registers.
+template <typename T, int V, bool kRope>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(KernelArgs a)
 {
     constexpr int MAXK = kMaxAccumulators / V;
@@ -241,33 +282,35 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
     int64_t const group = tile * kBlockCols + tx;
     bool const active = group < p.groups;
     int64_t const col0 = group * V;
-    int const nbAcc = p.chunksPerColumn * V;
+    int64_t const first = firstChannelOf<kRope>(p, col0);
+    int const nbAcc = p.channelsPerColumn * V;
     bool const masked = a.mode == POM_MODE_MASKED;
 
     float coef[MAXK][V];
-    loadCoefficients<T, V, MAXK>(a, col0, active, coef);
+    loadCoefficients<T, V, MAXK, kRope>(a, first, active, coef);
 
     float sum[MAXK][V] = {};
     float maskSum = 0.0F;
-    T const* x = static_cast<T const*>(a.x) + b * a.tokens * a.channels;
     T const* mask = masked ? static_cast<T const*>(a.mask) + b * a.tokens : nullptr;
-    int64_t const end = min(a.tokens, (split + 1) * p.tokensPerSplit);
+    int64_t begin = 0;
+    int64_t end = 0;
+    splitTokens(p, split, begin, end);
 #pragma unroll 2
-    for (int64_t n = split * p.tokensPerSplit + ty; n < end; n += kBlockLanes)
+    for (int64_t n = begin + ty; n < end; n += kBlockLanes)
     {
         float const weight = masked ? Convert<T>::toFloat(mask[n]) : 1.0F;
         maskSum += weight;
         if (active)
         {
             float feat[MAXK][V];
-            featuresAt<T, V, MAXK>(a, x + n * a.channels, col0, coef, feat);
+            featuresAt<T, V, MAXK, kRope>(a, b, n, first, col0, coef, feat);
 #pragma unroll
             for (int j = 0; j < MAXK; ++j)
             {
 #pragma unroll
                 for (int v = 0; v < V; ++v)
                 {
-                    if (j < p.chunksPerColumn)
+                    if (j < p.channelsPerColumn)
                     {
                         sum[j][v] = accumulate(sum[j][v], weight, feat[j][v]);
                     }
@@ -282,7 +325,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
 #pragma unroll
         for (int v = 0; v < V; ++v)
         {
-            if (j < p.chunksPerColumn)
+            if (j < p.channelsPerColumn)
             {
                 laneSums[ty][tx][j * V + v] = sum[j][v];
             }
@@ -306,7 +349,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
         {
             total += laneSums[lane][sumCol][sumAcc];
         }
-        a.partial[(b * p.splits + split) * a.channels + channelOf(p, sumGroup, sumAcc)] = total;
+        a.partial[(b * p.splits + split) * a.channels + channelOf<kRope>(p, sumGroup, sumAcc)] = total;
     }
     if (masked && tile == 0 && tid == 0)
     {
@@ -353,7 +396,56 @@ __global__ void finalizeKernel(KernelArgs a, int64_t batch)
     static_cast<T*>(a.y)[i] = Convert<T>::fromFloat(out);
 }
 
+//! Block-causal, second stage: per (batch row, channel), adds the splits in split order (frame
+//! after frame) and records the running mean at the end of each frame.
+__global__ void frameScanKernel(KernelArgs a, int64_t batch)
+{
+    int64_t const i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= batch * a.channels)
+    {
+        return;
+    }
+    int64_t const b = i / a.channels;
+    int64_t const c = i % a.channels;
+    Plan const& p = a.plan;
+    int64_t const frames = a.tokens / a.frameTokens;
+    float total = 0.0F;
+    for (int64_t frame = 0; frame < frames; ++frame)
+    {
+        for (int64_t s = frame * p.splitsPerSegment; s < (frame + 1) * p.splitsPerSegment; ++s)
+        {
+            total += a.partial[(b * p.splits + s) * a.channels + c];
+        }
+        a.frameMeans[(b * frames + frame) * a.channels + c] = total / static_cast<float>((frame + 1) * a.frameTokens);
+    }
+}
+
+//! Block-causal, third stage: every token gets its frame's mean; one thread writes V channels
+//! of one token with one vector store, so y is written once at full width.
 template <typename T, int V>
+__global__ void frameBroadcastKernel(KernelArgs a, int64_t batch)
+{
+    int64_t const vectorsPerToken = a.channels / V;
+    int64_t const i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (i >= batch * a.tokens * vectorsPerToken)
+    {
+        return;
+    }
+    int64_t const token = i / vectorsPerToken; // b * N + n
+    int64_t const c0 = i % vectorsPerToken * V;
+    int64_t const b = token / a.tokens;
+    int64_t const frame = token % a.tokens / a.frameTokens;
+    float const* mean = a.frameMeans + (b * (a.tokens / a.frameTokens) + frame) * a.channels + c0;
+    float out[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v)
+    {
+        out[v] = mean[v];
+    }
+    storeVec<T, V>(static_cast<T*>(a.y) + token * a.channels + c0, out);
+}
+
+template <typename T, int V, bool kRope>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(KernelArgs a)
 {
     constexpr int MAXK = kMaxAccumulators / V;
@@ -381,13 +473,13 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     int64_t const group = tile * kBlockCols + tx;
     bool const active = group < p.groups;
     int64_t const col0 = group * V;
-    int const nbAcc = p.chunksPerColumn * V;
+    int64_t const firstChannelOfGroup = firstChannelOf<kRope>(p, col0);
+    int const nbAcc = p.channelsPerColumn * V;
 
     float coef[MAXK][V];
-    loadCoefficients<T, V, MAXK>(a, col0, active, coef);
+    loadCoefficients<T, V, MAXK, kRope>(a, firstChannelOfGroup, active, coef);
 
     // Phase 1: features of this lane's R consecutive tokens stay in registers.
-    T const* x = static_cast<T const*>(a.x) + b * a.tokens * a.channels;
     int64_t const first = chunk * kCausalChunkTokens + ty * R;
     float feat[R][MAXK][V];
     float running[MAXK][V] = {};
@@ -397,7 +489,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
         int64_t const n = first + r;
         if (active && n < a.tokens)
         {
-            featuresAt<T, V, MAXK>(a, x + n * a.channels, col0, coef, feat[r]);
+            featuresAt<T, V, MAXK, kRope>(a, b, n, firstChannelOfGroup, col0, coef, feat[r]);
         }
         else
         {
@@ -417,7 +509,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
 #pragma unroll
             for (int v = 0; v < V; ++v)
             {
-                if (j < p.chunksPerColumn)
+                if (j < p.channelsPerColumn)
                 {
                     running[j][v] += feat[r][j][v];
                 }
@@ -430,7 +522,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
 #pragma unroll
         for (int v = 0; v < V; ++v)
         {
-            if (j < p.chunksPerColumn)
+            if (j < p.channelsPerColumn)
             {
                 lanePrefix[ty][tx][j * V + v] = running[j][v];
             }
@@ -546,7 +638,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
 #pragma unroll
         for (int v = 0; v < V; ++v)
         {
-            if (j < p.chunksPerColumn)
+            if (j < p.channelsPerColumn)
             {
                 running[j][v] = chunkCarry[tx][j * V + v] + lanePrefix[ty][tx][j * V + v];
             }
@@ -565,7 +657,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
 #pragma unroll
         for (int j = 0; j < MAXK; ++j)
         {
-            if (j < p.chunksPerColumn)
+            if (j < p.channelsPerColumn)
             {
                 float out[V];
 #pragma unroll
@@ -574,16 +666,20 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
                     running[j][v] += feat[r][j][v];
                     out[v] = running[j][v] / count;
                 }
-                storeVec<T, V>(y + n * a.channels + j * p.columns + col0, out);
+                storeVec<T, V>(y + n * a.channels + firstChannelOfGroup + j * p.channelStride, out);
             }
         }
     }
 }
 
-//! Largest power of two (capped at 16) dividing every address given.
-int alignmentOf(void const* first, void const* second)
+//! Largest power of two (capped at 16) dividing every address given (null ones ignored).
+int alignmentOf(std::initializer_list<void const*> addresses)
 {
-    uintptr_t const bits = reinterpret_cast<uintptr_t>(first) | reinterpret_cast<uintptr_t>(second) | kMaxVecBytes;
+    uintptr_t bits = kMaxVecBytes;
+    for (void const* address : addresses)
+    {
+        bits |= reinterpret_cast<uintptr_t>(address);
+    }
     return static_cast<int>(bits & (~bits + 1));
 }
 
@@ -598,7 +694,7 @@ cudaLaunchConfig_t launchConfig(int64_t blocks, dim3 block, cudaStream_t stream)
     return config;
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kRope>
 cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
 {
     Plan const& p = a.plan;
@@ -608,11 +704,11 @@ cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
         return cudaErrorInvalidConfiguration;
     }
     cudaLaunchConfig_t const main = launchConfig(blocks, dim3(kBlockCols, kBlockLanes), stream);
-    if (a.mode == POM_MODE_CAUSAL)
+    if (a.mode == POM_MODE_CAUSAL && a.frameTokens == 0)
     {
-        return cudaLaunchKernelEx(&main, causalKernel<T, V>, a);
+        return cudaLaunchKernelEx(&main, causalKernel<T, V, kRope>, a);
     }
-    cudaError_t const reduced = cudaLaunchKernelEx(&main, reduceKernel<T, V>, a);
+    cudaError_t const reduced = cudaLaunchKernelEx(&main, reduceKernel<T, V, kRope>, a);
     if (reduced != cudaSuccess)
     {
         return reduced;
@@ -620,23 +716,48 @@ cudaError_t launchPlanned(KernelArgs a, int64_t batch, cudaStream_t stream)
     int constexpr kFinalizeThreads = 256;
     cudaLaunchConfig_t const finalize
         = launchConfig(ceilDiv(batch * a.channels, kFinalizeThreads), dim3(kFinalizeThreads), stream);
-    return cudaLaunchKernelEx(&finalize, finalizeKernel<T>, a, batch);
+    if (a.mode != POM_MODE_CAUSAL)
+    {
+        return cudaLaunchKernelEx(&finalize, finalizeKernel<T>, a, batch);
+    }
+    cudaError_t const scanned = cudaLaunchKernelEx(&finalize, frameScanKernel, a, batch);
+    if (scanned != cudaSuccess)
+    {
+        return scanned;
+    }
+    int64_t const broadcastBlocks = ceilDiv(batch * a.tokens * (a.channels / V), kFinalizeThreads);
+    if (broadcastBlocks > INT_MAX)
+    {
+        return cudaErrorInvalidConfiguration;
+    }
+    cudaLaunchConfig_t const broadcast = launchConfig(broadcastBlocks, dim3(kFinalizeThreads), stream);
+    return cudaLaunchKernelEx(&broadcast, frameBroadcastKernel<T, V>, a, batch);
 }
 
 template <typename T>
 cudaError_t launchTyped(KernelArgs const& a, int64_t batch, cudaStream_t stream)
 {
+    if (a.rope != POM_ROPE_NONE)
+    {
+        switch (a.plan.vec) // at most kMaxRopeVec
+        {
+        case 4: return launchPlanned<T, 4, true>(a, batch, stream);
+        case 2: return launchPlanned<T, 2, true>(a, batch, stream);
+        case 1: return launchPlanned<T, 1, true>(a, batch, stream);
+        default: return cudaErrorInvalidValue;
+        }
+    }
     switch (a.plan.vec)
     {
     case 8:
         if constexpr (sizeof(T) == 2)
         {
-            return launchPlanned<T, 8>(a, batch, stream);
+            return launchPlanned<T, 8, false>(a, batch, stream);
         }
         return cudaErrorInvalidValue;
-    case 4: return launchPlanned<T, 4>(a, batch, stream);
-    case 2: return launchPlanned<T, 2>(a, batch, stream);
-    default: return launchPlanned<T, 1>(a, batch, stream);
+    case 4: return launchPlanned<T, 4, false>(a, batch, stream);
+    case 2: return launchPlanned<T, 2, false>(a, batch, stream);
+    default: return launchPlanned<T, 1, false>(a, batch, stream);
     }
 }
 
@@ -662,6 +783,12 @@ extern "C" char const* pomPolyAggregateStatusString(int status)
 extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void* y, void* workspace, size_t workspaceBytes, void* stream)
 {
+    return pomPolyAggregateLaunchEx(desc, x, coeff, mask, nullptr, nullptr, y, workspace, workspaceBytes, stream);
+}
+
+extern "C" int pomPolyAggregateLaunchEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void const* cos, void const* sin, void* y, void* workspace, size_t workspaceBytes, void* stream)
+{
     using namespace pom;
     int const status = pomPolyAggregateValidate(desc);
     if (status != POM_SUCCESS)
@@ -669,7 +796,7 @@ extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void con
         return status;
     }
     PomPolyAggregateDesc const& d = *desc;
-    if ((d.variant == POM_VARIANT_V2 && coeff == nullptr) || (d.mode == POM_MODE_MASKED && mask == nullptr))
+    if (!inputsPresent(d, coeff, mask, cos, sin))
     {
         return POM_ERROR_MISSING_INPUT;
     }
@@ -690,21 +817,27 @@ extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void con
         return static_cast<int>(cudaMemsetAsync(y, 0, outBytes, cudaStream));
     }
 
-    // Causal writes y with vector stores too; mean/masked outputs are written per element.
-    int const aligned = alignmentOf(x, d.mode == POM_MODE_CAUSAL ? y : x);
+    // Causal (block-causal too) writes y with vector stores, and RoPE loads the tables as
+    // vectors; mean/masked outputs are written per element.
+    int const aligned = alignmentOf({x, d.mode == POM_MODE_CAUSAL ? y : x, cos, sin});
     KernelArgs a{};
     a.x = x;
     a.coeff = coeff;
     a.mask = mask;
+    a.cos = cos;
+    a.sin = sin;
     a.y = y;
     a.tokens = d.tokens;
     a.channels = d.channels;
+    a.frameTokens = d.frameTokens;
     a.degree = d.degree;
     a.variant = d.variant;
     a.mode = d.mode;
+    a.rope = d.rope;
+    a.ropePerBatch = d.ropePerBatch != 0 ? 1 : 0;
     a.plan = makePlan(d, chooseVec(d, aligned));
     auto* base = static_cast<unsigned char*>(workspace);
-    if (d.mode == POM_MODE_CAUSAL)
+    if (chained(d))
     {
         a.ticket = reinterpret_cast<uint32_t*>(base);
         a.ready = reinterpret_cast<int32_t*>(base) + 1;
@@ -720,6 +853,7 @@ extern "C" int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void con
     {
         a.partial = reinterpret_cast<float*>(base);
         a.maskSums = reinterpret_cast<float*>(base + layout.maskSumOffset);
+        a.frameMeans = reinterpret_cast<float*>(base + layout.frameMeanOffset);
     }
 
     cudaError_t err = cudaErrorInvalidValue;

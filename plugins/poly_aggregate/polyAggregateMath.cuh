@@ -83,6 +83,41 @@ POM_UNROLL
     }
 }
 
+//! v2 features of V rotation pairs, rotated (RoPE). raw[0][v] is x of a pair's first channel,
+//! raw[1][v] of its partner; coefficient rows [0, MAXK/2) are the first channels', rows
+//! [MAXK/2, MAXK) the partners' (so degree <= MAXK/2). feat[0][v] = f_a cos - f_b sin,
+//! feat[1][v] = f_b cos + f_a sin.
+template <int V, int MAXK>
+POM_HD void rotatedPairFeatures(int degree, float const (&raw)[MAXK][V], float const (&coef)[MAXK][V],
+    float const (&cosines)[V], float const (&sines)[V], float (&feat)[MAXK][V])
+{
+    static_assert(MAXK >= 2, "a pair needs two coefficient sets");
+    constexpr int kHalf = MAXK / 2;
+POM_UNROLL
+    for (int v = 0; v < V; ++v)
+    {
+        float pair[2];
+POM_UNROLL
+        for (int m = 0; m < 2; ++m)
+        {
+            float const a = v2Activation(raw[m][v]);
+            float acc = 0.0F;
+POM_UNROLL
+            for (int k = kHalf - 1; k >= 0; --k)
+            {
+                if (k < degree)
+                {
+                    acc = (acc + coef[m * kHalf + k][v]) * a;
+                }
+            }
+            pair[m] = acc;
+        }
+        // One explicit FMA each: nvcc would contract a*b - c*d on its own, g++ would not.
+        feat[0][v] = fmaf(pair[0], cosines[v], -(pair[1] * sines[v]));
+        feat[1][v] = fmaf(pair[1], cosines[v], pair[0] * sines[v]);
+    }
+}
+
 //! One accumulation step; fmaf keeps the GPU and the CPU emulation on the same rounding
 //! (nvcc would contract weight * f + sum into an FMA anyway).
 POM_HD float accumulate(float sum, float weight, float feature)

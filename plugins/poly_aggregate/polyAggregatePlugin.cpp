@@ -8,6 +8,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <iostream>
@@ -65,6 +66,16 @@ char const* modeText(int32_t mode)
     }
 }
 
+char const* ropeText(int32_t rope)
+{
+    switch (rope)
+    {
+    case POM_ROPE_1D: return "1d";
+    case POM_ROPE_2D: return "2d";
+    default: return "none";
+    }
+}
+
 bool readString(PluginField const& field, std::string& value, std::string& error)
 {
     if (field.type != PluginFieldType::kCHAR || field.data == nullptr || field.length < 0)
@@ -104,6 +115,8 @@ PomPolyAggregateDesc describe(PolyAggregateConfig const& config, nvinfer1::Dims 
     d.variant = config.variant;
     d.mode = config.mode;
     d.dtype = dtype;
+    d.frameTokens = config.frameTokens;
+    d.rope = config.rope;
     return d;
 }
 
@@ -114,9 +127,14 @@ bool knownAndDiffer(int64_t a, int64_t b)
 
 } // namespace
 
-int32_t PolyAggregateConfig::nbInputs() const
+int32_t PolyAggregateConfig::cosIndex() const
 {
     return 1 + (variant == POM_VARIANT_V2 ? 1 : 0) + (mode == POM_MODE_MASKED ? 1 : 0);
+}
+
+int32_t PolyAggregateConfig::nbInputs() const
+{
+    return cosIndex() + (rope != POM_ROPE_NONE ? 2 : 0);
 }
 
 bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConfig& config, std::string& error)
@@ -188,19 +206,67 @@ bool parsePolyAggregateFields(PluginFieldCollection const* fc, PolyAggregateConf
             config.degree = static_cast<int32_t>(degree);
             hasDegree = true;
         }
+        else if (name == kFieldFrameTokens)
+        {
+            int64_t frameTokens = 0;
+            if (!readInt(field, frameTokens, error))
+            {
+                return false;
+            }
+            if (frameTokens < 0 || frameTokens > INT32_MAX)
+            {
+                error = "frame_tokens must be in [0, 2^31), got " + std::to_string(frameTokens);
+                return false;
+            }
+            config.frameTokens = static_cast<int32_t>(frameTokens);
+        }
+        else if (name == kFieldRope)
+        {
+            if (!readString(field, text, error))
+            {
+                return false;
+            }
+            if (text == "none")
+            {
+                config.rope = POM_ROPE_NONE;
+            }
+            else if (text == "1d")
+            {
+                config.rope = POM_ROPE_1D;
+            }
+            else if (text == "2d")
+            {
+                config.rope = POM_ROPE_2D;
+            }
+            else
+            {
+                error = "rope must be \"none\", \"1d\" or \"2d\", got \"" + text + "\"";
+                return false;
+            }
+        }
         else if (name == kAttributePluginVersion || name == kAttributePluginNamespace)
         {
             // Parser-level attributes that picked this creator; nothing to configure.
         }
         else
         {
-            error = "unknown field '" + name + "' (expected variant, degree, mode)";
+            error = "unknown field '" + name + "' (expected variant, degree, mode, frame_tokens, rope)";
             return false;
         }
     }
     if (!hasVariant || !hasDegree || !hasMode)
     {
         error = "fields variant, degree and mode are all required";
+        return false;
+    }
+    if (config.frameTokens > 0 && config.mode != POM_MODE_CAUSAL)
+    {
+        error = "frame_tokens > 0 needs mode \"causal\"";
+        return false;
+    }
+    if (config.rope != POM_ROPE_NONE && (config.variant != POM_VARIANT_V2 || config.degree > POM_MAX_ROPE_DEGREE))
+    {
+        error = "rope needs variant \"v2\" and degree <= " + std::to_string(POM_MAX_ROPE_DEGREE);
         return false;
     }
     return true;
@@ -228,12 +294,15 @@ void PolyAggregatePlugin::updateSerializedFields()
 {
     mVariantText = variantText(mConfig.variant);
     mModeText = modeText(mConfig.mode);
+    mRopeText = ropeText(mConfig.rope);
     // String lengths include the NUL, as the ONNX parser passes them.
     mSerializedFields = {
         PluginField{kFieldVariant, mVariantText.c_str(), PluginFieldType::kCHAR,
             static_cast<int32_t>(mVariantText.size() + 1)},
         PluginField{kFieldDegree, &mConfig.degree, PluginFieldType::kINT32, 1},
         PluginField{kFieldMode, mModeText.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(mModeText.size() + 1)},
+        PluginField{kFieldFrameTokens, &mConfig.frameTokens, PluginFieldType::kINT32, 1},
+        PluginField{kFieldRope, mRopeText.c_str(), PluginFieldType::kCHAR, static_cast<int32_t>(mRopeText.size() + 1)},
     };
     mSerialized.nbFields = static_cast<int32_t>(mSerializedFields.size());
     mSerialized.fields = mSerializedFields.data();
@@ -316,12 +385,38 @@ int32_t PolyAggregatePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc c
     }
     if (mConfig.mode == POM_MODE_MASKED)
     {
-        nvinfer1::Dims const& mask = in[next].desc.dims;
+        nvinfer1::Dims const& mask = in[next++].desc.dims;
         if (mask.nbDims != 2 || knownAndDiffer(mask.d[0], x.d[0]) || knownAndDiffer(mask.d[1], x.d[1]))
         {
             logError("mask must be (batch, tokens)");
             return -1;
         }
+    }
+    if (mConfig.rope != POM_ROPE_NONE)
+    {
+        int64_t const multiple = mConfig.rope == POM_ROPE_2D ? 4 : 2;
+        if (channels >= 0 && channels % multiple != 0)
+        {
+            logError(std::string{"rope "} + ropeText(mConfig.rope) + " needs channels (" + std::to_string(channels)
+                + ") divisible by " + std::to_string(multiple));
+            return -1;
+        }
+        for (int32_t table = next; table < next + 2; ++table)
+        {
+            nvinfer1::Dims const& t = in[table].desc.dims;
+            bool const batchOk = t.nbDims == 3 && (t.d[0] < 0 || t.d[0] == 1 || !knownAndDiffer(t.d[0], x.d[0]));
+            if (!batchOk || knownAndDiffer(t.d[1], x.d[1]) || (channels >= 0 && knownAndDiffer(t.d[2], channels / 2)))
+            {
+                logError("cos and sin must be (batch or 1, tokens, channels / 2)");
+                return -1;
+            }
+        }
+    }
+    if (mConfig.frameTokens > 0 && x.d[1] >= 0 && x.d[1] % mConfig.frameTokens != 0)
+    {
+        logError("tokens (" + std::to_string(x.d[1]) + ") must be a multiple of frame_tokens ("
+            + std::to_string(mConfig.frameTokens) + ")");
+        return -1;
     }
     return 0;
 }
@@ -384,7 +479,12 @@ size_t PolyAggregatePlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc c
     {
         return 0;
     }
-    PomPolyAggregateDesc const d = describe(mConfig, inputs[0].max, dtype);
+    PomPolyAggregateDesc d = describe(mConfig, inputs[0].max, dtype);
+    if (d.frameTokens > 0)
+    {
+        // The largest valid N of the profile (a multiple of F): the workspace grows with N.
+        d.tokens = d.tokens / d.frameTokens * d.frameTokens;
+    }
     return pomPolyAggregateWorkspaceSize(&d);
 }
 
@@ -405,6 +505,18 @@ int32_t PolyAggregatePlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in,
         logError(std::string{"onShapeChange: "} + pomPolyAggregateStatusString(status));
         return -1;
     }
+    if (mConfig.rope != POM_ROPE_NONE)
+    {
+        nvinfer1::Dims const& cos = in[mConfig.cosIndex()].dims;
+        nvinfer1::Dims const& sin = in[mConfig.cosIndex() + 1].dims;
+        bool const sameShape = cos.nbDims == 3 && sin.nbDims == 3 && cos.d[0] == sin.d[0] && cos.d[1] == sin.d[1]
+            && cos.d[2] == sin.d[2];
+        if (!sameShape || (cos.d[0] != 1 && cos.d[0] != d.batch) || cos.d[1] != d.tokens || cos.d[2] != d.channels / 2)
+        {
+            logError("onShapeChange: cos and sin must both be (batch or 1, tokens, channels / 2)");
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -418,12 +530,16 @@ int32_t PolyAggregatePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
         logError("enqueue: unsupported data type");
         return -1;
     }
-    PomPolyAggregateDesc const d = describe(mConfig, inputDesc[0].dims, dtype);
+    PomPolyAggregateDesc d = describe(mConfig, inputDesc[0].dims, dtype);
+    bool const rope = mConfig.rope != POM_ROPE_NONE;
+    int32_t const cosIndex = mConfig.cosIndex();
+    // Tables of batch 1 are shared by the batch rows (onShapeChange checked the shapes).
+    d.ropePerBatch = rope && inputDesc[cosIndex].dims.d[0] != 1 ? 1 : 0;
     void const* coeff = mConfig.variant == POM_VARIANT_V2 ? inputs[1] : nullptr;
-    void const* mask = mConfig.mode == POM_MODE_MASKED ? inputs[mConfig.nbInputs() - 1] : nullptr;
+    void const* mask = mConfig.mode == POM_MODE_MASKED ? inputs[cosIndex - 1] : nullptr;
     // The workspace TensorRT gives was sized for the profile's max shape, which bounds this one.
-    int const status = pomPolyAggregateLaunch(
-        &d, inputs[0], coeff, mask, outputs[0], workspace, pomPolyAggregateWorkspaceSize(&d), stream);
+    int const status = pomPolyAggregateLaunchEx(&d, inputs[0], coeff, mask, rope ? inputs[cosIndex] : nullptr,
+        rope ? inputs[cosIndex + 1] : nullptr, outputs[0], workspace, pomPolyAggregateWorkspaceSize(&d), stream);
     if (status != POM_SUCCESS)
     {
         logError(std::string{"enqueue: "} + pomPolyAggregateStatusString(status));
@@ -447,6 +563,8 @@ PolyAggregatePluginCreator::PolyAggregatePluginCreator()
         PluginField{kFieldVariant, nullptr, PluginFieldType::kCHAR, 0},
         PluginField{kFieldDegree, nullptr, PluginFieldType::kINT32, 1},
         PluginField{kFieldMode, nullptr, PluginFieldType::kCHAR, 0},
+        PluginField{kFieldFrameTokens, nullptr, PluginFieldType::kINT32, 1},
+        PluginField{kFieldRope, nullptr, PluginFieldType::kCHAR, 0},
     }
 {
     mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());

@@ -2,10 +2,12 @@
  * TensorRT IPluginV3 adapter of the PolyAggregate kernels.
  *
  * Registry key and field names: polyAggregateIdentity.h (name "PolyAggregate", version "1",
- * namespace "pom_deploy"). Fields: variant (kCHAR "v1"|"v2"), degree (kINT32), mode (kCHAR "mean"|"causal"|"masked");
+ * namespace "pom_deploy"). Fields: variant (kCHAR "v1"|"v2"), degree (kINT32), mode (kCHAR "mean"|"causal"|"masked"),
+ * optional frame_tokens (kINT32, default 0) and rope (kCHAR "none"|"1d"|"2d", default "none");
  * plugin_version / plugin_namespace are accepted and ignored (they select the creator).
- * Inputs: x (B, N, C), then coeff (C, K) for v2, then mask (B, N) for masked; one dtype
- * (fp32, fp16 or bf16), linear format. Output: (B, 1, C) for mean/masked, (B, N, C) for causal.
+ * Inputs: x (B, N, C), then coeff (C, K) for v2, then mask (B, N) for masked, then cos and sin
+ * (B or 1, N, C/2) with RoPE; one dtype (fp32, fp16 or bf16), linear format. Output: (B, 1, C)
+ * for mean/masked, (B, N, C) for causal (block-causal too).
  * Builds against TensorRT 10.3+ headers (the V3 interfaces are in NvInferRuntime.h there).
  */
 #ifndef POM_POLY_AGGREGATE_PLUGIN_H
@@ -28,9 +30,13 @@ struct PolyAggregateConfig
     int32_t variant{POM_VARIANT_V1};
     int32_t degree{0};
     int32_t mode{POM_MODE_MEAN};
+    int32_t frameTokens{0}; // absent in nodes written before it existed: off
+    int32_t rope{POM_ROPE_NONE};
 
-    //! Number of inputs the node must have: x, coeff for v2, mask for masked.
+    //! Number of inputs the node must have: x, coeff for v2, mask for masked, cos and sin with RoPE.
     int32_t nbInputs() const;
+    //! Index of the cos input (sin follows it); meaningful with RoPE only.
+    int32_t cosIndex() const;
 };
 
 class PolyAggregatePlugin final : public nvinfer1::IPluginV3,
@@ -87,6 +93,7 @@ private:
     std::string mNamespace;
     std::string mVariantText;
     std::string mModeText;
+    std::string mRopeText;
     std::vector<nvinfer1::PluginField> mSerializedFields;
     nvinfer1::PluginFieldCollection mSerialized{};
 };

@@ -204,18 +204,75 @@ void testCreator(IPluginCreatorV3One& creator)
     CHECK(std::strcmp(creator.getPluginNamespace(), "pom_deploy") == 0);
     CHECK(std::strcmp(creator.getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
     PluginFieldCollection const* names = creator.getFieldNames();
-    CHECK(names != nullptr && names->nbFields == 3);
-    if (names != nullptr && names->nbFields == 3)
+    CHECK(names != nullptr && names->nbFields == 5);
+    if (names != nullptr && names->nbFields == 5)
     {
         CHECK(std::strcmp(names->fields[0].name, "variant") == 0 && names->fields[0].type == PluginFieldType::kCHAR);
         CHECK(std::strcmp(names->fields[1].name, "degree") == 0 && names->fields[1].type == PluginFieldType::kINT32);
         CHECK(std::strcmp(names->fields[2].name, "mode") == 0 && names->fields[2].type == PluginFieldType::kCHAR);
+        CHECK(std::strcmp(names->fields[3].name, "frame_tokens") == 0
+            && names->fields[3].type == PluginFieldType::kINT32);
+        CHECK(std::strcmp(names->fields[4].name, "rope") == 0 && names->fields[4].type == PluginFieldType::kCHAR);
     }
 }
 
-void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant, std::string const& mode)
+//! One configuration of the op: the node's attributes, and whether its cos/sin have batch B.
+struct OpConfig
 {
+    std::string variant;
+    std::string mode;
+    std::string rope{"none"};
+    int32_t frameTokens{0};
+    bool tablesPerBatch{false};
+
+    int32_t nbInputs() const
+    {
+        return 1 + (variant == "v2") + (mode == "masked") + (rope != "none" ? 2 : 0);
+    }
+    //! Fields as the ONNX parser passes them; frame_tokens and rope only when not default, as in
+    //! a node that leaves them out.
+    void addOptional(Fields& fields) const;
+    PomPolyAggregateDesc desc(int64_t batch, int64_t tokens, int64_t channels, int32_t degree, int32_t dtype) const
+    {
+        PomPolyAggregateDesc d{};
+        d.batch = batch;
+        d.tokens = tokens;
+        d.channels = channels;
+        d.degree = degree;
+        d.variant = variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2;
+        d.mode = mode == "mean" ? POM_MODE_MEAN : (mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED);
+        d.dtype = dtype;
+        d.frameTokens = frameTokens;
+        d.rope = rope == "none" ? POM_ROPE_NONE : (rope == "1d" ? POM_ROPE_1D : POM_ROPE_2D);
+        d.ropePerBatch = tablesPerBatch ? 1 : 0;
+        return d;
+    }
+    std::string name() const
+    {
+        return variant + " " + mode + " rope " + rope + " frames " + std::to_string(frameTokens)
+            + (tablesPerBatch ? " tables per batch" : "");
+    }
+};
+
+void OpConfig::addOptional(Fields& fields) const
+{
+    if (frameTokens != 0)
+    {
+        fields.addInt("frame_tokens", frameTokens);
+    }
+    if (rope != "none")
+    {
+        fields.addString("rope", rope);
+    }
+}
+
+void testShapesAndTypes(IPluginCreatorV3One& creator, OpConfig const& op)
+{
+    std::string const& variant = op.variant;
+    std::string const& mode = op.mode;
+    bool const rope = op.rope != "none";
     Fields fields(variant, 2, mode);
+    op.addOptional(fields);
     auto plugin = create(creator, fields.get());
     CHECK(plugin != nullptr);
     if (!plugin)
@@ -231,7 +288,7 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
     CHECK(std::strcmp(core->getPluginNamespace(), "pom_deploy") == 0);
     CHECK(b->getNbOutputs() == 1);
 
-    int32_t const nbInputs = 1 + (variant == "v2") + (mode == "masked");
+    int32_t const nbInputs = op.nbInputs();
     // Output type follows x for every supported type.
     for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
     {
@@ -245,16 +302,18 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
 
     // Shapes: batch and tokens are runtime dims, channels a constant.
     FakeExprBuilder exprs;
-    DimsExprs inputs[3]{};
+    DimsExprs inputs[5]{};
     inputs[0].nbDims = 3;
     inputs[0].d[0] = exprs.runtimeDim();
     inputs[0].d[1] = exprs.runtimeDim();
     inputs[0].d[2] = exprs.constant(8);
+    int32_t const firstTable = rope ? nbInputs - 2 : nbInputs;
     for (int32_t i = 1; i < nbInputs; ++i)
     {
-        inputs[i].nbDims = 2;
-        inputs[i].d[0] = exprs.runtimeDim();
+        inputs[i].nbDims = i < firstTable ? 2 : 3;
+        inputs[i].d[0] = i < firstTable || op.tablesPerBatch ? exprs.runtimeDim() : exprs.constant(1);
         inputs[i].d[1] = exprs.runtimeDim();
+        inputs[i].d[2] = exprs.constant(4);
     }
     DimsExprs output{};
     CHECK(b->getOutputShapes(inputs, nbInputs, nullptr, 0, &output, 1, exprs) == 0);
@@ -272,18 +331,24 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
     int32_t const wrongNbInputs = nbInputs == 1 ? 2 : nbInputs - 1;
     CHECK(b->getOutputShapes(inputs, wrongNbInputs, nullptr, 0, &output, 1, exprs) != 0);
 
-    // Formats: linear fp32/fp16/bf16, every tensor of x's type.
+    // Formats: linear fp32/fp16/bf16, every tensor (cos and sin too) of x's type.
+    int64_t const tokens = op.frameTokens > 0 ? 2 * op.frameTokens : 5;
     std::vector<DynamicPluginTensorDesc> inOut;
-    inOut.push_back(tensor(DataType::kHALF, {2, 5, 8}));
+    inOut.push_back(tensor(DataType::kHALF, {2, tokens, 8}));
     if (variant == "v2")
     {
         inOut.push_back(tensor(DataType::kHALF, {8, 2}));
     }
     if (mode == "masked")
     {
-        inOut.push_back(tensor(DataType::kHALF, {2, 5}));
+        inOut.push_back(tensor(DataType::kHALF, {2, tokens}));
     }
-    inOut.push_back(tensor(DataType::kHALF, {2, mode == "causal" ? 5 : 1, 8}));
+    if (rope)
+    {
+        inOut.push_back(tensor(DataType::kHALF, {op.tablesPerBatch ? 2 : 1, tokens, 4}));
+        inOut.push_back(tensor(DataType::kHALF, {op.tablesPerBatch ? 2 : 1, tokens, 4}));
+    }
+    inOut.push_back(tensor(DataType::kHALF, {2, mode == "causal" ? tokens : 1, 8}));
     int32_t const nb = static_cast<int32_t>(inOut.size());
     for (int32_t pos = 0; pos < nb; ++pos)
     {
@@ -301,23 +366,50 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
     inOut[0].desc.format = TensorFormat::kHWC8;
     CHECK(!b->supportsFormatCombination(0, inOut.data(), nbInputs, 1));
     inOut[0].desc.format = TensorFormat::kLINEAR;
+    if (rope)
+    {
+        // sin of another type than x, or not linear, is refused.
+        inOut[firstTable + 1].desc.type = DataType::kFLOAT;
+        CHECK(!b->supportsFormatCombination(firstTable + 1, inOut.data(), nbInputs, 1));
+        inOut[firstTable + 1].desc.type = DataType::kHALF;
+        inOut[firstTable].desc.format = TensorFormat::kCHW32;
+        CHECK(!b->supportsFormatCombination(firstTable, inOut.data(), nbInputs, 1));
+        inOut[firstTable].desc.format = TensorFormat::kLINEAR;
+    }
 
     // configurePlugin: consistent shapes pass; a wrong input count fails.
     CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) == 0);
     CHECK(b->configurePlugin(inOut.data(), nbInputs + 1, inOut.data() + nbInputs, 1) != 0);
+    if (rope)
+    {
+        // Tables of the wrong width (not C/2), or of another batch than 1 or B, are refused.
+        inOut[firstTable].desc.dims.d[2] = 8;
+        CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) != 0);
+        inOut[firstTable].desc.dims.d[2] = 4;
+        inOut[firstTable + 1].desc.dims.d[0] = 3;
+        CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) != 0);
+        inOut[firstTable + 1].desc.dims.d[0] = op.tablesPerBatch ? 2 : 1;
+    }
+    if (op.frameTokens > 0)
+    {
+        inOut[0].desc.dims.d[1] = tokens + 1; // not a multiple of frame_tokens
+        CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) != 0);
+        inOut[0].desc.dims.d[1] = tokens;
+    }
 
-    // Workspace: the C ABI's size for the profile's max shape.
+    // Workspace: the C ABI's size for the profile's max shape (for frames, its largest multiple
+    // of frame_tokens: the valid shape that needs the most).
     inOut[0].max.d[0] = 4;
-    inOut[0].max.d[1] = 4096;
-    PomPolyAggregateDesc d{4, 4096, 8, 2, variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2,
-        mode == "mean" ? POM_MODE_MEAN : (mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED), POM_DTYPE_FLOAT16};
+    inOut[0].max.d[1] = 4099;
+    int64_t const maxTokens = op.frameTokens > 0 ? 4099 / op.frameTokens * op.frameTokens : 4099;
+    PomPolyAggregateDesc const d = op.desc(4, maxTokens, 8, 2, POM_DTYPE_FLOAT16);
     size_t const expected = pomPolyAggregateWorkspaceSize(&d);
     CHECK(expected > 0);
     CHECK(b->getWorkspaceSize(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) == expected);
 
     // Serialization round trip, as at engine deserialization (kRUNTIME), and clone.
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    CHECK(serialized != nullptr && serialized->nbFields == 3);
+    CHECK(serialized != nullptr && serialized->nbFields == 5);
     auto restored = create(creator, serialized, TensorRTPhase::kRUNTIME);
     CHECK(restored != nullptr);
     std::unique_ptr<IPluginV3> cloned(plugin->clone());
@@ -330,13 +422,16 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, std::string const& variant
         }
         auto const& original = static_cast<pom::PolyAggregatePlugin&>(*plugin).config();
         auto const& copy = static_cast<pom::PolyAggregatePlugin&>(*other).config();
-        CHECK(copy.variant == original.variant && copy.degree == original.degree && copy.mode == original.mode);
+        CHECK(copy.variant == original.variant && copy.degree == original.degree && copy.mode == original.mode
+            && copy.frameTokens == op.frameTokens && copy.rope == d.rope);
         auto* otherRuntime
             = static_cast<IPluginV3OneRuntime*>(other->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
         PluginFieldCollection const* again = otherRuntime->getFieldsToSerialize();
-        CHECK(again->nbFields == 3 && std::strcmp(static_cast<char const*>(again->fields[0].data), variant.c_str()) == 0
+        CHECK(again->nbFields == 5 && std::strcmp(static_cast<char const*>(again->fields[0].data), variant.c_str()) == 0
             && std::strcmp(static_cast<char const*>(again->fields[2].data), mode.c_str()) == 0
-            && *static_cast<int32_t const*>(again->fields[1].data) == 2);
+            && *static_cast<int32_t const*>(again->fields[1].data) == 2
+            && *static_cast<int32_t const*>(again->fields[3].data) == op.frameTokens
+            && std::strcmp(static_cast<char const*>(again->fields[4].data), op.rope.c_str()) == 0);
     }
     std::unique_ptr<IPluginV3> attached(runtime->attachToContext(nullptr));
     CHECK(attached != nullptr);
@@ -348,7 +443,20 @@ void testFieldVariants(IPluginCreatorV3One& creator)
     Fields noNul("v1", 3, "causal");
     noNul.fields[0].length = 2;
     noNul.fields[2].length = 6;
-    CHECK(create(creator, noNul.get()) != nullptr);
+    auto old = create(creator, noNul.get());
+    CHECK(old != nullptr);
+    // A node written before frame_tokens and rope existed: both off.
+    CHECK(old != nullptr && static_cast<pom::PolyAggregatePlugin&>(*old).config().frameTokens == 0
+        && static_cast<pom::PolyAggregatePlugin&>(*old).config().rope == POM_ROPE_NONE);
+    int64_t const frames64 = 64;
+    Fields int64Frames("v2", 2, "causal");
+    int64Frames.fields.emplace_back("frame_tokens", &frames64, PluginFieldType::kINT64, 1);
+    int64Frames.addString("rope", "2d");
+    auto framed = create(creator, int64Frames.get());
+    CHECK(framed != nullptr && static_cast<pom::PolyAggregatePlugin&>(*framed).config().frameTokens == 64
+        && static_cast<pom::PolyAggregatePlugin&>(*framed).config().rope == POM_ROPE_2D);
+    CHECK(create(creator, Fields("v1", 2, "mean").addString("rope", "none").addInt("frame_tokens", 0).get())
+        != nullptr);
     Fields withParserAttributes("v2", 4, "masked");
     withParserAttributes.addString("plugin_version", "1").addString("plugin_namespace", "pom_deploy");
     CHECK(create(creator, withParserAttributes.get()) != nullptr);
@@ -377,6 +485,13 @@ void testBadFields(IPluginCreatorV3One& creator)
     stringAsInt.fields[0].type = PluginFieldType::kINT8;
     CHECK(create(creator, stringAsInt.get()) == nullptr);
     CHECK(create(creator, nullptr) == nullptr);
+    CHECK(create(creator, Fields("v2", 2, "mean").addString("rope", "3d").get()) == nullptr);
+    CHECK(create(creator, Fields("v2", 2, "mean").addInt("rope", 1).get()) == nullptr);
+    CHECK(create(creator, Fields("v1", 2, "mean").addString("rope", "1d").get()) == nullptr); // RoPE is v2's
+    CHECK(create(creator, Fields("v2", POM_MAX_ROPE_DEGREE + 1, "mean").addString("rope", "1d").get()) == nullptr);
+    CHECK(create(creator, Fields("v2", 2, "mean").addInt("frame_tokens", 4).get()) == nullptr); // needs causal
+    CHECK(create(creator, Fields("v2", 2, "causal").addInt("frame_tokens", -1).get()) == nullptr);
+    CHECK(create(creator, Fields("v2", 2, "causal").addString("frame_tokens", "4").get()) == nullptr);
 
     // v1 with channels not divisible by degree is refused when the shape is known.
     Fields v1("v1", 3, "mean");
@@ -474,9 +589,11 @@ PluginTensorDesc plainDesc(DataType type, std::vector<int64_t> const& dims)
     return tensor(type, dims).desc;
 }
 
-void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::string const& mode, DataType type)
+void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type)
 {
     // A shape inside a larger profile: blocks cut short at the token and channel ends.
+    std::string const& variant = op.variant;
+    std::string const& mode = op.mode;
     int64_t const batch = 2;
     int64_t const tokens = 300;
     int64_t const channels = 24;
@@ -485,6 +602,7 @@ void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::
     std::vector<int64_t> const yDims{batch, mode == "causal" ? tokens : 1, channels};
 
     Fields fields(variant, degree, mode);
+    op.addOptional(fields);
     auto plugin = create(creator, fields.get(), TensorRTPhase::kRUNTIME);
     CHECK(plugin != nullptr);
     if (!plugin)
@@ -517,6 +635,20 @@ void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::
         inputs.push_back(std::make_unique<DeviceBuffer>(mask.size()));
         inputs.back()->upload(mask);
     }
+    if (op.rope != "none")
+    {
+        int64_t const tableBatch = op.tablesPerBatch ? batch : 1;
+        for (int64_t seed : {4, 5}) // cos, then sin
+        {
+            std::vector<uint8_t> const table = tensorBytes(type, tableBatch * tokens * channels / 2, seed, false);
+            in.push_back(plainDesc(type, {tableBatch, tokens, channels / 2}));
+            profile.push_back(tensor(type, {tableBatch, tokens, channels / 2}));
+            profile.back().max.d[0] = op.tablesPerBatch ? 4 : 1;
+            profile.back().max.d[1] = 1000;
+            inputs.push_back(std::make_unique<DeviceBuffer>(table.size()));
+            inputs.back()->upload(table);
+        }
+    }
     PluginTensorDesc const out = plainDesc(type, yDims);
     int32_t const nbInputs = static_cast<int32_t>(in.size());
     size_t const elementBytes = type == DataType::kFLOAT ? 4 : 2;
@@ -540,13 +672,15 @@ void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::
     CHECK(runtime->enqueue(in.data(), &out, inputPointers.data(), outputs, workspace.ptr, nullptr) == 0);
 
     // The same op through the C ABI, with its own workspace.
-    PomPolyAggregateDesc const desc{batch, tokens, channels, degree,
-        variant == "v1" ? POM_VARIANT_V1 : POM_VARIANT_V2,
-        mode == "mean" ? POM_MODE_MEAN : mode == "causal" ? POM_MODE_CAUSAL : POM_MODE_MASKED, pomDType(type)};
+    PomPolyAggregateDesc const desc = op.desc(batch, tokens, channels, degree, pomDType(type));
     DeviceBuffer directWorkspace(pomPolyAggregateWorkspaceSize(&desc));
     DeviceBuffer direct(outBytes);
-    CHECK(pomPolyAggregateLaunch(&desc, inputs[0]->ptr, variant == "v2" ? inputs[1]->ptr : nullptr,
-              mode == "masked" ? inputs.back()->ptr : nullptr, direct.ptr, directWorkspace.ptr, directWorkspace.bytes,
+    bool const rope = op.rope != "none";
+    size_t const maskIndex = 1 + (variant == "v2");
+    size_t const cosIndex = maskIndex + (mode == "masked");
+    CHECK(pomPolyAggregateLaunchEx(&desc, inputs[0]->ptr, variant == "v2" ? inputs[1]->ptr : nullptr,
+              mode == "masked" ? inputs[maskIndex]->ptr : nullptr, rope ? inputs[cosIndex]->ptr : nullptr,
+              rope ? inputs[cosIndex + 1]->ptr : nullptr, direct.ptr, directWorkspace.ptr, directWorkspace.bytes,
               nullptr)
         == POM_SUCCESS);
     CHECK(cudaDeviceSynchronize() == cudaSuccess);
@@ -563,7 +697,7 @@ void testEnqueue(IPluginCreatorV3One& creator, std::string const& variant, std::
     CHECK(written);
     if (fromPlugin != fromAbi || !written)
     {
-        std::cerr << "enqueue mismatch: " << variant << " " << mode << " dtype " << static_cast<int>(type) << std::endl;
+        std::cerr << "enqueue mismatch: " << op.name() << " dtype " << static_cast<int>(type) << std::endl;
     }
 }
 
@@ -586,28 +720,55 @@ int main()
         return 1;
     }
     testCreator(*creator);
+    std::vector<OpConfig> ops;
     for (char const* variant : {"v1", "v2"})
     {
         for (char const* mode : {"mean", "causal", "masked"})
         {
-            testShapesAndTypes(*creator, variant, mode);
+            ops.push_back({variant, mode});
         }
+    }
+    // RoPE in every mode, tables shared and per batch row; block-causal (300 tokens, frames of
+    // 60 and 100; the profile's 1000 is no multiple of 60), with and without RoPE.
+    std::vector<OpConfig> const extended{
+        {"v2", "mean", "1d", 0, false},
+        {"v2", "causal", "2d", 0, true},
+        {"v2", "masked", "2d", 0, false},
+        {"v2", "causal", "1d", 60, false},
+        {"v1", "causal", "none", 60, false},
+        {"v2", "causal", "2d", 100, true},
+    };
+    for (OpConfig const& op : ops)
+    {
+        testShapesAndTypes(*creator, op);
+    }
+    for (OpConfig const& op : extended)
+    {
+        testShapesAndTypes(*creator, op);
     }
     testFieldVariants(*creator);
     testBadFields(*creator);
     if (haveDevice())
     {
-        for (char const* variant : {"v1", "v2"})
+        int configurations = 0;
+        for (OpConfig const& op : ops)
         {
-            for (char const* mode : {"mean", "causal", "masked"})
+            for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
             {
-                for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
-                {
-                    testEnqueue(*creator, variant, mode, type);
-                }
+                testEnqueue(*creator, op, type);
+                ++configurations;
             }
         }
-        std::cout << "enqueue checked against the C ABI launch for 18 configurations" << std::endl;
+        for (OpConfig const& op : extended) // dtypes only change the element type: two of them
+        {
+            for (DataType type : {DataType::kFLOAT, DataType::kHALF})
+            {
+                testEnqueue(*creator, op, type);
+                ++configurations;
+            }
+        }
+        std::cout << "enqueue checked against the C ABI launch for " << configurations << " configurations"
+                  << std::endl;
     }
     else
     {

@@ -14,6 +14,7 @@ import numpy as np
 
 VARIANTS = ("v1", "v2")
 MODES = ("mean", "causal", "masked")
+ROPES = ("none", "1d", "2d")
 
 LEAKY_SLOPE = 0.01
 CLAMP_MIN = -0.1
@@ -60,6 +61,62 @@ def poly_features(x: np.ndarray, degree: int, variant: str, coeff: np.ndarray | 
     raise ValueError(f"unknown variant {variant!r}, expected one of {VARIANTS}")
 
 
+def rope_pairs(channels: int, rope: str) -> tuple[np.ndarray, np.ndarray]:
+    """(first, partner) channel of each of the C/2 rotation pairs; pair p uses angle column p.
+
+    1d: (p, p + C/2). 2d: the row half pairs (k, k + C/4), the column half (C/2 + k, C/2 + C/4 + k),
+    k < C/4, so the tables' first C/4 columns are the row angles and the next C/4 the column angles.
+    """
+    if rope not in ROPES[1:]:
+        raise ValueError(f"unknown rope {rope!r}, expected one of {ROPES[1:]}")
+    multiple = 2 if rope == "1d" else 4
+    if channels % multiple:
+        raise ValueError(f"rope {rope}: channels ({channels}) must be divisible by {multiple}")
+    half = channels // 2 if rope == "1d" else channels // 4  # distance between a pair's channels
+    pair = np.arange(channels // 2)
+    first = pair // half * 2 * half + pair % half
+    return first, first + half
+
+
+def _rope_tables(cos, sin, shape) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin as float64 (B or 1, N, C/2), checked against the features' shape (B, N, C)."""
+    if cos is None or sin is None:
+        raise ValueError("rope needs cos and sin tables (B or 1, N, C/2)")
+    cos, sin = np.asarray(cos, dtype=np.float64), np.asarray(sin, dtype=np.float64)
+    batch, tokens, channels = shape
+    if cos.shape != sin.shape or cos.shape[1:] != (tokens, channels // 2) or cos.shape[0] not in (1, batch):
+        raise ValueError(f"cos and sin must be ({batch} or 1, {tokens}, {channels // 2}), got {cos.shape} and {sin.shape}")
+    return cos, sin
+
+
+def rope_rotate(f: np.ndarray, rope: str, cos=None, sin=None) -> np.ndarray:
+    """Features f (B, N, C) rotated pairwise by the tokens' angles (rotate-half convention), float64.
+
+    f'[a] = f[a] cos - f[b] sin, f'[b] = f[b] cos + f[a] sin for each pair (a, b) of ``rope_pairs``.
+    rope "none" returns f unchanged.
+    """
+    if rope == "none":
+        return f
+    first, partner = rope_pairs(f.shape[-1], rope)
+    cos, sin = _rope_tables(cos, sin, f.shape)
+    rotated = np.empty_like(f)
+    rotated[..., first] = f[..., first] * cos - f[..., partner] * sin
+    rotated[..., partner] = f[..., partner] * cos + f[..., first] * sin
+    return rotated
+
+
+def _frame_ends(tokens: int, frame_tokens: int) -> np.ndarray:
+    """Index of the last token of each token's frame (block-causal reads the prefix there)."""
+    if frame_tokens <= 0 or tokens % frame_tokens:
+        raise ValueError(f"tokens ({tokens}) must be a multiple of frame_tokens ({frame_tokens})")
+    return (np.arange(tokens) // frame_tokens + 1) * frame_tokens - 1
+
+
+def _check_frames(mode: str, frame_tokens: int) -> None:
+    if frame_tokens < 0 or (frame_tokens > 0 and mode != "causal"):
+        raise ValueError(f"frame_tokens ({frame_tokens}) must be >= 0, and > 0 only with mode 'causal'")
+
+
 def poly_aggregate(
     x: np.ndarray,
     degree: int,
@@ -67,19 +124,29 @@ def poly_aggregate(
     mode: str,
     coeff: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    *,
+    frame_tokens: int = 0,
+    rope: str = "none",
+    cos: np.ndarray | None = None,
+    sin: np.ndarray | None = None,
 ) -> np.ndarray:
     """PolyAggregate in float64.
 
     mean   -> (B, 1, C): mean of f over tokens.
-    causal -> (B, N, C): y[:, n] = mean of f[:, :n+1].
+    causal -> (B, N, C): y[:, n] = mean of f[:, :n+1]; with frame_tokens F > 0 (block-causal),
+              token n of frame g = n // F gets the mean of f over frames 0..g.
     masked -> (B, 1, C): sum_n m[b, n] f[b, n] / sum_n m[b, n]; 0 where the mask sums to 0.
+    With rope "1d" or "2d", f is first rotated by ``rope_rotate`` with cos, sin (B or 1, N, C/2).
+    x holds the context tokens only: queries (cross-mixing) stay outside the op.
     """
-    f = poly_features(x, degree, variant, coeff)
+    _check_frames(mode, frame_tokens)
+    f = rope_rotate(poly_features(x, degree, variant, coeff), rope, cos, sin)
     if mode == "mean":
         return f.mean(axis=1, keepdims=True)
     if mode == "causal":
         counts = np.arange(1, f.shape[1] + 1, dtype=np.float64)[None, :, None]
-        return np.cumsum(f, axis=1) / counts
+        prefix_means = np.cumsum(f, axis=1) / counts
+        return prefix_means[:, _frame_ends(f.shape[1], frame_tokens)] if frame_tokens else prefix_means
     if mode == "masked":
         if mask is None:
             raise ValueError("masked mode needs a mask (B, N)")
@@ -98,7 +165,9 @@ OP_DOMAIN = "pom_deploy"
 PLUGIN_NAME = OP_TYPE
 PLUGIN_VERSION = "1"
 PLUGIN_NAMESPACE = OP_DOMAIN
-PLUGIN_FIELDS = ("variant", "degree", "mode")  # the plugin's fields: the node attributes that configure it
+# The plugin's fields: the node attributes that configure it (frame_tokens and rope are optional,
+# left off a node at their defaults 0 and "none").
+PLUGIN_FIELDS = ("variant", "degree", "mode", "frame_tokens", "rope")
 ONNX_ATTRIBUTES = PLUGIN_FIELDS + ("plugin_version", "plugin_namespace")  # the last two pick TensorRT's creator
 
 
@@ -144,6 +213,29 @@ def _feature_error(x, degree, variant, coeff) -> tuple[np.ndarray, np.ndarray]:
     return np.abs(poly_features(x, degree, variant, coeff)), _gamma(3 * degree + 1) * horner_magnitude
 
 
+def _rotated_error(magnitude, feature_error, rope, cos, sin) -> tuple[np.ndarray, np.ndarray]:
+    """(bound on |f'|, bound on |float32 f' - f'|) after the RoPE rotation of float32 features.
+
+    For a pair (a, b) with angle (c, s) (inputs: exact in float32), f'_a = f_a c - f_b s. The
+    float32 features are f_a + e_a, f_b + e_b with |e| <= the feature bound df; computed with two
+    products and a difference, each rounded once (an FMA rounds less), the result is
+    (f~_a c (1 + t1) - f~_b s (1 + t2)) (1 + t3), |t| <= u, so
+        |f'~_a - f'_a| <= |c| df_a + |s| df_b + gamma_2 (|c| (|f_a| + df_a) + |s| (|f_b| + df_b)),
+    and |f'_a| <= |f_a| |c| + |f_b| |s|; the partner f'_b = f_b c + f_a s likewise.
+    """
+    if rope == "none":
+        return magnitude, feature_error
+    first, partner = rope_pairs(magnitude.shape[-1], rope)
+    cos, sin = (np.abs(t) for t in _rope_tables(cos, sin, magnitude.shape))
+    reach = magnitude + feature_error
+    rotated_magnitude, rotated_error = np.empty_like(magnitude), np.empty_like(feature_error)
+    for this, other in ((first, partner), (partner, first)):
+        rotated_magnitude[..., this] = magnitude[..., this] * cos + magnitude[..., other] * sin
+        rotated_error[..., this] = (cos * feature_error[..., this] + sin * feature_error[..., other]
+                                    + _gamma(2) * (cos * reach[..., this] + sin * reach[..., other]))
+    return rotated_magnitude, rotated_error
+
+
 def error_bound(
     x: np.ndarray,
     degree: int,
@@ -152,26 +244,38 @@ def error_bound(
     coeff: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     dtype: str = "float32",
+    *,
+    frame_tokens: int = 0,
+    rope: str = "none",
+    cos: np.ndarray | None = None,
+    sin: np.ndarray | None = None,
 ) -> np.ndarray:
     """Largest |y - poly_aggregate(...)| of any correct implementation, elementwise.
 
-    "Correct" means: features and every sum in float32 (or better), the sums in any order,
-    blocking or thread count, and one rounding to ``dtype`` at the end -- the kernels, their CPU
-    emulation, onnxruntime's function body and PyTorch all qualify. A worst-case bound (Higham,
-    Accuracy and Stability of Numerical Algorithms, 2nd ed., eqs. 3.4-3.5 for sums, 5.3 for
-    Horner's rule): it does not depend on the CPU, the GPU or the number of threads. The inputs
-    must be the values the implementation sees (already rounded to ``dtype``).
+    "Correct" means: features, the RoPE rotation and every sum in float32 (or better), the sums
+    in any order, blocking or thread count, and one rounding to ``dtype`` at the end -- the
+    kernels, their CPU emulation, onnxruntime's function body and PyTorch all qualify. A
+    worst-case bound (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eqs.
+    3.4-3.5 for sums, 5.3 for Horner's rule; the rotation in ``_rotated_error``): it does not
+    depend on the CPU, the GPU or the number of threads. The inputs must be the values the
+    implementation sees (already rounded to ``dtype``). Block-causal (frame_tokens F > 0) sums
+    the (g + 1) F tokens of frames 0..g for token n of frame g: the causal bound of the frame's
+    last token.
     """
-    magnitude, feature_error = _feature_error(x, degree, variant, coeff)
+    _check_frames(mode, frame_tokens)
+    magnitude, feature_error = _rotated_error(*_feature_error(x, degree, variant, coeff), rope, cos, sin)
     tokens = magnitude.shape[1]
     reach = magnitude + feature_error  # |float32 features| is at most this
-    y = np.abs(poly_aggregate(x, degree, variant, mode, coeff, mask))
+    y = np.abs(poly_aggregate(x, degree, variant, mode, coeff, mask, frame_tokens=frame_tokens, rope=rope,
+                              cos=cos, sin=sin))
     if mode == "mean":
         # n - 1 additions, and the division (or multiplication by 1/n)
         bound = feature_error.mean(axis=1, keepdims=True) + _gamma(tokens + 1) * reach.mean(axis=1, keepdims=True)
     elif mode == "causal":
         counts = np.arange(1, tokens + 1, dtype=np.float64)[None, :, None]
         bound = (np.cumsum(feature_error, axis=1) + _gamma(counts + 1) * np.cumsum(reach, axis=1)) / counts
+        if frame_tokens:
+            bound = bound[:, _frame_ends(tokens, frame_tokens)]
     elif mode == "masked":
         m = np.abs(np.asarray(mask, dtype=np.float64))[..., None]
         total = m.sum(axis=1, keepdims=True)  # Sum |m|: the float32 total is within gamma_n of it

@@ -20,7 +20,9 @@ from . import poly_aggregate as op
 DTYPES = {t.name: t.abi for t in FLOAT_TYPES}  # PomDType
 VARIANTS = {variant: code for code, variant in enumerate(op.VARIANTS, start=1)}  # PomVariant: POM_VARIANT_V1 = 1
 MODES = {mode: code for code, mode in enumerate(op.MODES)}  # PomMode: POM_MODE_MEAN = 0
+ROPES = {rope: code for code, rope in enumerate(op.ROPES)}  # PomRope: POM_ROPE_NONE = 0
 MAX_DEGREE = 16  # POM_MAX_DEGREE
+MAX_ROPE_DEGREE = 8  # POM_MAX_ROPE_DEGREE: RoPE kernels keep their accumulators in registers
 
 
 class Desc(ctypes.Structure):
@@ -32,6 +34,10 @@ class Desc(ctypes.Structure):
         ("variant", ctypes.c_int32),
         ("mode", ctypes.c_int32),
         ("dtype", ctypes.c_int32),
+        # Zero (the default of a shorter positional construction) keeps the original behaviour.
+        ("frame_tokens", ctypes.c_int64),
+        ("rope", ctypes.c_int32),
+        ("rope_per_batch", ctypes.c_int32),
     ]
 
 
@@ -47,8 +53,17 @@ def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, 
     return x, coeff, mask
 
 
-def make_desc(batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str) -> Desc:
-    return Desc(batch, tokens, channels, degree, VARIANTS[variant], MODES[mode], DTYPES[dtype])
+def make_rope_tables(seed: int, table_batch: int, tokens: int, channels: int, dtype: str):
+    """(cos, sin) of random angles, (table_batch, N, C/2), rounded to ``dtype``; table_batch is B or 1."""
+    angles = np.random.default_rng(seed).uniform(-np.pi, np.pi, (table_batch, tokens, channels // 2))
+    storage = by_name(dtype).numpy()
+    return np.cos(angles).astype(storage), np.sin(angles).astype(storage)
+
+
+def make_desc(batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str,
+              frame_tokens: int = 0, rope: str = "none", rope_per_batch: bool = False) -> Desc:
+    return Desc(batch, tokens, channels, degree, VARIANTS[variant], MODES[mode], DTYPES[dtype], frame_tokens,
+                ROPES[rope], int(rope_per_batch))
 
 
 def output_shape(batch: int, tokens: int, channels: int, mode: str) -> tuple[int, int, int]:
@@ -69,9 +84,15 @@ def load(path: str) -> ctypes.CDLL:
     if hasattr(lib, "pomPolyAggregateLaunch"):
         lib.pomPolyAggregateLaunch.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ctypes.c_size_t, ptr]
         lib.pomPolyAggregateLaunch.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateLaunchEx"):
+        lib.pomPolyAggregateLaunchEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_size_t, ptr]
+        lib.pomPolyAggregateLaunchEx.restype = ctypes.c_int
     if hasattr(lib, "pomPolyAggregateCpu"):
         lib.pomPolyAggregateCpu.argtypes = [desc_p, ptr, ptr, ptr, ptr]
         lib.pomPolyAggregateCpu.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateCpuEx"):
+        lib.pomPolyAggregateCpuEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.pomPolyAggregateCpuEx.restype = ctypes.c_int
     return lib
 
 
@@ -89,21 +110,31 @@ def _zeros(shape, dtype, shared: bool) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
-def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask) -> np.ndarray:
+def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask, frame_tokens=0, rope="none",
+          cos=None, sin=None) -> np.ndarray:
     batch, tokens, channels = x.shape
-    desc = make_desc(batch, tokens, channels, degree, variant, mode, np.dtype(x.dtype).name)
+    per_batch = cos is not None and cos.shape[0] == batch and batch != 1
+    desc = make_desc(batch, tokens, channels, degree, variant, mode, np.dtype(x.dtype).name, frame_tokens, rope, per_batch)
     # The host emulation's concurrent blocks (POM_CUDA_HOST_PROCESSES > 1) write from forked processes.
     shared = entry == "launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
     y = _zeros(output_shape(batch, tokens, channels, mode), x.dtype, shared)
     # A contiguous view keeps its address, so callers can pass deliberately misaligned views.
-    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask)]
+    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask, cos, sin)]
     pointers = [a.ctypes.data if a is not None else None for a in arrays]
+    # Without tables the original entry points run (they must keep working); with them the Ex ones.
+    extended = cos is not None or sin is not None
     if entry == "cpu":
-        status = lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers, y.ctypes.data)
+        if extended:
+            status = lib.pomPolyAggregateCpuEx(ctypes.byref(desc), *pointers, y.ctypes.data)
+        else:
+            status = lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers[:3], y.ctypes.data)
     else:
         workspace = _zeros((lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)),), np.uint8, shared)
-        status = lib.pomPolyAggregateLaunch(
-            ctypes.byref(desc), *pointers, y.ctypes.data, workspace.ctypes.data, workspace.size, None)
+        tail = (y.ctypes.data, workspace.ctypes.data, workspace.size, None)
+        if extended:
+            status = lib.pomPolyAggregateLaunchEx(ctypes.byref(desc), *pointers, *tail)
+        else:
+            status = lib.pomPolyAggregateLaunch(ctypes.byref(desc), *pointers[:3], *tail)
     check(lib, status)
     return y
 
@@ -116,9 +147,15 @@ def run_cpu(
     mode: str,
     coeff: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    *,
+    frame_tokens: int = 0,
+    rope: str = "none",
+    cos: np.ndarray | None = None,
+    sin: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run the CPU emulation on contiguous arrays of one dtype (float32, float16 or bfloat16)."""
-    return _call(lib, "cpu", x, degree, variant, mode, coeff, mask)
+    """Run the CPU emulation on contiguous arrays of one dtype (float32, float16 or bfloat16).
+    cos and sin (B or 1, N, C/2) for rope "1d" or "2d"; tables of batch B are read per batch row."""
+    return _call(lib, "cpu", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin)
 
 
 def run_host_launch(
@@ -129,7 +166,12 @@ def run_host_launch(
     mode: str,
     coeff: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    *,
+    frame_tokens: int = 0,
+    rope: str = "none",
+    cos: np.ndarray | None = None,
+    sin: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Run pomPolyAggregateLaunch on host arrays: for polyAggregateKernel.cu built against the
+    """Run pomPolyAggregateLaunch(Ex) on host arrays: for polyAggregateKernel.cu built against the
     host emulation of CUDA (plugins/tests/cuda_host), whose device memory is host memory."""
-    return _call(lib, "launch", x, degree, variant, mode, coeff, mask)
+    return _call(lib, "launch", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin)

@@ -36,24 +36,40 @@ from pom_deploy.ops.poly_aggregate import (  # noqa: E402
 )
 
 
-def make_model(variant: str, mode: str, degree: int, dtype: str) -> bytes:
-    """One PolyAggregate node with dynamic batch and tokens, as the exporter emits it."""
+# Configurations beyond the plain ones: (variant, mode, frame_tokens, rope, cos/sin batch 1 or B).
+EXTENDED = [("v2", "mean", 0, "2d", 1), ("v2", "causal", 0, "1d", 2), ("v2", "masked", 0, "1d", 1),
+            ("v1", "causal", 60, "none", 1), ("v2", "causal", 100, "2d", 1)]
+
+
+def make_model(variant: str, mode: str, degree: int, dtype: str, frame_tokens: int = 0, rope: str = "none",
+               channels: int | None = None) -> bytes:
+    """One PolyAggregate node with dynamic batch and tokens, as the exporter emits it: frame_tokens
+    and rope only when not default (so the plain nodes are those written before they existed).
+    With RoPE, cos and sin are (tables_batch, tokens, channels / 2), tables_batch being 1 or batch;
+    `channels` fixes C (needed for the tables' last dimension)."""
     elem = by_name(dtype).onnx
-    inputs = [oh.make_tensor_value_info("x", elem, ["batch", "tokens", "channels"])]
+    width = "channels" if channels is None else channels
+    inputs = [oh.make_tensor_value_info("x", elem, ["batch", "tokens", width])]
     if variant == "v2":
-        inputs.append(oh.make_tensor_value_info("coeff", elem, ["channels", degree]))
+        inputs.append(oh.make_tensor_value_info("coeff", elem, [width, degree]))
     if mode == "masked":
         inputs.append(oh.make_tensor_value_info("mask", elem, ["batch", "tokens"]))
+    if rope != "none":
+        half = "half_channels" if channels is None else channels // 2
+        inputs += [oh.make_tensor_value_info(name, elem, ["tables_batch", "tokens", half]) for name in ("cos", "sin")]
     out_tokens = "tokens" if mode == "causal" else 1
-    output = oh.make_tensor_value_info("y", elem, ["batch", out_tokens, "channels"])
+    output = oh.make_tensor_value_info("y", elem, ["batch", out_tokens, width])
+    optional = {**({"frame_tokens": frame_tokens} if frame_tokens else {}), **({"rope": rope} if rope != "none" else {})}
     node = oh.make_node(OP_TYPE, [i.name for i in inputs], ["y"], domain=OP_DOMAIN, variant=variant,
-                        degree=degree, mode=mode, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+                        degree=degree, mode=mode, **optional, plugin_version=PLUGIN_VERSION,
+                        plugin_namespace=PLUGIN_NAMESPACE)
     graph = oh.make_graph([node], "poly_aggregate", inputs, [output])
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid(OP_DOMAIN, 1)])
     return model.SerializeToString()
 
 
-def build_engine(logger, model: bytes, channels: int, degree: int, variant: str, mode: str) -> bytes:
+def build_engine(logger, model: bytes, channels: int, degree: int, variant: str, mode: str, frame_tokens: int = 0,
+                 rope: str = "none", table_batch: int = 1) -> bytes:
     builder = trt.Builder(logger)
     flags = 0
     if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # precision from the ONNX types
@@ -64,11 +80,19 @@ def build_engine(logger, model: bytes, channels: int, degree: int, variant: str,
         raise RuntimeError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
     config = builder.create_builder_config()
     profile = builder.create_optimization_profile()
-    profile.set_shape("x", (1, 1, channels), (2, 300, channels), (4, 1024, channels))
+    # Tokens from one frame (or token) to 1024 (the largest multiple of frame_tokens below it).
+    least = max(frame_tokens, 1)
+    most = 1024 // least * least
+    profile.set_shape("x", (1, least, channels), (2, 300, channels), (4, most, channels))
     if variant == "v2":
         profile.set_shape("coeff", (channels, degree), (channels, degree), (channels, degree))
     if mode == "masked":
-        profile.set_shape("mask", (1, 1), (2, 300), (4, 1024))
+        profile.set_shape("mask", (1, least), (2, 300), (4, most))
+    if rope != "none":
+        for name in ("cos", "sin"):
+            tables = (1, 2, 4) if table_batch > 1 else (1, 1, 1)
+            profile.set_shape(name, (tables[0], least, channels // 2), (tables[1], 300, channels // 2),
+                              (tables[2], most, channels // 2))
     config.add_optimization_profile(profile)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
@@ -112,28 +136,29 @@ def main() -> int:
     runtime = trt.Runtime(logger)
     failures = 0
     batch, tokens, channels, degree = 2, 300, 12, 3
-    for variant in ("v1", "v2"):
-        for mode in ("mean", "causal", "masked"):
-            for dtype in ("float32", "float16", "bfloat16"):
-                x, coeff, mask = abi.make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
-                feeds = {"x": to_device(x)}
-                if coeff is not None:
-                    feeds["coeff"] = to_device(coeff)
-                if mask is not None:
-                    feeds["mask"] = to_device(mask)
-                out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype,
-                                  device="cuda")
-                try:
-                    engine = build_engine(logger, make_model(variant, mode, degree, dtype), channels, degree,
-                                          variant, mode)
-                    run_engine(runtime, engine, feeds, out)
-                    expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype)
-                    excess = bound_excess(to_float64(out), expected, bound)
-                    status = "PASS" if excess <= 1 else "FAIL"
-                except RuntimeError as error:
-                    excess, status = float("nan"), f"ERROR {error}"
-                failures += status != "PASS"
-                print(f"  {variant} {mode:6} {dtype:8} error/bound {excess:.3f} {status}")
+    configs = [(v, m, 0, "none", 1) for v in ("v1", "v2") for m in ("mean", "causal", "masked")] + EXTENDED
+    for variant, mode, frame_tokens, rope, table_batch in configs:
+        for dtype in ("float32", "float16", "bfloat16"):
+            x, coeff, mask = abi.make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
+            cos, sin = abi.make_rope_tables(6, table_batch, tokens, channels, dtype) if rope != "none" else (None, None)
+            feeds = {name: to_device(a) for name, a in (("x", x), ("coeff", coeff), ("mask", mask), ("cos", cos),
+                                                         ("sin", sin)) if a is not None}
+            out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype,
+                              device="cuda")
+            options = {"frame_tokens": frame_tokens, "rope": rope}
+            try:
+                model = make_model(variant, mode, degree, dtype, channels=channels, **options)
+                engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch, **options)
+                run_engine(runtime, engine, feeds, out)
+                expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, cos=cos, sin=sin,
+                                                   **options)
+                excess = bound_excess(to_float64(out), expected, bound)
+                status = "PASS" if excess <= 1 else "FAIL"
+            except RuntimeError as error:
+                excess, status = float("nan"), f"ERROR {error}"
+            failures += status != "PASS"
+            label = mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
+            print(f"  {variant} {label:18} {dtype:8} error/bound {excess:.3f} {status}")
     print(f"TensorRT plugin ({args.load}): {'all passed' if failures == 0 else f'{failures} FAILED'}")
     return 1 if failures else 0
 

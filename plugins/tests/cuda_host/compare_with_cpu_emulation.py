@@ -2,11 +2,13 @@
 with the CPU emulation (polyAggregateCpu.cpp: same blocking, same float32 order).
 
     python compare_with_cpu_emulation.py --kernels libkernels_host.so --cpu libcpu.so \\
-        --shapes '[[2, 300, 12, 2], ...]'
+        --shapes '[[2, 300, 12, 2], ...]' [--extended '[[2, 300, 16, 2, 0, "1d", 2], ...]']
 
 Every variant, mode and dtype of every (batch, tokens, channels, degree) shape, each launched
 twice (determinism), plus x offset by one element (the launcher must fall back to scalar
-loads). tests/test_plugin_poly_aggregate.py runs it under AddressSanitizer, so an
+loads). --extended adds RoPE and block-causal cases, [batch, tokens, channels, degree,
+frame_tokens, rope, batch of the cos/sin tables] each (see ``extended_cases``), and cos/sin
+offset by one element. tests/test_plugin_poly_aggregate.py runs it under AddressSanitizer, so an
 out-of-bounds access in a kernel aborts it. Needs pom-deploy importable (installed, or this
 checkout on the path) for its ctypes binding of the C ABI.
 """
@@ -23,11 +25,42 @@ import numpy as np
 from pom_deploy.ops import poly_aggregate_abi as abi
 
 
-def inputs_for(shape, variant: str, mode: str, dtype: str):
-    """The deterministic inputs of one case (the pytest cases use the same seeds)."""
+def _seed(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rope: str = "none", table_batch: int = 1):
+    key = (tuple(shape), variant, mode, dtype)
+    if (frame_tokens, rope) != (0, "none"):
+        key += (frame_tokens, rope, table_batch)
+    return zlib.crc32(repr(key).encode())
+
+
+def inputs_for(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rope: str = "none",
+               table_batch: int = 1):
+    """The deterministic inputs (x, coeff, mask) of one case (the pytest cases use the same seeds)."""
     batch, tokens, channels, degree = shape
-    seed = zlib.crc32(repr((tuple(shape), variant, mode, dtype)).encode())
+    seed = _seed(shape, variant, mode, dtype, frame_tokens, rope, table_batch)
     return abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
+
+
+def tables_for(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rope: str = "none",
+               table_batch: int = 1):
+    """The case's RoPE tables (cos, sin), (table_batch, N, C/2); (None, None) without RoPE."""
+    if rope == "none":
+        return None, None
+    seed = _seed(shape, variant, mode, dtype, frame_tokens, rope, table_batch) + 1
+    return abi.make_rope_tables(seed, table_batch, shape[1], shape[2], dtype)
+
+
+def extended_cases(specs):
+    """(shape, variant, mode, dtype, options) for each [B, N, C, K, frame_tokens, rope, table_batch]
+    spec: every dtype; RoPE cases for v2 only (the kernels' RoPE is v2's, as upstream's PoMRoPE),
+    frame cases in mode causal only (block-causal), other cases in every mode."""
+    cases = []
+    for batch, tokens, channels, degree, frame_tokens, rope, table_batch in specs:
+        options = {"frame_tokens": frame_tokens, "rope": rope, "table_batch": table_batch}
+        for variant in ("v2",) if rope != "none" else abi.VARIANTS:
+            for mode in ("causal",) if frame_tokens else abi.MODES:
+                for dtype in abi.DTYPES:
+                    cases.append(((batch, tokens, channels, degree), variant, mode, dtype, options))
+    return cases
 
 
 def misaligned(array: np.ndarray) -> np.ndarray:
@@ -38,16 +71,22 @@ def misaligned(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offset: bool = False):
+def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offset: bool = False,
+                 frame_tokens: int = 0, rope: str = "none", table_batch: int = 1, misaligned_tables: bool = False):
     """(problem, output): problem is None when the host-emulated kernels match the CPU emulation
     bit for bit, twice, else says how they do not; output is the kernels' first result."""
-    x, coeff, mask = inputs_for(shape, variant, mode, dtype)
+    options = {"frame_tokens": frame_tokens, "rope": rope, "table_batch": table_batch}
+    x, coeff, mask = inputs_for(shape, variant, mode, dtype, **options)
+    cos, sin = tables_for(shape, variant, mode, dtype, **options)
     degree = shape[3]
     if offset:
         x = misaligned(x)
-    expected = abi.run_cpu(cpu, x, degree, variant, mode, coeff, mask)
-    first = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask)
-    second = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask)
+    if misaligned_tables:
+        cos, sin = misaligned(cos), misaligned(sin)
+    extra = {"frame_tokens": frame_tokens, "rope": rope, "cos": cos, "sin": sin}
+    expected = abi.run_cpu(cpu, x, degree, variant, mode, coeff, mask, **extra)
+    first = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
+    second = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
     bits = lambda a: a.view(np.uint8)  # noqa: E731
     if not np.array_equal(bits(first), bits(second)):
         return "two launches differ (not deterministic)", first
@@ -63,16 +102,23 @@ def main() -> int:
     parser.add_argument("--kernels", required=True, help="polyAggregateKernel.cu built with the host emulation")
     parser.add_argument("--cpu", required=True, help="polyAggregateCpu.cpp built as a shared library")
     parser.add_argument("--shapes", required=True, help="JSON list of [batch, tokens, channels, degree]")
+    parser.add_argument("--extended", default="[]",
+                        help="JSON list of [batch, tokens, channels, degree, frame_tokens, rope, table batch]")
     args = parser.parse_args()
     kernels, cpu = abi.load(args.kernels), abi.load(args.cpu)
-    cases = [(shape, v, m, d, False) for shape in json.loads(args.shapes)
+    cases = [(shape, v, m, d, {}) for shape in json.loads(args.shapes)
              for v in abi.VARIANTS for m in abi.MODES for d in abi.DTYPES]
-    cases += [([2, 300, 16, 2], "v1", m, d, True) for m in abi.MODES for d in ("float16", "bfloat16")]
+    cases += [([2, 300, 16, 2], "v1", m, d, {"offset": True}) for m in abi.MODES for d in ("float16", "bfloat16")]
+    extended = json.loads(args.extended)
+    cases += extended_cases(extended)
+    if extended:  # cos and sin one element off: scalar loads of the tables
+        cases += [([2, 300, 16, 2], "v2", m, d, {"rope": "1d", "misaligned_tables": True})
+                  for m in abi.MODES for d in ("float16", "bfloat16")]
     failures = []
-    for case in cases:
-        problem, _ = compare_case(kernels, cpu, *case)
+    for shape, variant, mode, dtype, options in cases:
+        problem, _ = compare_case(kernels, cpu, shape, variant, mode, dtype, **options)
         if problem is not None:
-            failures.append(f"{case}: {problem}")
+            failures.append(f"{(shape, variant, mode, dtype, options)}: {problem}")
     for failure in failures:
         print("FAIL", failure)
     print(f"{len(cases) - len(failures)} of {len(cases)} cases bit-identical to the CPU emulation")

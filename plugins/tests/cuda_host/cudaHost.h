@@ -157,6 +157,8 @@ struct LaunchState
 //! Memory shared by the processes of a launch with concurrent blocks.
 struct SharedLaunch
 {
+    std::atomic<int> started{0};              // processes ready to take blocks
+    std::atomic<int> forked{1 << 30};         // how many were forked (set once all are)
     std::atomic<unsigned long long> nextBlock{0};
     std::atomic<long> sleeps{0};
     std::atomic<int> fault{cudaSuccess};
@@ -455,6 +457,14 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
             }
             if (pid == 0)
             {
+                // Start together: otherwise the first process forked can run a small grid alone
+                // before the others exist, and no block ever waits for another.
+                shared->started.fetch_add(1);
+                struct timespec const pause{0, 20'000};
+                while (shared->started.load() < shared->forked.load())
+                {
+                    nanosleep(&pause, nullptr);
+                }
                 runBlocks(grid, block, body, [&] { return shared->nextBlock.fetch_add(1); });
                 shared->sleeps += s.sleeps;
                 int expected = cudaSuccess;
@@ -466,6 +476,7 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
             }
             children.push_back(pid);
         }
+        shared->forked.store(static_cast<int>(children.size()));
         for (pid_t child : children)
         {
             int status = 0;
