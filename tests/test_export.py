@@ -374,3 +374,22 @@ def test_fp16_layer_mask_kinds_within_one_percent(tmp_path, mask):
             expected = _call_layer(layer, mask, feeds).numpy()
         half = {k: v.half() if v.is_floating_point() else v for k, v in feeds.items()}
         assert _relative_to_peak(_run(session, **half), expected) <= FP16_RELATIVE_TO_PEAK
+
+
+def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
+    """exporters.optimize skips one rewrite rule for speed (SlicesSplit): the zoo's graphs must
+    come out node for node as with the torch exporter's own optimizer."""
+    from pom_deploy.exporters import graphs, onnx_export
+
+    def nodes(path):
+        return [(n.op_type, n.domain) for n in onnx.load(str(path)).graph.node]
+
+    for name, step in (("video_pom", True), ("dit_pom", False)):
+        model = create_zoo_model(name, seed=0)
+        ours = export_onnx(model, tmp_path / f"{name}.onnx", step=step, verify=False)
+        with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours
+            real_export = torch.onnx.export
+            patch.setattr(graphs.torch.onnx, "export", lambda *a, **k: real_export(*a, **{**k, "optimize": True}))
+            patch.setattr(onnx_export, "optimize", lambda model: None)
+            theirs = export_onnx(model, tmp_path / f"{name}.torch.onnx", step=step, verify=False)
+        assert nodes(ours.path) == nodes(theirs.path)

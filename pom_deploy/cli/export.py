@@ -17,8 +17,8 @@ from ..exporters.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MAX_OPSET, MI
 from ..spec import shape_text
 from .common import human_size, run_command, stderr_console, version_text
 
-STAGES = {"load": "Loading model", "export": "Exporting with torch.onnx (dynamo)", "check": "Checking graph (onnx.checker, shape inference)",
-          "verify": "Verifying in onnxruntime against PyTorch"}
+STAGES = {"load": "Loading model", "trace": "Tracing with torch.onnx (dynamo)", "optimize": "Optimizing graph (constant folding, rewrites)",
+          "save": "Saving", "check": "Checking graph (onnx.checker, shape inference)", "verify": "Verifying in onnxruntime against PyTorch"}
 
 
 def build_parser() -> argparse.ArgumentParser:

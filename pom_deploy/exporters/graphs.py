@@ -69,7 +69,7 @@ class GraphBuilder:
                     return torch.onnx.export(
                         traced, args, dynamo=True, opset_version=opset,
                         input_names=self.input_names, output_names=self.output_names,
-                        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+                        dynamic_shapes=dynamic_shapes, optimize=False, verbose=False,  # optimize.optimize, timed apart
                         custom_translation_table=fused_ops.TRANSLATION_TABLE if fused else None,
                     )
                 except Exception as exc:
