@@ -57,6 +57,8 @@ class GraphSpec:
     dtype: str = "float32"
     state: list[LayerStateSpec] = field(default_factory=list)
     fused_ops: bool = False
+    # With fused ops, the PoM layers left as standard ops: [{"module": path, "reason": why}].
+    decomposed_layers: list[dict[str, str]] = field(default_factory=list)
     pom_deploy_version: str = ""
     model_digest: str = ""  # sha256 of the weights: tells a state saved from another model
     format_version: int = SPEC_FORMAT_VERSION

@@ -21,6 +21,7 @@ from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import create_zoo_model
 from pom_deploy.onnx_graph import read_spec
 from pom_deploy.spec import METADATA_KEY
+from pom_deploy.streaming import find_pom_layers
 
 
 def _ort(path):
@@ -208,11 +209,93 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
         np.testing.assert_allclose(_run(_ort(fused.path), **feeds), _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
 
 
-def test_fused_v1_and_dit_keep_rope_decomposed(tmp_path):
-    result = export_onnx(PoMv1(8, 2, 1), tmp_path / "v1.onnx", fused_ops_enabled=True, mask="causal")
-    assert result.verification.passed
-    dit = export_onnx(create_zoo_model("dit_pom"), tmp_path / "dit.onnx", fused_ops_enabled=True)
-    assert not [n for n in onnx.load(str(dit.path)).graph.node if n.op_type == "PolyAggregate"]
+def _ops(path):
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("name,step", [("video_pom", False), ("video_pom", True), ("dit_pom", False)])
+def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path, name, step):
+    """Block-causal frames (video) and 2-D RoPE (DiT) are fused too; nothing is left decomposed."""
+    model = create_zoo_model(name)
+    result = export_onnx(model, tmp_path / "m.onnx", dtype="fp16", step=step, fused_ops_enabled=True)
+    onnx.checker.check_model(str(result.path), full_check=True)
+    ops = _ops(result.path)
+    assert ops.count("PolyAggregate") == len(find_pom_layers(model)) == 2 and "CumSum" not in ops
+    assert result.spec.fused_ops and result.spec.decomposed_layers == []
+    nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "PolyAggregate"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    expected = {("video_pom", False): {"frame_tokens": 8}, ("video_pom", True): {}, ("dit_pom", False): {"rope": b"2d"}}[name, step]
+    assert {k: attrs[k] for k in ("frame_tokens", "rope") if k in attrs} == expected
+    if name == "dit_pom":
+        assert len(nodes[0].input) == 4  # x, coeff, cos, sin
+        session = _ort(result.path)
+        for batch, height, width in ((1, 2, 2), (3, 10, 6)):
+            image, t, label = torch.randn(batch, 4, height, width), torch.rand(batch) * 1000, torch.randint(0, 10, (batch,))
+            with torch.no_grad():
+                expected = model.double()(image.double(), t, label).numpy()
+            actual = _run(session, image=image.half(), timestep=t.half(), class_label=label)
+            assert _relative_to_peak(actual, expected) <= FP16_RELATIVE_TO_PEAK
+    elif not step:
+        session = _ort(result.path)
+        for batch, frames in ((1, 1), (2, 7)):
+            x = torch.randn(batch, frames * model.frame_tokens, 16)
+            with torch.no_grad():
+                expected = model.double()(x.double()).numpy()
+            assert _relative_to_peak(_run(session, tokens=x.half()), expected) <= FP16_RELATIVE_TO_PEAK
+
+
+@pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "padding")])
+def test_fused_rope_layers_match_pytorch_and_decomposed(tmp_path, rope_2d, mask):
+    layer = spread_coefficients(PoMv2RoPE(16, 3, 2, 1, 4, max_seq_len=64, max_h=8, max_w=8, rope_2d=rope_2d)).eval()
+    plain = export_onnx(layer, tmp_path / "plain.onnx", mask=mask)
+    fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops_enabled=True)
+    onnx.checker.check_model(str(fused.path), full_check=True)
+    assert _ops(fused.path).count("PolyAggregate") == 1 and fused.spec.decomposed_layers == []
+    key = "positions_hw" if rope_2d else "positions"
+    for batch, tokens in ((1, 3), (2, 21), (3, 40)):
+        x = torch.randn(batch, tokens, 16)
+        positions = torch.randint(0, 8, (tokens, 2)) if rope_2d else torch.randperm(64)[:tokens]
+        feeds = {"xq": x, key: positions}
+        call = {key: positions}
+        if mask == "padding":
+            feeds["mask"] = (torch.rand(batch, tokens) < 0.5).float()
+            feeds["mask"][:, 0] = 1
+            call["mask"] = feeds["mask"]
+        with torch.no_grad():
+            expected = layer(x, mask="causal" if mask == "causal" else call.pop("mask", None), **call).numpy()
+        actual = _run(_ort(fused.path), **feeds)
+        np.testing.assert_allclose(actual, expected, atol=LAYER_ATOL, rtol=0)
+        np.testing.assert_allclose(actual, _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
+
+
+def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
+    """Block-causal frames of 4 tokens (degree 3) in a full graph at several sizes; a 1-D RoPE
+    layer's step graph (positions continue from the count; verified by the export) is fused."""
+    video = create_zoo_model("video_pom", frame_tokens=4, degree=3)
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)
+    assert _ops(full.path).count("PolyAggregate") == 2 and "CumSum" not in _ops(full.path)
+    session = _ort(full.path)
+    for batch, frames in ((1, 1), (3, 5), (2, 13)):
+        x = torch.randn(batch, 4 * frames, 16)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(session, tokens=x), video(x).numpy(), atol=MODEL_ATOL, rtol=0)
+    layer = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=4096)).eval()
+    step = export_onnx(layer, tmp_path / "r.step.onnx", step=True, fused_ops_enabled=True)
+    assert step.verification.passed and _ops(step.path).count("PolyAggregate") == 1
+
+
+def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
+    dense = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "d.onnx", mask="full", fused_ops_enabled=True)
+    assert dense.verification.passed and "PolyAggregate" not in _ops(dense.path) and not dense.spec.fused_ops
+    assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"] and "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
+    assert read_spec(dense.path).decomposed_layers == dense.spec.decomposed_layers
+    save_checkpoint(create_zoo_model("dit_pom", degree=9), tmp_path / "dit9.pt")
+    assert export_cli.main([str(tmp_path / "dit9.pt"), "--fused-ops", "--no-verify", "-o", str(tmp_path / "dit9.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "not fused" in out and "blocks.0.mixer" in out and "blocks.1.mixer" in out and "degree 9 > 8" in out
+    assert [d["module"] for d in read_spec(tmp_path / "dit9.onnx").decomposed_layers] == ["blocks.0.mixer", "blocks.1.mixer"]
+    v1 = export_onnx(PoMv1(8, 2, 1), tmp_path / "v1.onnx", fused_ops_enabled=True, mask="causal")
+    assert v1.verification.passed and v1.spec.fused_ops and v1.spec.decomposed_layers == []
 
 
 class _TwoInputs(nn.Module):

@@ -734,9 +734,8 @@ def test_gpu_check_scripts_cpu_parts():
         _assert_close(baseline.double().numpy(), x, 3, variant, mode, coeff, mask, "float32", cos=cos, sin=sin,
                       **options)
 
-        # No onnx.checker here: the PolyAggregate schema that pom_deploy registers
-        # (pom_deploy/ops/fused_ops.py) does not list frame_tokens and rope yet (the exporter's part).
         model = onnx.load_from_string(check_trt_plugin.make_model(variant, mode, 3, "float16", channels=12, **options))
+        onnx.checker.check_model(model)  # the schema pom_deploy registers lists frame_tokens and rope
         (node,) = model.graph.node
         assert list(node.input) == ["x", *(["coeff"] if variant == "v2" else []), *(["mask"] if mode == "masked" else []),
                                     *(["cos", "sin"] if rope != "none" else [])]

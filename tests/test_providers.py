@@ -47,3 +47,16 @@ def test_missing_provider_is_an_error_not_a_silent_cpu_run(device, available, me
 def test_unknown_device():
     with pytest.raises(PomDeployError, match="unknown device 'tpu'.*cpu, cuda, tensorrt"):
         select_providers("tpu", ALL)
+
+
+def test_tensorrt_ep_gets_the_plugin_library_for_fused_graphs(tmp_path, monkeypatch):
+    from pom_deploy.runtime.providers import TRT_PLUGIN_OPTION, with_plugin_library
+    from pom_deploy.tensorrt.plugins import PLUGIN_ENV
+
+    library = tmp_path / "libpom_deploy_plugins.so"
+    assert with_plugin_library(ALL, True, library) == [("TensorrtExecutionProvider", {TRT_PLUGIN_OPTION: str(library)}), *ALL[1:]]
+    assert with_plugin_library(ALL, False, library) == ALL  # no PolyAggregate node: nothing to load
+    assert with_plugin_library(CUDA, True, library) == CUDA
+    library.write_bytes(b"")
+    monkeypatch.setenv(PLUGIN_ENV, str(library))  # the finder pom_deploy.tensorrt registers
+    assert with_plugin_library(ALL, True)[0] == ("TensorrtExecutionProvider", {TRT_PLUGIN_OPTION: str(library)})

@@ -103,7 +103,7 @@ def result_json(result: ExportResult, elapsed: float) -> dict:
     report = result.verification
     return {
         "path": str(result.path), "size_bytes": result.size_bytes, "opset": result.opset, "kind": result.spec.kind,
-        "dtype": result.spec.dtype, "fused_ops": result.spec.fused_ops,
+        "dtype": result.spec.dtype, "fused_ops": result.spec.fused_ops, "decomposed_layers": result.spec.decomposed_layers,
         "inputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in result.spec.inputs],
         "outputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in result.spec.outputs],
         "verification": None if report is None else {
@@ -118,6 +118,8 @@ def print_summary(console: Console, result: ExportResult, elapsed: float) -> Non
     spec = result.spec
     console.print(f"[bold]Wrote[/] {result.path} ({human_size(result.size_bytes)}, {spec.kind} graph, {spec.dtype}, opset {result.opset}"
                   f"{', fused PolyAggregate ops' if spec.fused_ops else ''})")
+    for layer in spec.decomposed_layers:  # --fused-ops: the layers the op does not cover
+        console.print(f"[yellow]not fused[/] PoM layer {layer['module'] or '(the exported layer)'}: {layer['reason']}")
     io = Table(title="Graph inputs and outputs", title_justify="left")
     for column in ("", "name", "shape", "dtype"):
         io.add_column(column)

@@ -47,33 +47,44 @@ class GraphBuilder:
     def dynamic_shapes(self) -> tuple:
         raise NotImplementedError
 
+    # With fused ops: the PoM layers the op does not cover, [{"module": path, "reason": why}].
+    decomposed_layers: list[dict[str, str]] = []
+
     def export(self, opset: int, fused: bool):
         inputs = self.example_inputs()
         module = self.module()
-        with torch.no_grad(), (fused_ops.fused_ops_export() if fused else contextlib.nullcontext()):
+        with torch.no_grad(), (fused_ops.fused_ops_export() if fused else contextlib.nullcontext()) as left:
+            program = self._trace(module, inputs, opset, fused)
+        if fused:
+            paths = {id(m): name for name, m in self.model.named_modules()}
+            self.decomposed_layers = [{"module": paths.get(id(layer), type(layer).__name__), "reason": reason}
+                                      for layer, reason in left.items()]
+        return program
+
+    def _trace(self, module: nn.Module, inputs: dict[str, torch.Tensor], opset: int, fused: bool):
+        try:
+            module(*inputs.values())
+        except PomDeployError:
+            raise
+        except Exception as exc:
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
+            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
+        program = getattr(self.model, "exported_program", None)
+        if program is not None and self.kind == "full":
+            traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
+        else:
+            traced, args, dynamic_shapes = module, tuple(inputs.values()), (self.dynamic_shapes(),)
+        with warnings.catch_warnings(), quiet_exporter():
+            warnings.simplefilter("ignore")
             try:
-                module(*inputs.values())
-            except PomDeployError:
-                raise
+                return torch.onnx.export(
+                    traced, args, dynamo=True, opset_version=opset,
+                    input_names=self.input_names, output_names=self.output_names,
+                    dynamic_shapes=dynamic_shapes, optimize=False, verbose=False,  # optimize.optimize, timed apart
+                    custom_translation_table=fused_ops.TRANSLATION_TABLE if fused else None,
+                )
             except Exception as exc:
-                shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-                raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
-            program = getattr(self.model, "exported_program", None)
-            if program is not None and self.kind == "full":
-                traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
-            else:
-                traced, args, dynamic_shapes = module, tuple(inputs.values()), (self.dynamic_shapes(),)
-            with warnings.catch_warnings(), quiet_exporter():
-                warnings.simplefilter("ignore")
-                try:
-                    return torch.onnx.export(
-                        traced, args, dynamo=True, opset_version=opset,
-                        input_names=self.input_names, output_names=self.output_names,
-                        dynamic_shapes=dynamic_shapes, optimize=False, verbose=False,  # optimize.optimize, timed apart
-                        custom_translation_table=fused_ops.TRANSLATION_TABLE if fused else None,
-                    )
-                except Exception as exc:
-                    raise ExportError(f"torch.onnx.export failed: {exporter_error(exc)}") from None
+                raise ExportError(f"torch.onnx.export failed: {exporter_error(exc)}") from None
 
     def input_ranges(self, name: str) -> tuple[list[int], list[int], list[int]] | None:
         raise NotImplementedError
@@ -91,7 +102,8 @@ class GraphBuilder:
         except ArchitectureError:
             architecture = None
         return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, dtype=dtype,
-                         state=self.state_specs(), fused_ops=fused, pom_deploy_version=__version__,
+                         state=self.state_specs(), fused_ops=fused, decomposed_layers=self.decomposed_layers,
+                         pom_deploy_version=__version__,
                          model_digest=tensors_sha256(reference.state_dict())[:16])
 
     def state_specs(self) -> list[LayerStateSpec]:

@@ -18,10 +18,25 @@ import torch.nn.functional as F
 
 ACCUM_DTYPE = torch.float32
 
-# (features, coefficients or None, mask, variant, degree) -> aggregated (B, 1 or N, C), or None
-# when the fused op does not cover the mask. Set by ``pom_deploy.ops.fused_ops`` while exporting
-# with fused ops, so that the layers here need not know the op layer above them.
-FusedAggregate = Callable[[torch.Tensor, Optional[torch.Tensor], object, str, int], Optional[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """RoPE of the features before aggregation: ``kind`` "1d" or "2d", and the context tokens'
+    angle tables gathered by position, ``cos`` and ``sin`` (B or 1, N, C/2), as PolyAggregate's
+    inputs (2-D: the row angles' C/4 columns, then the column angles')."""
+
+    kind: str
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+# (x, coefficients or None, mask, variant, degree, rotation or None, owner) -> aggregated
+# (B, 1 or N, C), or None when the fused op does not cover the layer. Set by
+# ``pom_deploy.ops.fused_ops`` while exporting with fused ops, so that the layers here need not
+# know the op layer above them; ``owner`` (the calling layer) lets it say which layers it left.
+FusedAggregate = Callable[[torch.Tensor, Optional[torch.Tensor], object, str, int, Optional[Rotation], object],
+                          Optional[torch.Tensor]]
 _FUSED_AGGREGATE: contextvars.ContextVar[FusedAggregate | None] = contextvars.ContextVar("pom_deploy_fused_aggregate", default=None)
 
 
@@ -36,12 +51,38 @@ def fused_aggregate(implementation: FusedAggregate):
 
 
 def poly_aggregate(x: torch.Tensor, coeff: torch.Tensor | None, mask, variant: str, degree: int,
-                   features: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Polynomial ``features(x)`` and their mean over tokens: one fused op when one is active and
-    covers ``mask``, else ``aggregate(features(x), mask)``."""
+                   features: Callable[[torch.Tensor], torch.Tensor], rotation: Rotation | None = None,
+                   owner: object = None) -> torch.Tensor:
+    """Polynomial ``features(x)``, rotated by ``rotation`` if given, and their mean over tokens:
+    one fused op when one is active and covers the layer, else the decomposed ops."""
     fused = _FUSED_AGGREGATE.get()
-    result = fused(x, coeff, mask, variant, degree) if fused is not None else None
-    return result if result is not None else aggregate(features(x), mask)
+    result = fused(x, coeff, mask, variant, degree, rotation, owner) if fused is not None else None
+    return result if result is not None else aggregate(rotate(features(x), rotation), mask)
+
+
+def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (k, k + D/2) of x by the given angles (rotate-half convention)."""
+    x1, x2 = _halves(x)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rotate(x: torch.Tensor, rotation: Rotation | None) -> torch.Tensor:
+    """x rotated pairwise by ``rotation``'s tables (1-D: pairs (k, k + C/2); 2-D: each half of the
+    channels rotate-half by its own half of the tables); x itself without a rotation."""
+    if rotation is None:
+        return x
+    if rotation.kind == "1d":
+        return rotate_half(x, rotation.cos, rotation.sin)
+    (x_row, x_col), (row_cos, col_cos), (row_sin, col_sin) = (_halves(t) for t in (x, rotation.cos, rotation.sin))
+    return torch.cat([rotate_half(x_row, row_cos, row_sin), rotate_half(x_col, col_cos, col_sin)], dim=-1)
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of the last dim, as slices: ``chunk`` of a dynamic width exports as a
+    SplitToSequence the exporter's constant folding rejects (PolyAggregate's function bodies)."""
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
 
 
 @dataclass(frozen=True)
@@ -125,10 +166,15 @@ def single_context(mask) -> bool:
 
 
 def _block_causal_mean(f: torch.Tensor, frame_tokens: int) -> torch.Tensor:
+    """Frame sums (B, frames, C), prefix-summed by a lower-triangular frames x frames matrix
+    product rather than a cumulative sum: TensorRT before 10.8 imports ONNX CumSum as a loop, and
+    frames are few. Any order of a float32 sum meets the same error bound."""
     batch, tokens, channels = f.shape
-    frames = f.reshape(batch, -1, frame_tokens, channels).sum(dim=2).cumsum(dim=1)
-    counts = torch.arange(1, frames.shape[1] + 1, device=f.device, dtype=ACCUM_DTYPE) * frame_tokens
-    means = frames / counts.view(1, -1, 1)
+    sums = f.reshape(batch, -1, frame_tokens, channels).sum(dim=2)
+    index = torch.arange(sums.shape[1], device=f.device)
+    lower = (index.unsqueeze(1) >= index.unsqueeze(0)).to(sums.dtype)  # lower[g, h] = 1 for h <= g
+    counts = (index + 1).to(ACCUM_DTYPE) * frame_tokens
+    means = torch.matmul(lower, sums) / counts.view(1, -1, 1)
     return means.repeat_interleave(frame_tokens, dim=1)
 
 

@@ -56,7 +56,7 @@ class PoMLayer(nn.Module):
 
     def _aggregate(self, h: torch.Tensor, mask) -> torch.Tensor:
         """Polynomial + mean over tokens; one ``PolyAggregate`` op when exporting with fused ops."""
-        return P.poly_aggregate(h, self._coefficients(), mask, self.variant, self.order, self._features)
+        return P.poly_aggregate(h, self._coefficients(), mask, self.variant, self.order, self._features, owner=self)
 
     def _output(self, s: torch.Tensor, h: torch.Tensor, single_context: bool) -> torch.Tensor:
         """ag_proj(select(s, h)); ``single_context``: h is one vector per sequence (B, 1, C)."""

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ArchitectureError
 from . import functional as P
+from .functional import rotate_half  # noqa: F401  (the convention, importable with the layer)
 from .layers import PoMv2, _require
 
 
@@ -29,13 +30,6 @@ def precompute_freqs_2d(dim: int, max_h: int, max_w: int, base: float = 10000.0)
     rows = torch.outer(torch.arange(max_h, dtype=torch.float32), inv_freq)
     cols = torch.outer(torch.arange(max_w, dtype=torch.float32), inv_freq)
     return rows.cos(), rows.sin(), cols.cos(), cols.sin()
-
-
-def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (k, k + D/2) of x by the given angles (rotate-half convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class PoMv2RoPE(PoMv2):
@@ -81,22 +75,31 @@ class PoMv2RoPE(PoMv2):
         width = channels // 4 if self.rope_2d else channels // 2
         return [t[:, ::stride][:, :width] for t in tables]
 
-    def _rope(self, x: torch.Tensor, positions, positions_hw) -> torch.Tensor:
-        tables = self._tables(x.shape[-1])
+    def _rotation(self, channels: int, positions, positions_hw, tokens: int, device) -> P.Rotation:
+        """The tables of ``tokens`` tokens at their positions, gathered for x of ``channels``
+        channels: (B or 1, tokens, channels/2), 2-D as the row angles then the column angles."""
+        tables = self._tables(channels)
         if self.rope_2d:
             if positions_hw is None:
                 raise ArchitectureError("positions_hw (N, 2) must be given to a 2-D RoPE layer")
             row_cos, row_sin, col_cos, col_sin = tables
             rows, cols = positions_hw[..., 0], positions_hw[..., 1]
-            x_row, x_col = x.chunk(2, dim=-1)
-            return torch.cat([
-                rotate_half(x_row, row_cos[rows], row_sin[rows]),
-                rotate_half(x_col, col_cos[cols], col_sin[cols]),
-            ], dim=-1)
-        if positions is None:
-            positions = torch.arange(x.shape[1], device=x.device)
-        cos, sin = tables
-        return rotate_half(x, cos[positions], sin[positions])
+            cos, sin = torch.cat([row_cos[rows], col_cos[cols]], dim=-1), torch.cat([row_sin[rows], col_sin[cols]], dim=-1)
+        else:
+            if positions is None:
+                positions = torch.arange(tokens, device=device)
+            cos, sin = tables[0][positions], tables[1][positions]
+        return P.Rotation("2d" if self.rope_2d else "1d", *(t if t.dim() == 3 else t.unsqueeze(0) for t in (cos, sin)))
+
+    def _rope(self, x: torch.Tensor, positions, positions_hw) -> torch.Tensor:
+        return P.rotate(x, self._rotation(x.shape[-1], positions, positions_hw, x.shape[1], x.device))
+
+    def _rotated_aggregate(self, h: torch.Tensor, mask, positions, positions_hw) -> torch.Tensor:
+        """Features of the context h rotated at its positions, aggregated: one PolyAggregate with
+        its cos/sin inputs when exporting with fused ops."""
+        rotation = self._rotation(h.shape[-1], positions, positions_hw, h.shape[1], h.device)
+        rotation = P.Rotation(rotation.kind, rotation.cos.to(h.dtype), rotation.sin.to(h.dtype))
+        return P.poly_aggregate(h, self.po_coeff, mask, self.variant, self.order, self._features, rotation, self)
 
     def forward(
         self, xq: torch.Tensor, xc: torch.Tensor | None = None, mask=None,
@@ -116,7 +119,7 @@ class PoMv2RoPE(PoMv2):
         if self._stream is not None:
             return self._stream.step(self, xq, xc, positions_hw=positions_hw)
         h, s = self._projections(xq, xc)
-        h = P.aggregate(self._rope(self._features(h), ctx_positions, ctx_positions_hw), mask).to(s.dtype)
+        h = self._rotated_aggregate(h, mask, ctx_positions, ctx_positions_hw).to(s.dtype)
         s = self._rope(s, positions, positions_hw)
         return self._output(s, h, P.single_context(mask))
 
@@ -127,5 +130,4 @@ class PoMv2RoPE(PoMv2):
         if not self.rope_2d:
             ctx_positions = count.unsqueeze(1) + torch.arange(xc.shape[1], device=xc.device)
             query_positions = count.unsqueeze(1) + torch.arange(xq.shape[1], device=xq.device)
-        features = self._rope(self._features(h), ctx_positions, positions_hw)
-        return P.aggregate(features), self._rope(s, query_positions, positions_hw)
+        return self._rotated_aggregate(h, None, ctx_positions, positions_hw), self._rope(s, query_positions, positions_hw)

@@ -14,7 +14,7 @@ from ..errors import ModelLoadError, RuntimeInputError, first_line
 from ..onnx_graph import read_spec
 from ..spec import TensorSpec
 from .base import Backend, register_backend
-from .providers import select_providers
+from .providers import select_providers, with_plugin_library
 
 _ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in ("Fail", "InvalidArgument", "RuntimeException"))
 
@@ -45,8 +45,9 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
             self.spec = read_spec(path)
+            fused = self.spec is not None and self.spec.fused_ops
+            self.session = ort.InferenceSession(str(path), options, providers=with_plugin_library(self.providers, fused))
         except Exception as exc:
             raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {first_line(exc)}") from None
         self.name = f"onnxruntime ({self.session.get_providers()[0]})"

@@ -16,6 +16,7 @@ import onnx
 
 from ..errors import PomDeployError
 from ..ops.poly_aggregate import OP_DOMAIN, OP_TYPE, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from ..runtime.providers import register_plugin_finder
 from .environment import version_tuple
 
 PLUGIN_ENV = "POM_DEPLOY_PLUGIN"
@@ -55,6 +56,9 @@ def find_plugin_library(explicit: str | Path | None = None) -> Path | None:
                 if found:
                     return found[0]
     return None
+
+
+register_plugin_finder(find_plugin_library)  # onnxruntime's TensorRT EP gets it for fused graphs
 
 
 def fused_nodes(model: onnx.ModelProto) -> int:
