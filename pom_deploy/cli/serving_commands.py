@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..serving.server import start_server
 
     console = Console(stderr=True)
+    # Ctrl-C and SIGTERM (a service manager's stop) stop the server gracefully, also when this process
+    # was started with SIGINT ignored, as shells start background jobs (measured: the stop was lost).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with console.status(f"Starting tritonserver on {args.repository}"):
         server = start_server(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                               exit_timeout_s=args.exit_timeout, verbose=args.verbose)
