@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check of the PolyAggregate kernels and, where TensorRT is installed, of the plugin.
 #
-#   scripts/gpu_check.sh [--no-compile] [--build-only] [--arch SM] [--no-cmake]
+#   scripts/gpu_check.sh [--no-compile] [--build-only] [--arch SM] [--no-cmake] [--variants A,B]
 #
 #   --no-compile  skip the torch.compile baseline (its compilation is the slow part)
 #   --build-only  stop after step 1; with --arch it needs neither a GPU nor nvidia-smi
 #   --arch SM     compute capability to build for, e.g. 90 (default: this GPU's, from nvidia-smi)
 #   --no-cmake    build with nvcc and g++ directly even when cmake is present
+#   --variants    build and check only these tuning variants (default: all; "none" for none)
 #
 # 1. Builds plugins/ with CMake for this GPU's architecture only (CI compiles all of them),
 #    plus the CPU emulation library.
@@ -32,6 +33,7 @@ COMPILE_FLAG=()
 BUILD_ONLY=0
 ARCH=""
 USE_CMAKE=1
+ONLY_VARIANTS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-compile) COMPILE_FLAG=(--no-compile) ;;
@@ -41,6 +43,10 @@ while [[ $# -gt 0 ]]; do
             [[ "${ARCH}" =~ ^[0-9]+[a-z]?$ ]] || { echo "gpu_check.sh: --arch needs a compute capability such as 90" >&2; exit 2; }
             shift ;;
         --no-cmake) USE_CMAKE=0 ;;
+        --variants)
+            ONLY_VARIANTS="${2:-}"
+            [[ -n "${ONLY_VARIANTS}" ]] || { echo "gpu_check.sh: --variants needs a comma-separated list, or none" >&2; exit 2; }
+            shift ;;
         *) echo "gpu_check.sh: unknown option $1 (see the usage at the top of this script)" >&2; exit 2 ;;
     esac
     shift
@@ -102,13 +108,24 @@ step "build tuning variants (compile-time constants of polyAggregateCommon.h)"
 start=${SECONDS}
 VARIANT_ARGS=()
 PIDS=()
+# Builds run in the background, at most one per CPU (nvcc also compiles with --threads).
+wait_for_a_slot() {
+    while (( $(jobs -rp | wc -l) >= $(nproc) )); do
+        wait -n
+    done
+}
 while read -r name flags; do
+    if [[ -n "${ONLY_VARIANTS}" && ",${ONLY_VARIANTS}," != *",${name},"* ]]; then
+        continue
+    fi
     read -r -a defines <<< "${flags}"
     dir="${BUILD}/variant-${name}"
     mkdir -p "${dir}"
+    wait_for_a_slot
     nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" ${defines[@]+"${defines[@]}"} \
         "${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu" -o "${dir}/libpom_deploy_plugins.so" &
     PIDS+=($!)
+    wait_for_a_slot
     g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden ${defines[@]+"${defines[@]}"} \
         "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" -o "${dir}/libpom_poly_aggregate_cpu.so" &
     PIDS+=($!)

@@ -467,7 +467,7 @@ def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
     def nodes(path):
         return [(n.op_type, n.domain) for n in onnx.load(str(path)).graph.node]
 
-    for name, step in (("video_pom", True), ("dit_pom", False)):
+    for name, step in (("dit_pom", False),):  # the zoo's largest graph: 2-D RoPE, modulation, patches
         model = create_zoo_model(name, seed=0)
         ours = export_onnx(model, tmp_path / f"{name}.onnx", step=step, verify=False)
         with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours

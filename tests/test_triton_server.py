@@ -200,8 +200,15 @@ def test_server_stopped_mid_stream_gives_the_client_an_error_not_a_hang(tmp_path
         assert isinstance(outcome.get("error"), InferenceServerException)
         assert process.wait(60) == 0, process.stdout.read().decode(errors="replace")
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # SIGTERM first: `serve` then stops tritonserver's whole process group, python stubs included
+        # (a SIGKILL of `serve` alone ends tritonserver through its parent-death signal, not its stubs).
+        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(wait_s)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
         process.wait()
