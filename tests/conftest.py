@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +70,63 @@ def exported_video(tmp_path_factory, video_model):
     full = export_onnx(video_model, folder / "video.onnx")
     step = export_onnx(video_model, folder / "video.step.onnx", step=True)
     return full, step
+
+
+# --- the CUDA kernels' all-architecture build, started early in the background ---------------
+# nvcc for 9 architectures is over a minute of CPU while most tests keep one of CI's two cores
+# busy: started once collection shows a selected test needs it, it overlaps with them, and the
+# kernel_build fixture (tests/test_plugin_poly_aggregate.py) waits for it.
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
+_KERNEL_BUILD: dict = {}
+
+
+def _start_kernel_build() -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not all(shutil.which(tool) for tool in ("cmake", "nvcc", "g++")):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pom-kernel-build-"))
+    log = open(folder / "build.log", "wb")
+    configure = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(folder / "build"), "-DPOM_WITH_TENSORRT=OFF",
+                 "-DBUILD_TESTING=OFF", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"]
+    build = ["cmake", "--build", str(folder / "build"), "-j", "1"]  # nvcc compiles its architectures on 2 threads
+    command = " ".join(f"'{part}'" for part in configure) + " && " + " ".join(f"'{part}'" for part in build)
+    _KERNEL_BUILD.update(folder=folder, log=log, started=time.perf_counter(),
+                         process=subprocess.Popen(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT,
+                                                  start_new_session=True))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if any("kernel_build" in getattr(item, "fixturenames", ()) for item in items):
+        _start_kernel_build()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the build if no test waited for it (or one failed first), and remove its folder."""
+    import shutil
+
+    process = _KERNEL_BUILD.get("process")
+    if process is None:
+        return
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    _KERNEL_BUILD["log"].close()
+    shutil.rmtree(_KERNEL_BUILD["folder"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def background_kernel_build() -> dict:
+    """{"library", "seconds"} of the all-architecture build, once it has finished."""
+    process = _KERNEL_BUILD.get("process")
+    if process is None:
+        pytest.skip("cmake, nvcc or g++ not found on PATH")
+    returncode = process.wait()
+    seconds = time.perf_counter() - _KERNEL_BUILD["started"]
+    if returncode != 0:
+        _KERNEL_BUILD["log"].flush()
+        pytest.fail(f"the kernels' CMake build failed ({returncode}):\n{(_KERNEL_BUILD['folder'] / 'build.log').read_text()[-6000:]}")
+    return {"library": _KERNEL_BUILD["folder"] / "build" / "libpom_deploy_plugins.so", "seconds": seconds}
