@@ -78,6 +78,16 @@ class GraphSpec:
     def state_input_names(self) -> set[str]:
         return {n for s in self.state for n in (s.past_mean, s.past_count)}
 
+    def zero_state(self, batch: int) -> dict:
+        """The state of ``batch`` new streams (step graphs): every ``past.*`` tensor zero."""
+        import numpy as np
+
+        state = {}
+        for layer in self.state:
+            state[layer.past_mean] = np.zeros((batch, 1, layer.channels), np.float32)
+            state[layer.past_count] = np.zeros((batch,), np.int64)
+        return state
+
     @property
     def data_inputs(self) -> list[TensorSpec]:
         """Inputs that are not state: the chunk and the model's extra inputs."""

@@ -66,13 +66,6 @@ class StreamingSession:
 
     # -- state -------------------------------------------------------------------------
 
-    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        state = {}
-        for layer in self.spec.state:
-            state[layer.past_mean] = np.zeros((batch, 1, layer.channels), np.float32)
-            state[layer.past_count] = np.zeros((batch,), np.int64)
-        return state
-
     @property
     def tokens_seen(self) -> np.ndarray:
         """Tokens consumed so far by each stream (batch row)."""
@@ -94,7 +87,7 @@ class StreamingSession:
         owner = str(saved.get(STATE_FINGERPRINT_KEY, ""))
         if owner != self.spec.model_digest:
             raise RuntimeInputError("this state was saved from another model (its weights differ); it cannot resume this stream")
-        expected = self._zero_state(int(np.asarray(saved[self.spec.state[0].past_count]).shape[0]))
+        expected = self.spec.zero_state(int(np.asarray(saved[self.spec.state[0].past_count]).shape[0]))
         for name, zero in expected.items():
             if name not in saved:
                 raise RuntimeInputError(f"state misses {name!r}")
@@ -143,7 +136,7 @@ class StreamingSession:
     def step(self, chunk: np.ndarray, **extra: np.ndarray) -> np.ndarray:
         batch = chunk.shape[0] if chunk.ndim else 0
         if self._state is None:
-            self._state, self.batch = self._zero_state(batch), batch
+            self._state, self.batch = self.spec.zero_state(batch), batch
         elif batch != self.batch:
             raise RuntimeInputError(f"chunk has batch {batch} but the session carries {self.batch} streams; reset() to change it")
         feeds = {self.chunk_input.name: chunk, **extra}

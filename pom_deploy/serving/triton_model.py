@@ -124,14 +124,7 @@ class TritonPythonModel:
         self.inputs = [t.name for t in self.spec.data_inputs]
         self.next_state = {s.present_mean: s.past_mean for s in self.spec.state} | {s.present_count: s.past_count for s in self.spec.state}
         self.outputs = [t.name for t in self.spec.outputs if t.name not in self.next_state]
-        self.store = SequenceStore(int(params.get("max_sequences", 64)), float(params.get("idle_timeout_s", 10)), self._zero_state)
-
-    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        state = {}
-        for layer in self.spec.state:
-            state[layer.past_mean] = np.zeros((batch, 1, layer.channels), np.float32)
-            state[layer.past_count] = np.zeros((batch,), np.int64)
-        return state
+        self.store = SequenceStore(int(params.get("max_sequences", 64)), float(params.get("idle_timeout_s", 10)), self.spec.zero_state)
 
     def execute(self, requests) -> list:
         feeds, keys, responses = [], [], [None] * len(requests)
