@@ -14,19 +14,15 @@ The PolyAggregate op has its own elementwise bound, pom_deploy.ops.poly_aggregat
 
 from __future__ import annotations
 
-FLOAT32_ROUNDOFF = 2.0**-24
-FLOAT16_ROUNDOFF = 2.0**-11
+from pom_deploy.ops.poly_aggregate import OUTPUT_ROUNDOFF, gamma  # u = 2^-24 and Higham's gamma_n, defined once
+
+FLOAT16_ROUNDOFF = OUTPUT_ROUNDOFF["float16"]
 MAGNITUDE = 4.0  # M: sums of |terms| relative to the output's scale (see above)
-
-
-def gamma(roundings: int) -> float:
-    nu = roundings * FLOAT32_ROUNDOFF
-    return nu / (1.0 - nu)
 
 
 def between_two_float32(roundings: int) -> float:
     """|a - b| for two float32 implementations of a chain of ``roundings``, scale 1."""
-    return 2.0 * gamma(roundings) * MAGNITUDE
+    return 2.0 * float(gamma(roundings)) * MAGNITUDE
 
 
 # One upstream-sized layer (dim <= 32, expand <= 2, degree <= 5, <= 16 tokens): input GEMM (32),

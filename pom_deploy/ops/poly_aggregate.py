@@ -185,7 +185,7 @@ OUTPUT_TINY = {"float32": 2.0**-150, "float16": 2.0**-25, "bfloat16": 2.0**-134}
 GELU_ROUNDOFFS = 8
 
 
-def _gamma(n: np.ndarray | int) -> np.ndarray:
+def gamma(n: np.ndarray | int) -> np.ndarray:
     """Higham's gamma_n = n u / (1 - n u): the relative error bound of n float32 roundings."""
     nu = np.asarray(n, dtype=np.float64) * FLOAT32_ROUNDOFF
     return nu / (1.0 - nu)
@@ -210,7 +210,7 @@ def _feature_error(x, degree, variant, coeff) -> tuple[np.ndarray, np.ndarray]:
     c = np.abs(np.asarray(coeff, dtype=np.float64))
     horner_magnitude = sum(c[:, k] * a ** (k + 1) for k in range(degree))
     # Horner's rule: 2 roundings per degree; the activation's rounding (x * 0.01): a^k moves by k u.
-    return np.abs(poly_features(x, degree, variant, coeff)), _gamma(3 * degree + 1) * horner_magnitude
+    return np.abs(poly_features(x, degree, variant, coeff)), gamma(3 * degree + 1) * horner_magnitude
 
 
 def _rotated_error(magnitude, feature_error, rope, cos, sin) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +232,7 @@ def _rotated_error(magnitude, feature_error, rope, cos, sin) -> tuple[np.ndarray
     for this, other in ((first, partner), (partner, first)):
         rotated_magnitude[..., this] = magnitude[..., this] * cos + magnitude[..., other] * sin
         rotated_error[..., this] = (cos * feature_error[..., this] + sin * feature_error[..., other]
-                                    + _gamma(2) * (cos * reach[..., this] + sin * reach[..., other]))
+                                    + gamma(2) * (cos * reach[..., this] + sin * reach[..., other]))
     return rotated_magnitude, rotated_error
 
 
@@ -270,20 +270,20 @@ def error_bound(
                               cos=cos, sin=sin))
     if mode == "mean":
         # n - 1 additions, and the division (or multiplication by 1/n)
-        bound = feature_error.mean(axis=1, keepdims=True) + _gamma(tokens + 1) * reach.mean(axis=1, keepdims=True)
+        bound = feature_error.mean(axis=1, keepdims=True) + gamma(tokens + 1) * reach.mean(axis=1, keepdims=True)
     elif mode == "causal":
         counts = np.arange(1, tokens + 1, dtype=np.float64)[None, :, None]
-        bound = (np.cumsum(feature_error, axis=1) + _gamma(counts + 1) * np.cumsum(reach, axis=1)) / counts
+        bound = (np.cumsum(feature_error, axis=1) + gamma(counts + 1) * np.cumsum(reach, axis=1)) / counts
         if frame_tokens:
             bound = bound[:, _frame_ends(tokens, frame_tokens)]
     elif mode == "masked":
         m = np.abs(np.asarray(mask, dtype=np.float64))[..., None]
         total = m.sum(axis=1, keepdims=True)  # Sum |m|: the float32 total is within gamma_n of it
-        numerator = (m * feature_error).sum(axis=1, keepdims=True) + _gamma(tokens + 1) * (m * reach).sum(axis=1, keepdims=True)
+        numerator = (m * feature_error).sum(axis=1, keepdims=True) + gamma(tokens + 1) * (m * reach).sum(axis=1, keepdims=True)
         exact_total = np.abs(np.asarray(mask, dtype=np.float64).sum(axis=1))[:, None, None]
-        low_total = exact_total - _gamma(tokens) * total
+        low_total = exact_total - gamma(tokens) * total
         with np.errstate(divide="ignore", invalid="ignore"):
-            bound = np.where(exact_total > 0, (numerator + y * _gamma(tokens + 1) * total) / np.maximum(low_total, 1e-300), 0.0)
+            bound = np.where(exact_total > 0, (numerator + y * gamma(tokens + 1) * total) / np.maximum(low_total, 1e-300), 0.0)
     else:
         raise ValueError(f"unknown mode {mode!r}, expected one of {MODES}")
     return bound + OUTPUT_ROUNDOFF[dtype] * (y + bound) + OUTPUT_TINY[dtype]
