@@ -152,6 +152,7 @@ struct LaunchState
     cudaError_t fault = cudaSuccess;
     std::string faultText;
     std::atomic<long> sleeps{0};
+    bool slowBlocks = false; // this process's blocks pause at each barrier (concurrent launches)
 };
 
 //! Memory shared by the processes of a launch with concurrent blocks.
@@ -300,6 +301,11 @@ public:
                 {
                     switchTo(fiber);
                 }
+            }
+            if (state().slowBlocks)
+            {
+                struct timespec const pause{0, 200'000}; // 0.2 ms a phase
+                nanosleep(&pause, nullptr);
             }
             unsigned long long const done = countFinished();
             if (done != threads && done != finished)
@@ -459,6 +465,9 @@ cudaError_t launch(cudaLaunchConfig_t const& config, Body const& body)
             {
                 // Start together: otherwise the first process forked can run a small grid alone
                 // before the others exist, and no block ever waits for another.
+                // The first process's blocks run slowly: a chunk that follows one of them in
+                // another process must wait for it, whatever the timing of the machine.
+                s.slowBlocks = i == 0;
                 shared->started.fetch_add(1);
                 struct timespec const pause{0, 20'000};
                 while (shared->started.load() < shared->forked.load())
