@@ -67,7 +67,9 @@ typedef enum
     POM_ERROR_ROPE_CHANNELS = -10,
     POM_ERROR_ROPE_UNSUPPORTED = -11,
     POM_ERROR_BAD_FRAME_TOKENS = -12,
-    POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE = -13
+    POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE = -13,
+    POM_ERROR_OUT_OF_MEMORY = -14,  /* CPU kernel: its scratch memory could not be allocated */
+    POM_ERROR_PARALLEL_FOR = -15    /* CPU kernel: the caller's parallel loop reported a failure */
 } PomStatus;
 
 /* Largest supported degree K (PoM uses 2..5; the upstream Triton kernels allow <= 16). */
@@ -122,6 +124,22 @@ POM_API int pomPolyAggregateCpuEx(PomPolyAggregateDesc const* desc, void const* 
 /* pomPolyAggregateCpuEx without cos and sin. */
 POM_API int pomPolyAggregateCpu(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void* y);
+
+/*
+ * A parallel loop given by the caller of the CPU kernel: run task(data, i) once for every i in
+ * [0, count), in any order, on any threads, and return 0 when all ran (non-zero otherwise).
+ * onnxruntime's custom op passes its intra-op thread pool this way.
+ */
+typedef void (*PomTask)(void* data, size_t index);
+typedef int (*PomParallelFor)(void* pool, PomTask task, void* data, size_t count);
+
+/*
+ * The CPU kernel (polyAggregateCpuKernel.cpp), what onnxruntime's custom op runs: host pointers,
+ * one read of x for mean and masked, float32 sums. The work is cut by shapes only, so results
+ * are bit-identical for any thread count. parallelFor NULL: the calling thread does all the work.
+ */
+POM_API int pomPolyAggregateCpuKernel(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+    void const* mask, void const* cos, void const* sin, void* y, PomParallelFor parallelFor, void* pool);
 
 #ifdef __cplusplus
 }

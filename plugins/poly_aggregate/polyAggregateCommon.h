@@ -150,6 +150,8 @@ inline char const* statusText(int status)
     case POM_ERROR_ROPE_UNSUPPORTED: return "rope needs variant v2 and degree <= 8";
     case POM_ERROR_BAD_FRAME_TOKENS: return "frame_tokens must be >= 0, and > 0 only with mode causal";
     case POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE: return "tokens must be a multiple of frame_tokens";
+    case POM_ERROR_OUT_OF_MEMORY: return "out of host memory for the CPU kernel's scratch";
+    case POM_ERROR_PARALLEL_FOR: return "the parallel loop given to the CPU kernel failed";
     default: return nullptr;
     }
 }

@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..comparator import OutputComparison, compare_outputs
 from ..dtypes import to_numpy
 from ..errors import ExportError, first_line
+from ..ops.ort_ops import register_ort_ops
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from .config import ExportConfig
 from .graphs import FullGraph, GraphBuilder, StepGraph
@@ -88,8 +89,10 @@ def verify_step(builder: StepGraph, path: Path, reference: nn.Module, atol: floa
 def _verification_session(path: Path):
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    register_ort_ops(options)  # fused graphs: verify the CPU kernel where its library is found
     try:
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ExportError(
             f"onnxruntime (CPU) cannot run the exported graph to verify it: {first_line(exc).split(' : ')[-1]}; "

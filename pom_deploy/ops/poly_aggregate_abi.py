@@ -41,6 +41,10 @@ class Desc(ctypes.Structure):
     ]
 
 
+TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)  # PomTask
+PARALLEL_FOR = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, TASK, ctypes.c_void_p, ctypes.c_size_t)  # PomParallelFor
+
+
 def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str):
     """(x, coeff, mask) rounded to ``dtype``, so the float64 oracle sees exactly what a kernel sees."""
     rng = np.random.default_rng(seed)
@@ -76,8 +80,9 @@ def load(path: str) -> ctypes.CDLL:
     desc_p = ctypes.POINTER(Desc)
     lib.pomPolyAggregateValidate.argtypes = [desc_p]
     lib.pomPolyAggregateValidate.restype = ctypes.c_int
-    lib.pomPolyAggregateWorkspaceSize.argtypes = [desc_p]
-    lib.pomPolyAggregateWorkspaceSize.restype = ctypes.c_size_t
+    if hasattr(lib, "pomPolyAggregateWorkspaceSize"):  # the GPU kernels and their emulations
+        lib.pomPolyAggregateWorkspaceSize.argtypes = [desc_p]
+        lib.pomPolyAggregateWorkspaceSize.restype = ctypes.c_size_t
     lib.pomPolyAggregateStatusString.argtypes = [ctypes.c_int]
     lib.pomPolyAggregateStatusString.restype = ctypes.c_char_p
     ptr = ctypes.c_void_p
@@ -93,6 +98,9 @@ def load(path: str) -> ctypes.CDLL:
     if hasattr(lib, "pomPolyAggregateCpuEx"):
         lib.pomPolyAggregateCpuEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr]
         lib.pomPolyAggregateCpuEx.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateCpuKernel"):
+        lib.pomPolyAggregateCpuKernel.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr, PARALLEL_FOR, ptr]
+        lib.pomPolyAggregateCpuKernel.restype = ctypes.c_int
     return lib
 
 
@@ -111,7 +119,7 @@ def _zeros(shape, dtype, shared: bool) -> np.ndarray:
 
 
 def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask, frame_tokens=0, rope="none",
-          cos=None, sin=None) -> np.ndarray:
+          cos=None, sin=None, parallel_for=None) -> np.ndarray:
     batch, tokens, channels = x.shape
     per_batch = cos is not None and cos.shape[0] == batch and batch != 1
     desc = make_desc(batch, tokens, channels, degree, variant, mode, np.dtype(x.dtype).name, frame_tokens, rope, per_batch)
@@ -123,7 +131,9 @@ def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask, f
     pointers = [a.ctypes.data if a is not None else None for a in arrays]
     # Without tables the original entry points run (they must keep working); with them the Ex ones.
     extended = cos is not None or sin is not None
-    if entry == "cpu":
+    if entry == "kernel":
+        status = lib.pomPolyAggregateCpuKernel(ctypes.byref(desc), *pointers, y.ctypes.data, parallel_for or PARALLEL_FOR(), None)
+    elif entry == "cpu":
         if extended:
             status = lib.pomPolyAggregateCpuEx(ctypes.byref(desc), *pointers, y.ctypes.data)
         else:
@@ -175,3 +185,23 @@ def run_host_launch(
     """Run pomPolyAggregateLaunch(Ex) on host arrays: for polyAggregateKernel.cu built against the
     host emulation of CUDA (plugins/tests/cuda_host), whose device memory is host memory."""
     return _call(lib, "launch", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin)
+
+
+def run_cpu_kernel(
+    lib: ctypes.CDLL,
+    x: np.ndarray,
+    degree: int,
+    variant: str,
+    mode: str,
+    coeff: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    *,
+    frame_tokens: int = 0,
+    rope: str = "none",
+    cos: np.ndarray | None = None,
+    sin: np.ndarray | None = None,
+    parallel_for=None,
+) -> np.ndarray:
+    """Run the CPU kernel (polyAggregateCpuKernel.cpp) on host arrays. ``parallel_for``: a
+    ``PARALLEL_FOR`` callback (None: the calling thread runs every task)."""
+    return _call(lib, "kernel", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin, parallel_for)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 from ..dtypes import name_of
 from ..errors import ModelLoadError, RuntimeInputError, first_line
 from ..onnx_graph import read_spec
+from ..ops.ort_ops import register_ort_ops
 from ..spec import TensorSpec
 from .base import Backend, register_backend
 from .providers import select_providers, with_plugin_library
@@ -34,7 +35,11 @@ class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
     suffixes = (".onnx",)
 
-    def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None,
+                 ort_ops: str | Path | bool | None = None):
+        """``ort_ops``: the PolyAggregate custom-op library for a fused graph on the CPU provider
+        (a path; None: the one ``pom_deploy.ops.ort_ops`` finds, if any; False: none, so the
+        nodes' function bodies run)."""
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such file")
@@ -46,11 +51,18 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         try:
             self.spec = read_spec(path)
-            fused = self.spec is not None and self.spec.fused_ops
+        except Exception as exc:
+            raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {first_line(exc)}") from None
+        fused = self.spec is not None and self.spec.fused_ops
+        self.ort_ops_library = None
+        if fused and ort_ops is not False and "CPUExecutionProvider" in self.providers:
+            self.ort_ops_library = register_ort_ops(options, None if ort_ops in (None, True) else ort_ops)
+        try:
             self.session = ort.InferenceSession(str(path), options, providers=with_plugin_library(self.providers, fused))
         except Exception as exc:
             raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {first_line(exc)}") from None
-        self.name = f"onnxruntime ({self.session.get_providers()[0]})"
+        kernel = " + PolyAggregate CPU kernel" if self.ort_ops_library is not None else ""
+        self.name = f"onnxruntime ({self.session.get_providers()[0]}{kernel})"
         self._state_device = "cpu" if self.session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
 
     @property

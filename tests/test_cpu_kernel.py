@@ -1,0 +1,262 @@
+"""The PolyAggregate CPU kernel (plugins/poly_aggregate/polyAggregateCpuKernel.cpp) and the
+onnxruntime custom op that runs it (polyAggregateOrtOp.cpp, built by plugins/ort_ops).
+
+* The kernel, through its C ABI (g++ only, every machine): within ``error_bound`` of the float64
+  oracle for every variant, mode, dtype, RoPE and frame case the CPU emulation runs; bit-identical
+  whatever threads run its tasks and in which order; its error statuses.
+* Finding and registering the library (every machine): a junk file is one error line.
+* The custom op in onnxruntime: needs onnxruntime's C API header (``$ONNXRUNTIME_INCLUDE_DIR``,
+  as for plugins/ort_ops/CMakeLists.txt), which no package here ships, so these tests skip
+  without it (as in CI). With it: fused exports of a layer, the video model (full and step) and
+  the DiT (RoPE 2-D, fp16) run with the kernel -- seen in onnxruntime's profile -- and agree with
+  PyTorch; bad nodes and inputs are one-line errors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from pom_deploy import export_onnx
+from pom_deploy.errors import ModelLoadError
+from pom_deploy.models.layers import PoMv2
+from pom_deploy.models.zoo import create_zoo_model
+from pom_deploy.ops import ort_ops
+from pom_deploy.ops import poly_aggregate_abi as abi
+from pom_deploy.runtime import load
+from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
+from test_plugin_poly_aggregate import CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation
+from tolerances import FP16_RELATIVE_TO_PEAK, MODEL_ATOL
+
+ROOT = Path(__file__).resolve().parents[1]
+POLY_AGGREGATE = ROOT / "plugins" / "poly_aggregate"
+ORT_INCLUDE = os.environ.get("ONNXRUNTIME_INCLUDE_DIR")
+
+
+def _run(cmd, **kwargs):
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def kernel_lib(tmp_path_factory):
+    """The kernel alone, built as plugins/ort_ops builds it (the flags its CMake gives)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found on PATH")
+    library = tmp_path_factory.mktemp("cpu_kernel") / "libpom_poly_aggregate_cpu_kernel.so"
+    _run(["g++", "-std=c++17", "-O3", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden",
+          POLY_AGGREGATE / "polyAggregateCpuKernel.cpp", "-o", library])
+    return abi.load(str(library))
+
+
+# ---------------------------------------------------------------- the kernel vs the oracle
+
+@pytest.mark.parametrize("dtype", list(abi.DTYPES))
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
+def test_kernel_matches_oracle(kernel_lib, shape, variant, mode, dtype):
+    batch, tokens, channels, degree = shape
+    x, coeff, mask = abi.make_inputs(zlib.crc32(repr((shape, variant, mode, dtype)).encode()), batch, tokens, channels,
+                                     degree, variant, mode, dtype)
+    y = abi.run_cpu_kernel(kernel_lib, x, degree, variant, mode, coeff, mask)
+    assert y.dtype == x.dtype and y.shape == abi.output_shape(batch, tokens, channels, mode)
+    _assert_close(y, x, degree, variant, mode, coeff, mask, dtype)
+
+
+@pytest.mark.parametrize("case", host_emulation.extended_cases(CPU_EXTENDED), ids=_extended_id)
+def test_kernel_rope_and_frames_match_oracle(kernel_lib, case):
+    y, check = _run_extended(kernel_lib, case, abi.run_cpu_kernel)
+    check(y)
+
+
+def test_masked_fractional_weights_empty_mask_and_no_tokens(kernel_lib):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 400, 8)).astype(np.float32)
+    coeff = rng.uniform(-1, 1, (8, 2)).astype(np.float32)
+    mask = rng.random((3, 400)).astype(np.float32)
+    mask[1] = 0.0
+    y = abi.run_cpu_kernel(kernel_lib, x, 2, "v2", "masked", coeff, mask)
+    _assert_close(y, x, 2, "v2", "masked", coeff, mask, "float32")
+    assert np.all(y[1] == 0.0)
+    empty = np.zeros((2, 0, 4), np.float32)
+    assert np.all(abi.run_cpu_kernel(kernel_lib, empty, 2, "v1", "mean") == 0.0)
+    assert abi.run_cpu_kernel(kernel_lib, empty, 2, "v1", "causal").shape == (2, 0, 4)
+
+
+def _thread_pool_parallel_for(order):
+    """A PomParallelFor that runs the tasks on 2 real threads, in ``order`` ("reverse" or "forward")."""
+    def parallel_for(pool, task, data, count):
+        indices = range(count - 1, -1, -1) if order == "reverse" else range(count)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:  # the GIL is released inside task
+            list(executor.map(lambda i: task(data, i), indices))
+        return 0
+    return abi.PARALLEL_FOR(parallel_for)
+
+
+# (batch, tokens, channels, degree, mode, frame_tokens, rope): a step-graph chunk (few token tiles,
+# so rows are cut into channel tiles), long rows, frames, the token-level chain, RoPE.
+THREAD_CASES = [(1, 256, 1024, 3, "mean", 0, "none"), (2, 1100, 96, 2, "masked", 0, "none"),
+                (1, 1000, 64, 2, "causal", 200, "none"), (2, 700, 40, 3, "causal", 0, "none"),
+                (1, 600, 32, 2, "causal", 0, "2d")]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_kernel_is_bit_identical_for_any_threads_and_order(kernel_lib, case, order):
+    batch, tokens, channels, degree, mode, frame_tokens, rope = case
+    x, coeff, mask = abi.make_inputs(3, batch, tokens, channels, degree, "v2", mode, "float32")
+    cos, sin = abi.make_rope_tables(4, 1, tokens, channels, "float32") if rope != "none" else (None, None)
+    options = dict(frame_tokens=frame_tokens, rope=rope, cos=cos, sin=sin)
+    serial = abi.run_cpu_kernel(kernel_lib, x, degree, "v2", mode, coeff, mask, **options)
+    threaded = abi.run_cpu_kernel(kernel_lib, x, degree, "v2", mode, coeff, mask, **options,
+                                  parallel_for=_thread_pool_parallel_for(order))
+    assert np.array_equal(serial, threaded)
+    _assert_close(serial, x, degree, "v2", mode, coeff, mask, "float32", **options)
+
+
+def test_kernel_error_statuses(kernel_lib):
+    x, coeff, _ = abi.make_inputs(0, 1, 8, 4, 2, "v2", "mean", "float32")
+    with pytest.raises(RuntimeError, match="v2 needs coeff"):
+        abi.run_cpu_kernel(kernel_lib, x, 2, "v2", "mean")
+    with pytest.raises(RuntimeError, match="degree must be in"):
+        abi.run_cpu_kernel(kernel_lib, x, 17, "v1", "mean")
+    failing = abi.PARALLEL_FOR(lambda pool, task, data, count: 1)
+    with pytest.raises(RuntimeError, match="parallel loop given to the CPU kernel failed"):
+        abi.run_cpu_kernel(kernel_lib, x, 2, "v2", "mean", coeff, parallel_for=failing)
+
+
+# ---------------------------------------------------------------- finding and registering the library
+
+def test_library_search_and_one_line_errors(tmp_path, monkeypatch):
+    junk = tmp_path / ort_ops.LIBRARY_NAME
+    junk.write_bytes(b"not a shared library")
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, os.pathsep.join([str(tmp_path / "absent"), str(tmp_path)]))
+    assert ort_ops.find_ort_ops_library() == junk
+    with pytest.raises(ModelLoadError, match="not found"):
+        ort_ops.find_ort_ops_library(tmp_path / "missing.so")
+    with pytest.raises(ModelLoadError) as error:
+        ort_ops.register_ort_ops(ort.SessionOptions())
+    assert "cannot load the custom-op library" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypatch):
+    junk = tmp_path / ort_ops.LIBRARY_NAME
+    junk.write_bytes(b"not a shared library")
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
+    layer = PoMv2(16, 2, 2, 1, 4)
+    plain = export_onnx(layer, tmp_path / "plain.onnx", verify=False)
+    fused = export_onnx(layer, tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    assert OnnxRuntimeBackend(plain.path).ort_ops_library is None  # not fused: never loaded
+    assert OnnxRuntimeBackend(fused.path, ort_ops=False).ort_ops_library is None  # asked not to
+    with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
+        OnnxRuntimeBackend(fused.path)
+
+
+# ---------------------------------------------------------------- the custom op in onnxruntime
+
+@pytest.fixture(scope="module")
+def ort_ops_library(tmp_path_factory):
+    """plugins/ort_ops built with CMake against ``$ONNXRUNTIME_INCLUDE_DIR``."""
+    if not ORT_INCLUDE:
+        pytest.skip("ONNXRUNTIME_INCLUDE_DIR not set: onnxruntime's C API header is needed to build the custom op")
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found on PATH")
+    build = tmp_path_factory.mktemp("ort_ops")
+    _run(["cmake", "-S", ROOT / "plugins" / "ort_ops", "-B", build, f"-DONNXRUNTIME_INCLUDE_DIR={ORT_INCLUDE}"])
+    _run(["cmake", "--build", build])
+    return build / ort_ops.LIBRARY_NAME
+
+
+def _session(path, library, profile=False):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.enable_profiling = profile
+    options.profile_file_prefix = str(Path(path).with_suffix(".profile"))  # next to the model, in tmp_path
+    ort_ops.register_ort_ops(options, library)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _ran_ops(session) -> set[str]:
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+
+def test_layer_runs_the_kernel_and_matches_pytorch(tmp_path, ort_ops_library):
+    layer = PoMv2(64, 3, 2, 1, 8).eval()
+    with torch.no_grad():
+        layer.po_coeff.uniform_(-0.5, 0.5)
+    result = export_onnx(layer, tmp_path / "layer.onnx", fused_ops_enabled=True)
+    session = _session(result.path, ort_ops_library, profile=True)
+    x = torch.randn(2, 300, 64)
+    actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    ops = _ran_ops(session)
+    assert "PolyAggregate" in ops and "LeakyRelu" not in ops  # the kernel ran, not the inlined function
+    with torch.no_grad():
+        np.testing.assert_allclose(actual, layer(x).numpy(), atol=MODEL_ATOL, rtol=0)
+
+
+def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, monkeypatch):
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(ort_ops_library))
+    video = create_zoo_model("video_pom", frame_tokens=8, degree=3).eval()
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)  # verified with the kernel
+    x = torch.randn(1, 32, video.in_proj.in_features)
+    session = load(full.path, device="cpu")
+    assert "PolyAggregate CPU kernel" in session.backend.name
+    with torch.no_grad():
+        expected = video(x).numpy()
+    np.testing.assert_allclose(session.run(**{full.spec.inputs[0].name: x.numpy()})[full.spec.outputs[0].name], expected,
+                               atol=MODEL_ATOL, rtol=0)
+    step = export_onnx(video, tmp_path / "v.step.onnx", step=True, fused_ops_enabled=True)
+    stream = load(step.path, device="cpu")
+    assert "PolyAggregate CPU kernel" in stream.backend.name
+    chunks = [stream.step(x[:, i:i + 8].numpy()) for i in range(0, 32, 8)]
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), expected, atol=MODEL_ATOL, rtol=0)
+
+
+def test_dit_rope_fp16_graph_runs_the_kernel(tmp_path, ort_ops_library):
+    dit = create_zoo_model("dit_pom")
+    result = export_onnx(dit, tmp_path / "dit.onnx", dtype="fp16", fused_ops_enabled=True, verify=False)
+    session = _session(result.path, ort_ops_library, profile=True)
+    image, t, label = torch.randn(3, 4, 10, 6), torch.rand(3) * 1000, torch.randint(0, 10, (3,))
+    actual = session.run(None, {"image": image.half().numpy(), "timestep": t.half().numpy(), "class_label": label.numpy()})[0]
+    assert "PolyAggregate" in _ran_ops(session)
+    with torch.no_grad():
+        expected = dit.double()(image.double(), t, label).numpy()
+    assert np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max() <= FP16_RELATIVE_TO_PEAK
+
+
+def _node_model(path, attributes, inputs):
+    """One PolyAggregate node over float inputs of the given shapes."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    node = helper.make_node("PolyAggregate", names, ["y"], domain="pom_deploy", **attributes)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(names, inputs)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("pom_deploy", 1)]), path)
+    return path
+
+
+def test_bad_nodes_and_inputs_are_one_line_errors(tmp_path, ort_ops_library):
+    bad_mode = _node_model(tmp_path / "mode.onnx", {"variant": "v2", "degree": 2, "mode": "sideways"}, [[1, 4, 8], [8, 2]])
+    with pytest.raises(Exception, match="unknown variant 'v2', mode 'sideways'"):
+        _session(bad_mode, ort_ops_library)
+    model = _node_model(tmp_path / "ok.onnx", {"variant": "v2", "degree": 2, "mode": "mean"}, [[1, None, 8], [None, 2]])
+    session = _session(model, ort_ops_library)
+    x = np.ones((1, 4, 8), np.float32)
+    with pytest.raises(Exception, match=r"PolyAggregate: coeff must be \(8, 2\), got \(7, 2\)"):
+        session.run(None, {"in0": x, "in1": np.ones((7, 2), np.float32)})
+    assert session.run(None, {"in0": x, "in1": np.ones((8, 2), np.float32)})[0].shape == (1, 1, 8)
