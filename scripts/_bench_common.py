@@ -46,7 +46,9 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def ort_session(path: str | Path, threads: int, profile_prefix: str | None = None):
+def ort_session(path: str | Path, threads: int, profile_prefix: str | None = None, custom_ops_library: str | Path | None = None):
+    """An onnxruntime CPU session with the benchmarks' thread settings; ``custom_ops_library``:
+    a custom-op library to register (pom-deploy's PolyAggregate kernel), none when None."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -60,6 +62,10 @@ def ort_session(path: str | Path, threads: int, profile_prefix: str | None = Non
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
+    if custom_ops_library is not None:
+        from pom_deploy.ops.ort_ops import register_ort_ops
+
+        register_ort_ops(options, custom_ops_library)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -174,6 +180,47 @@ def ort_profile_by_op(profile_json: str | Path, runs_to_skip: int = 0) -> dict[s
         op = e.get("args", {}).get("op_name", "?")
         totals[op] = totals.get(op, 0.0) + e["dur"] * 1e-6
     return totals
+
+
+GEMM_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")  # onnxruntime's GEMM kernels (Fused*: + a fused activation/scale)
+KERNEL_OP = "PolyAggregate"  # the op type the custom-op library's kernel shows in a profile
+
+
+def ort_profile_per_run(path: str | Path, threads: int, feeds: dict, runs: int, profile_prefix: str,
+                        custom_ops_library: str | Path | None = None, warmup: int = 1) -> dict[str, float]:
+    """Kernel seconds per run by op type: a profiled session (same settings as ``ort_session``)
+    run ``warmup`` + ``runs`` times, the warm-up runs left out."""
+    session = ort_session(path, threads, profile_prefix=profile_prefix, custom_ops_library=custom_ops_library)
+    for _ in range(warmup + runs):
+        session.run(None, feeds)
+    by_op = ort_profile_by_op(session.end_profiling(), runs_to_skip=warmup)
+    return {op: t / runs for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])}
+
+
+def gemm_seconds(per_run: dict[str, float]) -> float:
+    """Sum of the GEMM kernels' time in a per-run profile (``ort_profile_per_run``)."""
+    return sum(t for op, t in per_run.items() if op in GEMM_OPS)
+
+
+def require_kernel(per_run: dict[str, float], what: str) -> None:
+    """Fail loudly unless the profile shows the PolyAggregate kernel ran (rather than the
+    function body onnxruntime inlines when the library is not registered)."""
+    if KERNEL_OP not in per_run:
+        raise RuntimeError(f"{what}: no {KERNEL_OP} op in the onnxruntime profile (ops: {', '.join(per_run)}): "
+                           "the custom-op library's kernel did not run")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def times_str(value: float | None) -> str:
+    """``1.23x``, or ``n/a`` when not measured."""
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def ms_or_na(seconds: float | None) -> str:
+    return "n/a" if seconds is None else ms(seconds)
 
 
 def save_figure(fig, path) -> None:

@@ -8,8 +8,17 @@ What is measured (batch 1, float32, CPU):
 * the same layer's projections alone (qc_proj: N x 512 -> N x 1032 and ag_proj:
   N x 1024 -> N x 512, two MatMuls and nothing else) exported with torch.onnx.export, so
   that (layer - matmuls) / layer is the share of the layer's time spent outside the GEMMs;
+  qc_proj alone is the layer's floor (its one large GEMM);
 * one zoo model (``video_pom``, dim 512, depth 2, frames of 256 tokens, block-causal full
-  graph) at a few N.
+  graph) at a few N, and its step graph (``export_onnx(step=True)``) on one 256-token chunk
+  fed with the state reached after 10 chunks; the floor of both is the model's own GEMM time
+  (MatMul/Gemm kernel time per run in an onnxruntime profile).
+
+With the PolyAggregate custom-op library (``--ort-ops``; by default the one
+``pom_deploy.ops.ort_ops.find_ort_ops_library`` finds), every table has one more contender,
+"ort+kernel": the same model exported with ``fused_ops_enabled=True`` and run in a session that
+registers the library, so each ``PolyAggregate`` node is one CPU kernel (checked in a profile).
+Without the library those columns are n/a.
 
 Contenders run interleaved in one process (order rotating each round) and are compared by
 medians. torch and onnxruntime get the same threads: ``--threads`` intra-op threads (default:
@@ -32,12 +41,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as C  # noqa: E402
+import _bench_zoo as Z  # noqa: E402
 
 LAYER = dict(dim=512, degree=3, expand=2, n_groups=1, n_sel_heads=8)
-ZOO = dict(in_dim=64, dim=512, depth=2, degree=3, expand=2, n_sel_heads=8, frame_tokens=256, mlp_ratio=4.0)
+ZOO = Z.ZOO
 FULL = dict(layer_n=[256, 1024, 4096, 16384], layer_reps={256: 60, 1024: 30, 4096: 15, 16384: 9},
-            zoo_n=[1024, 4096, 16384], zoo_reps={1024: 10, 4096: 6, 16384: 3})
-QUICK = dict(layer_n=[256, 1024], layer_reps={256: 5, 1024: 3}, zoo_n=[256, 1024], zoo_reps={256: 3, 1024: 2})
+            zoo_n=[1024, 4096, 16384], zoo_reps={1024: 10, 4096: 6, 16384: 3}, step_after=10, step_reps=30, floor_runs=5)
+QUICK = dict(layer_n=[256, 1024], layer_reps={256: 5, 1024: 3}, zoo_n=[256, 1024], zoo_reps={256: 3, 1024: 2},
+             step_after=10, step_reps=10, floor_runs=2)
+GOAL_N = 4096  # the goals below hold at N >= GOAL_N (the step graph: per chunk)
+SPEED_GOAL, FLOOR_GOAL = 1.3, 1.15  # compile / (ort+kernel) >= SPEED_GOAL, (ort+kernel) / floor <= FLOOR_GOAL
 
 
 def parse_args():
@@ -45,9 +58,13 @@ def parse_args():
     p.add_argument("--quick", action="store_true", help="short smoke run: small N, few repetitions")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for torch and onnxruntime (default: all CPUs)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C++ compiler)")
-    p.add_argument("--no-zoo", action="store_true", help="skip the zoo model")
+    p.add_argument("--no-zoo", action="store_true", help="skip the zoo model (full graph and step graph)")
+    p.add_argument("--ort-ops", default=None, metavar="PATH", help="the PolyAggregate custom-op library for the ort+kernel "
+                   "contender (default: find_ort_ops_library(): $POM_DEPLOY_ORT_OPS, next to the package, build/ort_ops/)")
+    p.add_argument("--no-ort-ops", action="store_true", help="no ort+kernel contender, even if the library is found")
     p.add_argument("--json", default=None, help="results JSON (default: <work-dir>/bench_export.json)")
-    p.add_argument("--plot", default=str(C.REPO / "docs" / "img" / "bench_export_latency.png"), help="PNG plot path ('' for none)")
+    p.add_argument("--plot", default=None, help="PNG plot path ('' for none; default: docs/img/bench_export_latency.png, "
+                   "none with --quick, whose numbers are not for the docs)")
     p.add_argument("--spin", action="store_true", help="keep the runtimes' spin-waiting idle threads (default: both block; "
                    "onnxruntime session.intra_op.allow_spinning=0 and OMP_WAIT_POLICY=PASSIVE for torch)")
     p.add_argument("--work-dir", default=None, help="where ONNX files and profiles go (default: a temporary directory)")
@@ -71,26 +88,49 @@ def main():
     out.print(f"[bold]bench_export[/bold] {'(quick)' if args.quick else '(full)'}: {info['cpu']} x{info['logical_cpus']}, "
               f"torch {info['torch']}, onnxruntime {info['onnxruntime']}; {args.threads} intra-op threads for torch and "
               f"onnxruntime, 1 inter-op; work dir {work}")
+    lib = ort_ops_library(args, out)
     results = {"machine": info, "settings": {"quick": args.quick, "layer": LAYER, "zoo": ZOO, **{k: v for k, v in settings.items()}},
-               "layer": [], "zoo": [], "profile": None, "goals": {}}
+               "ort_ops_library": str(lib) if lib else None, "layer": [], "zoo": [], "step": [], "profile": None, "goals": {}}
 
     layer = make_layer()
-    layer_onnx, proj_onnx, qc_onnx = export_layer_graphs(layer, work, out)
-    results["layer"] = measure_layer(layer, layer_onnx, proj_onnx, qc_onnx, settings, args, work, out)
+    graphs = export_layer_graphs(layer, work, lib, out)
+    results["layer"] = measure_layer(layer, graphs, lib, settings, args, work, out)
     tabulate_layer(results["layer"], args.threads, out)
-    results["profile"] = profile_layer(layer_onnx, settings, args, work, out)
+    results["profile"] = profile_layer(graphs, lib, settings, args, work, out)
     if not args.no_zoo:
-        results["zoo"] = measure_zoo(settings, args, work, out)
-        tabulate_zoo(results["zoo"], out)
+        results["zoo"] = Z.measure_zoo(settings, args, lib, work, out)
+        Z.tabulate_zoo(results["zoo"], out)
+        results["step"] = Z.measure_step(settings, args, lib, work, out)
+        Z.tabulate_step(results["step"], out)
     results["goals"] = evaluate_goals(results, out)
     results["loadavg_at_end"] = os.getloadavg()
 
     json_path = Path(args.json) if args.json else work / "bench_export.json"
     C.write_json(json_path, results)
     out.print(f"results: {json_path}")
-    if args.plot:
-        plot(results, args.plot)
-        out.print(f"plot: {args.plot}")
+    plot_path = args.plot if args.plot is not None else "" if args.quick else str(C.REPO / "docs" / "img" / "bench_export_latency.png")
+    if plot_path:
+        try:
+            plot(results, plot_path)
+            out.print(f"plot: {plot_path}")
+        except ModuleNotFoundError as exc:  # matplotlib is the "bench" extra
+            out.print(f"plot skipped: {exc} (pip install -e '.[bench]')")
+
+
+def ort_ops_library(args, out) -> Path | None:
+    """The PolyAggregate custom-op library for the ort+kernel contender, or None (said in one line)."""
+    from pom_deploy.ops.ort_ops import ORT_OPS_ENV, find_ort_ops_library
+
+    if args.no_ort_ops:
+        out.print("ort+kernel: not measured (--no-ort-ops); its columns are n/a")
+        return None
+    lib = find_ort_ops_library(args.ort_ops)
+    if lib is None:
+        out.print(f"ort+kernel: no PolyAggregate custom-op library found (--ort-ops PATH or ${ORT_OPS_ENV}; "
+                  "plugins/ort_ops builds it); its columns are n/a")
+    else:
+        out.print(f"ort+kernel: PolyAggregate custom-op library {lib}")
+    return lib
 
 
 def make_layer():
@@ -121,55 +161,58 @@ def _projections(layer):
     return Projections(layer).eval()
 
 
-def export_layer_graphs(layer, work: Path, out):
-    """The layer (verified export), its two projections alone, and qc_proj alone, as ONNX files."""
+def export_layer_graphs(layer, work: Path, lib: Path | None, out) -> dict[str, Path]:
+    """The layer (verified export), its two projections alone, qc_proj alone and, with the
+    custom-op library, the layer exported with fused ops, as ONNX files: {"layer", "proj", "qc", "fused"}."""
     import onnx
     import torch
 
     from pom_deploy import export_onnx
 
     clock = time.perf_counter()
-    layer_onnx = work / "pomv2_layer.onnx"
-    export_onnx(layer, layer_onnx, force=True)
+    graphs = {"layer": work / "pomv2_layer.onnx"}
+    export_onnx(layer, graphs["layer"], force=True)
     out.print(f"exported the layer in {time.perf_counter() - clock:.1f} s (verified against PyTorch)")
+    if lib is not None:
+        clock = time.perf_counter()
+        graphs["fused"] = work / "pomv2_layer_fused.onnx"
+        export_onnx(layer, graphs["fused"], fused_ops_enabled=True, force=True)
+        out.print(f"exported the layer with fused ops in {time.perf_counter() - clock:.1f} s (verified against PyTorch)")
 
     proj = _projections(layer)
-    proj_onnx = work / "pomv2_projections.onnx"
+    graphs["proj"] = work / "pomv2_projections.onnx"
     tokens = torch.export.Dim("tokens", min=2, max=65536)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(proj, (torch.randn(1, 64, 512), torch.randn(1, 64, 1024)), dynamo=True, opset_version=18,
                                     input_names=["x", "z"], output_names=["qc", "ag"],
                                     dynamic_shapes=({1: tokens}, {1: tokens}), optimize=True, verbose=False)
-    program.save(str(proj_onnx))
+    program.save(str(graphs["proj"]))
     # qc_proj alone: the only large GEMM left once the layer computes its output as s @ M
     # (n_sel_heads > 1, one context vector per sequence; commit 1209024), where ag_proj over
-    # N x 1024 is no longer run.
-    qc_onnx = work / "pomv2_qc_proj.onnx"
+    # N x 1024 is no longer run. It is the layer's floor.
+    graphs["qc"] = work / "pomv2_qc_proj.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(layer.qc_proj, (torch.randn(1, 64, 512),), dynamo=True, opset_version=18, input_names=["x"],
-                          output_names=["qc"], dynamic_shapes=({1: tokens},), optimize=True, verbose=False).save(str(qc_onnx))
-    proj_ops = sorted({n.op_type for n in onnx.load(str(proj_onnx)).graph.node})
-    layer_ops = [n.op_type for n in onnx.load(str(layer_onnx)).graph.node]
+                          output_names=["qc"], dynamic_shapes=({1: tokens},), optimize=True, verbose=False).save(str(graphs["qc"]))
+    proj_ops = sorted({n.op_type for n in onnx.load(str(graphs["proj"])).graph.node})
+    layer_ops = [n.op_type for n in onnx.load(str(graphs["layer"])).graph.node]
     out.print(f"projection graph ops: {proj_ops}; layer graph: {len(layer_ops)} nodes")
-    return layer_onnx, proj_onnx, qc_onnx
+    return graphs
 
 
-def measure_layer(layer, layer_onnx: Path, proj_onnx: Path, qc_onnx: Path, settings, args, work: Path, out) -> list[dict]:
-    """Eager, torch.compile and onnxruntime timings of the layer (and of its GEMMs alone) at each N."""
+def measure_layer(layer, graphs: dict[str, Path], lib: Path | None, settings, args, work: Path, out) -> list[dict]:
+    """Eager, torch.compile and onnxruntime timings of the layer (decomposed graph, fused graph with the
+    PolyAggregate kernel, and its GEMMs alone) at each N."""
     import numpy as np
     import torch
 
-    sess_layer = C.ort_session(layer_onnx, args.threads)
-    sess_proj = C.ort_session(proj_onnx, args.threads)
-    sess_qc = C.ort_session(qc_onnx, args.threads)
-    compiled = None
-    if not args.no_compile:
-        import torch._dynamo
-
-        torch._dynamo.config.cache_size_limit = 32
-        compiled = torch.compile(layer, dynamic=False)
+    sess_layer = C.ort_session(graphs["layer"], args.threads)
+    sess_kernel = C.ort_session(graphs["fused"], args.threads, custom_ops_library=lib) if lib is not None else None
+    sess_proj = C.ort_session(graphs["proj"], args.threads)
+    sess_qc = C.ort_session(graphs["qc"], args.threads)
+    compiled, _ = Z.try_compile(layer, args)
 
     def torch_proj(x, z):
         return layer.qc_proj(x), layer.ag_proj(z)
@@ -184,6 +227,13 @@ def measure_layer(layer, layer_onnx: Path, proj_onnx: Path, qc_onnx: Path, setti
             expected = layer(x)
             got = sess_layer.run(None, {"xq": xn})[0]
             max_abs = float(np.abs(got - expected.numpy()).max())
+            max_abs_kernel = None
+            if sess_kernel is not None:
+                max_abs_kernel = float(np.abs(sess_kernel.run(None, {"xq": xn})[0] - expected.numpy()).max())
+                if n == settings["layer_n"][0]:  # once: the library's kernel runs, not the function body
+                    C.require_kernel(C.ort_profile_per_run(graphs["fused"], args.threads, {"xq": xn}, 1,
+                                                           str(work / "ort_profile_layer_kernel_check"), custom_ops_library=lib),
+                                     f"the layer exported with fused ops ({graphs['fused'].name})")
             compile_s = None
             if compiled is not None:
                 clock = time.perf_counter()
@@ -196,119 +246,99 @@ def measure_layer(layer, layer_onnx: Path, proj_onnx: Path, qc_onnx: Path, setti
                 "ort_qc_only": lambda: sess_qc.run(None, {"x": xn}),
                 "eager_matmuls": lambda: torch_proj(x, z),
             }
+            if sess_kernel is not None:
+                contenders["ort_kernel"] = lambda: sess_kernel.run(None, {"xq": xn})
             if compiled is not None:
                 contenders["compile"] = lambda: compiled(x)
             times = C.interleaved(contenders, reps=settings["layer_reps"][n], warmup=1)
         med = {k: C.median(v) for k, v in times.items()}
         # Within-session check of the same share: kernel time outside MatMul in an onnxruntime profile
         # of the layer itself (independent of the separate projections session and of its timing).
-        prof_n = C.ort_session(layer_onnx, args.threads, profile_prefix=str(work / f"ort_profile_layer_n{n}"))
-        for _ in range(4):
-            prof_n.run(None, {"xq": xn})
-        by_op_n = C.ort_profile_by_op(prof_n.end_profiling(), runs_to_skip=1)
-        del prof_n
+        by_op_n = C.ort_profile_per_run(graphs["layer"], args.threads, {"xq": xn}, 3, str(work / f"ort_profile_layer_n{n}"))
+        floor = med["ort_qc_only"]
         row = {"n": n, "median_s": med, "reps": settings["layer_reps"][n], "max_abs_diff_ort_vs_eager": max_abs,
+               "max_abs_diff_ort_kernel_vs_eager": max_abs_kernel,
                "nonmatmul_share_ort_profile": 1 - by_op_n.get("MatMul", 0.0) / sum(by_op_n.values()),
                "compile_seconds": compile_s,
                "ort_speedup_vs_eager": med["eager"] / med["ort"],
-               "ort_speedup_vs_compile": med["compile"] / med["ort"] if "compile" in med else None,
+               "ort_speedup_vs_compile": C.ratio(med.get("compile"), med["ort"]),  # = compile / ort
+               "compile_over_ort_kernel": C.ratio(med.get("compile"), med.get("ort_kernel")),
+               "floor_s": floor, "ort_over_floor": med["ort"] / floor, "ort_kernel_over_floor": C.ratio(med.get("ort_kernel"), floor),
                "nongemm_share_ort": (med["ort"] - med["ort_matmuls"]) / med["ort"],
                "non_qc_share_ort": (med["ort"] - med["ort_qc_only"]) / med["ort"],
                "nongemm_share_eager": (med["eager"] - med["eager_matmuls"]) / med["eager"],
                "gemm_gflops_ort": 2 * n * (512 * 1032 + 1024 * 512) / med["ort_matmuls"] / 1e9}
         rows.append(row)
-        out.print(f"  layer N={n}: eager {C.ms(med['eager'])} ms, ort {C.ms(med['ort'])} ms, ort matmuls {C.ms(med['ort_matmuls'])} ms"
-                  + (f", compile {C.ms(med['compile'])} ms" if "compile" in med else ""))
-
+        out.print(f"  layer N={n}: " + ", ".join(f"{k} {C.ms(v)} ms" for k, v in med.items())
+                  + f"; max |diff| vs eager: ort {max_abs:.1e}" + (f", ort+kernel {max_abs_kernel:.1e}" if sess_kernel else ""))
     return rows
 
 
 def tabulate_layer(rows: list[dict], threads: int, out) -> None:
-    cols = ["N", "eager ms", "compile ms", "ort ms", "ort matmuls ms", "ort vs eager", "ort vs compile",
-            "non-GEMM share (ort)", "share outside qc_proj (ort)", "non-MatMul share (ort profile)", "non-GEMM share (eager)",
-            "GEMM GFLOP/s (ort)"]
-    out.print(C.table(f"PoMv2 layer (dim 512, degree 3, expand 2, 8 sel heads), batch 1, fp32, {threads} threads; medians",
-                      cols, [[r["n"], C.ms(r["median_s"]["eager"]), C.ms(r["median_s"]["compile"]) if "compile" in r["median_s"] else "-",
-                              C.ms(r["median_s"]["ort"]), C.ms(r["median_s"]["ort_matmuls"]), f"{r['ort_speedup_vs_eager']:.2f}x",
-                              f"{r['ort_speedup_vs_compile']:.2f}x" if r["ort_speedup_vs_compile"] else "-",
-                              f"{r['nongemm_share_ort']:.1%}", f"{r['non_qc_share_ort']:.1%}", f"{r['nonmatmul_share_ort_profile']:.1%}",
-                              f"{r['nongemm_share_eager']:.1%}", f"{r['gemm_gflops_ort']:.0f}"]
-                             for r in rows]))
+    title = f"PoMv2 layer (dim 512, degree 3, expand 2, 8 sel heads), batch 1, fp32, {threads} threads; medians"
+    cols = ["N", "eager ms", "compile ms", "ort ms", "ort+kernel ms", "floor: ort qc_proj only ms", "ort vs eager", "compile / ort",
+            "compile / ort+kernel", "ort / floor", "ort+kernel / floor"]
+    out.print(C.table(title, cols, [[r["n"], C.ms(r["median_s"]["eager"]), C.ms_or_na(r["median_s"].get("compile")),
+                                     C.ms(r["median_s"]["ort"]), C.ms_or_na(r["median_s"].get("ort_kernel")), C.ms(r["floor_s"]),
+                                     C.times_str(r["ort_speedup_vs_eager"]), C.times_str(r["ort_speedup_vs_compile"]),
+                                     C.times_str(r["compile_over_ort_kernel"]), C.times_str(r["ort_over_floor"]),
+                                     C.times_str(r["ort_kernel_over_floor"])] for r in rows]))
+    cols = ["N", "ort matmuls ms", "non-GEMM share (ort)", "share outside qc_proj (ort)", "share outside qc_proj (ort+kernel)",
+            "non-MatMul share (ort profile)", "non-GEMM share (eager)", "GEMM GFLOP/s (ort)"]
+    out.print(C.table("The same layer: share of the time outside the GEMMs (decomposed graph unless said)", cols,
+                      [[r["n"], C.ms(r["median_s"]["ort_matmuls"]), f"{r['nongemm_share_ort']:.1%}", f"{r['non_qc_share_ort']:.1%}",
+                        f"{1 - 1 / r['ort_kernel_over_floor']:.1%}" if r["ort_kernel_over_floor"] else "n/a",
+                        f"{r['nonmatmul_share_ort_profile']:.1%}", f"{r['nongemm_share_eager']:.1%}", f"{r['gemm_gflops_ort']:.0f}"]
+                       for r in rows]))
 
 
-def profile_layer(layer_onnx: Path, settings, args, work: Path, out) -> dict:
-    """Kernel time per op of the layer in an onnxruntime profile at the largest N."""
+def profile_layer(graphs: dict[str, Path], lib: Path | None, settings, args, work: Path, out) -> dict:
+    """Kernel time per op of the layer in onnxruntime profiles at the largest N: the decomposed graph
+    and, with the library, the fused graph with the PolyAggregate kernel."""
     import torch
 
     n = settings["layer_n"][-1]
-    xn = torch.randn(1, n, 512, generator=torch.Generator().manual_seed(1)).numpy()
-    prof = C.ort_session(layer_onnx, args.threads, profile_prefix=str(work / "ort_profile_layer"))
+    feeds = {"xq": torch.randn(1, n, 512, generator=torch.Generator().manual_seed(1)).numpy()}
     runs = 5 if not args.quick else 2
-    for _ in range(runs + 1):
-        prof.run(None, {"xq": xn})
-    profile_file = prof.end_profiling()
-    by_op = C.ort_profile_by_op(profile_file, runs_to_skip=1)
-    total = sum(by_op.values())
-    per_run = {op: t / runs for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])}
-    result = {"n": n, "runs": runs, "file": str(profile_file), "per_run_seconds_by_op": per_run,
-              "share_by_op": {op: t / total * runs for op, t in per_run.items()}}
-    out.print(C.table(f"onnxruntime profile of the layer at N={n} (kernel time per run, {runs} runs)", ["op", "ms/run", "share"],
-                      [[op, C.ms(t), f"{t / total * runs:.1%}"] for op, t in per_run.items()]))
+    per_run = {"ort": C.ort_profile_per_run(graphs["layer"], args.threads, feeds, runs, str(work / "ort_profile_layer"))}
+    if lib is not None:
+        per_run["ort_kernel"] = C.ort_profile_per_run(graphs["fused"], args.threads, feeds, runs, str(work / "ort_profile_layer_kernel"),
+                                                      custom_ops_library=lib)
+    total = {k: sum(v.values()) for k, v in per_run.items()}
+    result = {"n": n, "runs": runs, "per_run_seconds_by_op": per_run["ort"],
+              "share_by_op": {op: t / total["ort"] for op, t in per_run["ort"].items()},
+              "ort_kernel_per_run_seconds_by_op": per_run.get("ort_kernel")}
+    ops = list(dict.fromkeys(op for v in per_run.values() for op in v))
+    cols = ["op"] + [c for k in per_run for c in ((f"{'ort+kernel' if k == 'ort_kernel' else 'ort'} ms/run", "share"))]
+    out.print(C.table(f"onnxruntime profile of the layer at N={n} (kernel time per run, {runs} runs)", cols,
+                      [[op] + [c for k, v in per_run.items() for c in ((C.ms(v[op]), f"{v[op] / total[k]:.1%}") if op in v else ("-", "-"))]
+                       for op in ops]))
     return result
 
 
-def measure_zoo(settings, args, work: Path, out) -> list[dict]:
-    """Eager, torch.compile and onnxruntime timings of the video zoo model's full graph at each N."""
-    import numpy as np
-    import torch
-
-    from pom_deploy import export_onnx
-    from pom_deploy.models.zoo import create_zoo_model
-
-    model = create_zoo_model("video_pom", **ZOO)
-    zoo_onnx = work / "video_pom.onnx"
-    clock = time.perf_counter()
-    export_onnx(model, zoo_onnx, force=True)
-    out.print(f"exported video_pom ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params) in {time.perf_counter() - clock:.1f} s")
-    sess_zoo = C.ort_session(zoo_onnx, args.threads)
-    zoo_compiled = torch.compile(model, dynamic=False) if not args.no_compile else None
-    zrows = []
-    for n in settings["zoo_n"]:
-        x = torch.randn(1, n, ZOO["in_dim"], generator=torch.Generator().manual_seed(n))
-        xn = x.numpy()
-        with torch.inference_mode():
-            max_abs = float(np.abs(sess_zoo.run(None, {"tokens": xn})[0] - model(x).numpy()).max())
-            compile_s = None
-            if zoo_compiled is not None:
-                clock = time.perf_counter()
-                zoo_compiled(x)
-                compile_s = time.perf_counter() - clock
-            contenders = {"eager": lambda: model(x), "ort": lambda: sess_zoo.run(None, {"tokens": xn})}
-            if zoo_compiled is not None:
-                contenders["compile"] = lambda: zoo_compiled(x)
-            times = C.interleaved(contenders, reps=settings["zoo_reps"][n], warmup=1)
-        med = {k: C.median(v) for k, v in times.items()}
-        row = {"n": n, "median_s": med, "reps": settings["zoo_reps"][n], "max_abs_diff_ort_vs_eager": max_abs,
-               "compile_seconds": compile_s, "ort_speedup_vs_eager": med["eager"] / med["ort"],
-               "ort_speedup_vs_compile": med["compile"] / med["ort"] if "compile" in med else None}
-        zrows.append(row)
-        out.print(f"  video_pom N={n}: eager {C.ms(med['eager'])} ms, ort {C.ms(med['ort'])} ms"
-                  + (f", compile {C.ms(med['compile'])} ms" if "compile" in med else ""))
-    return zrows
-
-
-def tabulate_zoo(zrows: list[dict], out) -> None:
-    out.print(C.table("video_pom zoo model (in_dim 64, dim 512, depth 2, degree 3, expand 2, 8 sel heads, 256-token frames, "
-                      "mlp 4x), full block-causal graph, batch 1; medians",
-                      ["N", "eager ms", "compile ms", "ort ms", "ort vs eager", "ort vs compile"],
-                      [[r["n"], C.ms(r["median_s"]["eager"]), C.ms(r["median_s"]["compile"]) if "compile" in r["median_s"] else "-",
-                        C.ms(r["median_s"]["ort"]), f"{r['ort_speedup_vs_eager']:.2f}x",
-                        f"{r['ort_speedup_vs_compile']:.2f}x" if r["ort_speedup_vs_compile"] else "-"] for r in zrows]))
+def _kernel_goals(table: str, rows: list[dict], key, what: str) -> dict:
+    """The two goals of the ort+kernel contender over ``rows``: compile / (ort+kernel) >= SPEED_GOAL
+    and (ort+kernel) / floor <= FLOOR_GOAL; met None (not evaluated) when a number is missing."""
+    goals = {}
+    for name, field, ok in ((f"{table}_ort_kernel_{SPEED_GOAL}x_faster_than_compile", "compile_over_ort_kernel", lambda v: v >= SPEED_GOAL),
+                            (f"{table}_ort_kernel_within_{FLOOR_GOAL}x_of_floor", "ort_kernel_over_floor", lambda v: v <= FLOOR_GOAL)):
+        values = {key(r): r[field] for r in rows}
+        if not values:
+            goals[name] = {"met": None, "measured": f"not measured ({what})"}
+        elif any(v is None for v in values.values()):
+            needs = {"ort_kernel": "no custom-op library", **({"compile": "no torch.compile result"} if field.startswith("compile") else {})}
+            missing = [why for contender, why in needs.items() if any(contender not in r["median_s"] for r in rows)]
+            goals[name] = {"met": None, "measured": f"not measured ({', '.join(missing)})"}
+        else:
+            goals[name] = {"met": all(ok(v) for v in values.values()), "measured": {k: round(v, 3) for k, v in values.items()}}
+    return goals
 
 
 def evaluate_goals(results: dict, out) -> dict:
-    """Whether the measured layer meets the speed and non-GEMM-share goals (docs/benchmarks.md)."""
-    big = [r for r in results["layer"] if r["n"] >= 4096]
+    """Whether the measured layer meets the speed and non-GEMM-share goals (docs/benchmarks.md), and
+    whether ort+kernel meets its two goals in each table (layer, video_pom full graph at N >= GOAL_N,
+    video_pom step graph per chunk)."""
+    big = [r for r in results["layer"] if r["n"] >= GOAL_N]
     goals = {
         "ort_2x_faster_than_eager_at_n_ge_4096": {
             "met": all(r["ort_speedup_vs_eager"] >= 2 for r in big) if big else None,
@@ -322,6 +352,12 @@ def evaluate_goals(results: dict, out) -> dict:
             "profile": {r["n"]: round(r["nonmatmul_share_ort_profile"], 3) for r in results["layer"]},
             "outside_qc_proj": {r["n"]: round(r["non_qc_share_ort"], 3) for r in results["layer"]}},
     }
+    no_big = f"no N >= {GOAL_N} in this run"
+    goals.update(_kernel_goals("layer", big, lambda r: f"N={r['n']}", no_big))
+    zoo_big = [r for r in results["zoo"] if r["n"] >= GOAL_N]
+    goals.update(_kernel_goals("video_pom_full", zoo_big, lambda r: f"N={r['n']}", "--no-zoo" if not results["zoo"] else no_big))
+    goals.update(_kernel_goals("video_pom_step", results["step"], lambda r: f"chunk of {r['chunk']} tokens after {r['tokens_before']}",
+                               "--no-zoo"))
     for name, g in goals.items():
         verdict = "[yellow]NOT EVALUATED[/]" if g["met"] is None else "[green]MET[/]" if g["met"] else "[red]NOT MET[/]"
         out.print(f"goal {name}: {verdict} {g['measured']}")
@@ -448,6 +484,7 @@ def plot(results: dict, path: str) -> None:
         panels.append(("video_pom (dim 512, depth 2, 256-token frames)", results["zoo"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     styles = {"eager": ("PyTorch eager", "o-"), "compile": ("torch.compile", "s-"), "ort": ("onnxruntime", "^-"),
+              "ort_kernel": ("onnxruntime + PolyAggregate kernel", "D-"),
               "ort_matmuls": ("onnxruntime, projections' MatMuls only", "v--"), "ort_qc_only": ("onnxruntime, qc_proj MatMul only", "<--"), "eager_matmuls": ("PyTorch, projections' GEMMs only", "x:")}
     for ax, (title, rows) in zip(axes[0], panels):
         ns = [r["n"] for r in rows]
