@@ -158,10 +158,9 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     junk = tmp_path / ort_ops.LIBRARY_NAME
     junk.write_bytes(b"not a shared library")
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
-    layer = PoMv2(16, 2, 2, 1, 4)
-    plain = export_onnx(layer, tmp_path / "plain.onnx", verify=False)
-    fused = export_onnx(layer, tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
-    assert OnnxRuntimeBackend(plain.path).ort_ops_library is None  # not fused: never loaded
+    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    plain = _node_model(tmp_path / "plain.onnx", {"variant": "v2", "degree": 2, "mode": "mean"}, [[1, 4, 8], [8, 2]])
+    assert OnnxRuntimeBackend(plain).ort_ops_library is None  # no fused-ops metadata: never loaded
     assert OnnxRuntimeBackend(fused.path, ort_ops=False).ort_ops_library is None  # asked not to
     with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
         OnnxRuntimeBackend(fused.path)

@@ -197,7 +197,7 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
     mask = (torch.rand(2, 21) < 0.5).float()
     mask[:, 0] = 1
     for kind in ("none", "causal", "padding"):
-        plain = export_onnx(layer, tmp_path / f"{kind}.onnx", mask=kind)
+        plain = export_onnx(layer, tmp_path / f"{kind}.onnx", mask=kind, verify=False)  # verified in test_layer_mask_kinds_*
         fused = export_onnx(layer, tmp_path / f"{kind}.fused.onnx", mask=kind, fused_ops_enabled=True)
         model = onnx.load(str(fused.path))
         nodes = [n for n in model.graph.node if n.op_type == "PolyAggregate"]
@@ -245,13 +245,15 @@ def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path
 
 
 @pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "padding")])
-def test_fused_rope_layers_match_pytorch_and_decomposed(tmp_path, rope_2d, mask):
+def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
+    """Against PyTorch (and so, within twice the tolerance, against the decomposed export, which
+    test_layer_mask_kinds_match_torch checks against PyTorch for the same RoPE layers)."""
     layer = spread_coefficients(PoMv2RoPE(16, 3, 2, 1, 4, max_seq_len=64, max_h=8, max_w=8, rope_2d=rope_2d)).eval()
-    plain = export_onnx(layer, tmp_path / "plain.onnx", mask=mask)
     fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops_enabled=True)
     onnx.checker.check_model(str(fused.path), full_check=True)
     assert _ops(fused.path).count("PolyAggregate") == 1 and fused.spec.decomposed_layers == []
     key = "positions_hw" if rope_2d else "positions"
+    session = _ort(fused.path)
     for batch, tokens in ((1, 3), (2, 21), (3, 40)):
         x = torch.randn(batch, tokens, 16)
         positions = torch.randint(0, 8, (tokens, 2)) if rope_2d else torch.randperm(64)[:tokens]
@@ -263,9 +265,7 @@ def test_fused_rope_layers_match_pytorch_and_decomposed(tmp_path, rope_2d, mask)
             call["mask"] = feeds["mask"]
         with torch.no_grad():
             expected = layer(x, mask="causal" if mask == "causal" else call.pop("mask", None), **call).numpy()
-        actual = _run(_ort(fused.path), **feeds)
-        np.testing.assert_allclose(actual, expected, atol=LAYER_ATOL, rtol=0)
-        np.testing.assert_allclose(actual, _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
+        np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
 
 
 def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
