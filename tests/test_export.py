@@ -460,8 +460,9 @@ def test_fp16_layer_mask_kinds_within_one_percent(tmp_path, mask):
 
 
 def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
-    """exporters.optimize skips one rewrite rule for speed (SlicesSplit): the zoo's graphs must
-    come out node for node as with the torch exporter's own optimizer."""
+    """exporters.optimize skips one rewrite rule for speed (SlicesSplit) and reorders exact GELU's
+    multiplications (same ops): the zoo's graphs must come out node for node as with the torch
+    exporter's own optimizer."""
     from pom_deploy.exporters import graphs, onnx_export
 
     def nodes(path):
@@ -476,3 +477,15 @@ def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
             patch.setattr(onnx_export, "optimize", lambda model: None)
             theirs = export_onnx(model, tmp_path / f"{name}.torch.onnx", step=step, verify=False)
         assert nodes(ours.path) == nodes(theirs.path)
+
+
+def test_exact_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path):
+    """The MLPs' GELU runs as one onnxruntime kernel (BiasGelu: the Linear's bias add too), not as
+    Div, Erf, Add, Mul, Mul over the hidden features (exporters/optimize.py)."""
+    model = create_zoo_model("video_pom", frame_tokens=4)
+    result = export_onnx(model, tmp_path / "v.onnx", verify=False)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "v.optimized.onnx")
+    ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+    optimized = [(n.domain, n.op_type) for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert optimized.count(("com.microsoft", "BiasGelu")) == len(model.blocks) and ("", "Erf") not in optimized
