@@ -159,8 +159,10 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     junk.write_bytes(b"not a shared library")
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
     fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
-    plain = _node_model(tmp_path / "plain.onnx", {"variant": "v2", "degree": 2, "mode": "mean"}, [[1, 4, 8], [8, 2]])
-    assert OnnxRuntimeBackend(plain).ort_ops_library is None  # no fused-ops metadata: never loaded
+    relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "plain.onnx")
+    assert OnnxRuntimeBackend(tmp_path / "plain.onnx").ort_ops_library is None  # no fused-ops metadata: never loaded
     assert OnnxRuntimeBackend(fused.path, ort_ops=False).ort_ops_library is None  # asked not to
     with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
         OnnxRuntimeBackend(fused.path)
