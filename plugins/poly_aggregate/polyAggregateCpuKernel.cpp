@@ -90,7 +90,8 @@ struct Problem
 inline float activation(float v)
 {
     // v2Activation written so that the loop vectorizes (no branch, no fminf/fmaxf); NaN stays NaN.
-    float const leaky = v * (v >= 0.0F ? 1.0F : kLeakySlope);
+    // leaky_relu(v) = max(v, slope v) for 0 < slope < 1: one multiply and one max per lane.
+    float const leaky = std::max(v, kLeakySlope * v);
     return std::min(std::max(leaky, kClampMin), kClampMax);
 }
 
@@ -170,12 +171,13 @@ POM_CPU_CLONES void addV2Token(float const* __restrict in, float const* __restri
     for (int64_t c = 0; c < width; ++c)
     {
         float const a = activation(in[c]);
-        float value = 0.0F;
-        for (int k = K - 1; k >= 0; --k)
+        // a (c_0 + a (c_1 + ... + a c_{K-1})): K - 1 multiply-adds (fused where the CPU has FMA) and a multiply.
+        float value = coef[(K - 1) * stride + c];
+        for (int k = K - 2; k >= 0; --k)
         {
-            value = (value + coef[k * stride + c]) * a;
+            value = value * a + coef[k * stride + c];
         }
-        sum[c] += Weighted ? weight * value : value;
+        sum[c] += (Weighted ? weight : 1.0F) * (value * a);
     }
 }
 
