@@ -3,9 +3,9 @@
  *
  * The decomposed graph makes eight passes over the (B, N, C) features (activation, clamp, five
  * for Horner's rule, the token mean); this kernel reads x once. A task takes a tile of up to
- * kTileTokens tokens x kTileChannels channels, evaluates each token's features in a small
- * buffer (loops over channels the compiler vectorizes) and adds them to the tile's float32
- * sums; the tile sums are then added tile after tile, in token order. Causal modes write their
+ * kTileTokens tokens (whole rows, or channel tiles when tasks would be few), evaluates each
+ * token's features (v2 without RoPE in registers, else in a row buffer; loops over channels the
+ * compiler vectorizes) and adds them to the tile's float32 sums; the tile sums are then added tile after tile, in token order. Causal modes write their
  * (B, N, C) output in a second pass. Tiles depend on the shapes only, so every thread count gives
  * the same bits. v1 and RoPE tiles span the whole row (their features pair channels far apart).
  */
@@ -29,7 +29,7 @@
 
 // The hot loop is also compiled for AVX2 + FMA and picked at load time where the CPU has them
 // (1.5x faster here than the SSE2 baseline every x86-64 has); other compilers and CPUs: baseline.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 // "arch=" needs GCC 11
 #define POM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define POM_CPU_CLONES
@@ -399,14 +399,6 @@ int run(PomPolyAggregateDesc const& d, void const* x, void const* coeff, void co
     p.weights.resize(d.mode == POM_MODE_MASKED ? rows : 0);
     p.carry.resize(causal ? rows * d.channels : 0);
     p.prefix.resize(causal && d.frameTokens == 0 && d.dtype != POM_DTYPE_FLOAT32 ? d.batch * d.tokens * d.channels : 0);
-    if (d.mode != POM_MODE_CAUSAL && d.tokens == 0)
-    {
-        for (int64_t i = 0; i < d.batch * d.channels; ++i)
-        {
-            store(y, d.dtype, i, 0.0F);
-        }
-        return POM_SUCCESS;
-    }
     int status = runTasks(p, sumTile, static_cast<size_t>(rows * p.channelTiles), parallelFor, pool);
     if (status != POM_SUCCESS)
     {
@@ -438,11 +430,18 @@ extern "C" POM_API int pomPolyAggregateCpuKernel(PomPolyAggregateDesc const* des
     {
         return status;
     }
-    if (x == nullptr && desc->batch * desc->tokens * desc->channels > 0)
+    if (desc->batch * desc->tokens * desc->channels == 0)
     {
-        return POM_ERROR_MISSING_INPUT;
+        // Nothing to read (onnxruntime passes null for tensors without elements): mean and masked
+        // outputs (B, 1, C) are zeros, causal outputs are empty.
+        int64_t const outputs = desc->mode == POM_MODE_CAUSAL ? 0 : desc->batch * desc->channels;
+        for (int64_t i = 0; i < outputs; ++i)
+        {
+            pom::store(y, desc->dtype, i, 0.0F);
+        }
+        return POM_SUCCESS;
     }
-    if (!pom::inputsPresent(*desc, coeff, mask, cos, sin))
+    if (x == nullptr || y == nullptr || !pom::inputsPresent(*desc, coeff, mask, cos, sin))
     {
         return POM_ERROR_MISSING_INPUT;
     }

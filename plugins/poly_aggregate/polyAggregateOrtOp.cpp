@@ -8,12 +8,13 @@
  * decomposed ops). Built against onnxruntime's C API header only; needs onnxruntime >= 1.17 at
  * run time (KernelContext_ParallelFor).
  */
-#include "polyAggregate.h"
+#include "polyAggregateCommon.h"
 #include "polyAggregateIdentity.h"
 
 #include <onnxruntime_c_api.h>
 
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -29,9 +30,32 @@ struct Kernel
     PomPolyAggregateDesc desc; // attributes; shapes and dtype filled per call
 };
 
-OrtStatus* error(OrtApi const* api, std::string const& message)
+OrtStatus* error(OrtApi const* api, std::string const& message, OrtErrorCode code = ORT_INVALID_ARGUMENT)
 {
-    return api->CreateStatus(ORT_INVALID_ARGUMENT, ("PolyAggregate: " + message).c_str());
+    return api->CreateStatus(code, ("PolyAggregate: " + message).c_str());
+}
+
+//! The status of a kernel status code: argument errors are the node's or the inputs' fault, the rest
+//! (out of memory, a failed parallel loop) the machine's.
+OrtStatus* kernelError(OrtApi const* api, int status)
+{
+    bool const machine = status == POM_ERROR_OUT_OF_MEMORY || status == POM_ERROR_PARALLEL_FOR;
+    return error(api, pom::statusText(status), machine ? ORT_FAIL : ORT_INVALID_ARGUMENT);
+}
+
+//! Runs `body` (which returns a status); an allocation failure inside it becomes an ORT_FAIL status
+//! instead of an exception crossing onnxruntime's C callback.
+template <typename Body>
+OrtStatus* guarded(OrtApi const* api, Body&& body)
+{
+    try
+    {
+        return body();
+    }
+    catch (std::bad_alloc const&)
+    {
+        return kernelError(api, POM_ERROR_OUT_OF_MEMORY);
+    }
 }
 
 //! A string attribute, or `fallback` when the node leaves it off.
@@ -80,7 +104,7 @@ int codeOf(std::string const& value, std::vector<char const*> const& names, int 
     return -1;
 }
 
-OrtStatus* ORT_API_CALL createKernel(OrtCustomOp const* /*op*/, OrtApi const* api, OrtKernelInfo const* info, void** out)
+OrtStatus* createKernel(OrtApi const* api, OrtKernelInfo const* info, void** out)
 {
     PomPolyAggregateDesc desc{};
     std::string const variant = stringAttribute(api, info, pom::kFieldVariant, "");
@@ -89,19 +113,29 @@ OrtStatus* ORT_API_CALL createKernel(OrtCustomOp const* /*op*/, OrtApi const* ap
     desc.variant = codeOf(variant, {"v1", "v2"}, POM_VARIANT_V1);
     desc.mode = codeOf(mode, {"mean", "causal", "masked"}, POM_MODE_MEAN);
     desc.rope = codeOf(rope, {"none", "1d", "2d"}, POM_ROPE_NONE);
-    desc.degree = static_cast<int32_t>(intAttribute(api, info, pom::kFieldDegree, 0));
-    desc.frameTokens = intAttribute(api, info, pom::kFieldFrameTokens, 0);
     if (desc.variant < 0 || desc.mode < 0 || desc.rope < 0)
     {
         return error(api, "unknown variant '" + variant + "', mode '" + mode + "' or rope '" + rope + "'");
     }
-    int const status = pomPolyAggregateValidate(&desc);
+    int64_t const degree = intAttribute(api, info, pom::kFieldDegree, 0);
+    if (degree < 1 || degree > POM_MAX_DEGREE)
+    {
+        return kernelError(api, POM_ERROR_BAD_DEGREE);
+    }
+    desc.degree = static_cast<int32_t>(degree);
+    desc.frameTokens = intAttribute(api, info, pom::kFieldFrameTokens, 0);
+    int const status = pom::validateDescription(&desc);
     if (status != POM_SUCCESS)
     {
-        return error(api, pomPolyAggregateStatusString(status));
+        return kernelError(api, status);
     }
     *out = new Kernel{api, desc};
     return nullptr;
+}
+
+OrtStatus* ORT_API_CALL createKernelGuarded(OrtCustomOp const* /*op*/, OrtApi const* api, OrtKernelInfo const* info, void** out)
+{
+    return guarded(api, [&] { return createKernel(api, info, out); });
 }
 
 void ORT_API_CALL destroyKernel(void* kernel)
@@ -163,7 +197,7 @@ std::string dimsText(std::vector<int64_t> const& dims)
     return text + ")";
 }
 
-OrtStatus* ORT_API_CALL compute(void* opKernel, OrtKernelContext* context)
+OrtStatus* compute(void* opKernel, OrtKernelContext* context)
 {
     Kernel const& kernel = *static_cast<Kernel const*>(opKernel);
     OrtApi const* api = kernel.api;
@@ -257,7 +291,12 @@ OrtStatus* ORT_API_CALL compute(void* opKernel, OrtKernelContext* context)
     }
     ParallelContext parallel{api, context};
     int const result = pomPolyAggregateCpuKernel(&desc, data[0], data[1], data[2], data[3], data[4], y, ortParallelFor, &parallel);
-    return result == POM_SUCCESS ? nullptr : error(api, pomPolyAggregateStatusString(result));
+    return result == POM_SUCCESS ? nullptr : kernelError(api, result);
+}
+
+OrtStatus* ORT_API_CALL computeGuarded(void* opKernel, OrtKernelContext* context)
+{
+    return guarded(static_cast<Kernel const*>(opKernel)->api, [&] { return compute(opKernel, context); });
 }
 
 //! One registration per element type (x, coefficients, mask, tables and output share it).
@@ -279,8 +318,8 @@ OrtCustomOp makeOp()
     op.GetInputMemoryType = [](OrtCustomOp const*, size_t) { return OrtMemTypeDefault; };
     op.GetVariadicOutputMinArity = [](OrtCustomOp const*) { return 1; };
     op.GetVariadicOutputHomogeneity = [](OrtCustomOp const*) { return 0; };
-    op.CreateKernelV2 = createKernel;
-    op.KernelComputeV2 = compute;
+    op.CreateKernelV2 = createKernelGuarded;
+    op.KernelComputeV2 = computeGuarded;
     op.KernelDestroy = destroyKernel;
     op.GetStartVersion = [](OrtCustomOp const*) { return 1; };
     op.GetEndVersion = [](OrtCustomOp const*) { return 2147483647; };
@@ -303,22 +342,32 @@ extern "C" POM_API OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
     {
         return base->GetApi(1)->CreateStatus(ORT_FAIL, "the pom_deploy PolyAggregate custom op needs onnxruntime >= 1.17");
     }
-    // The domain must outlive every session that uses it, so it is created once and never released.
-    static OrtCustomOpDomain* domain = nullptr;
-    if (domain == nullptr)
-    {
-        OrtStatus* status = api->CreateCustomOpDomain(pom::kPluginNamespace, &domain);
+    // The domain must outlive every session that uses it: created once (a function-local static,
+    // so sessions created at once on several threads see one domain) and never released.
+    static OrtCustomOpDomain* const domain = [api]() -> OrtCustomOpDomain* {
+        OrtCustomOpDomain* created = nullptr;
+        OrtStatus* status = api->CreateCustomOpDomain(pom::kPluginNamespace, &created);
         for (OrtCustomOp const& op : kOps)
         {
             if (status == nullptr)
             {
-                status = api->CustomOpDomain_Add(domain, &op);
+                status = api->CustomOpDomain_Add(created, &op);
             }
         }
-        if (status != nullptr)
+        if (status == nullptr)
         {
-            return status;
+            return created;
         }
+        api->ReleaseStatus(status);
+        if (created != nullptr)
+        {
+            api->ReleaseCustomOpDomain(created);
+        }
+        return nullptr;
+    }();
+    if (domain == nullptr)
+    {
+        return api->CreateStatus(ORT_FAIL, "PolyAggregate: the custom-op domain could not be created");
     }
     return api->AddCustomOpDomain(options, domain);
 }
