@@ -30,7 +30,8 @@ import torch
 from onnx import TensorProto, helper
 
 from pom_deploy import export_onnx
-from pom_deploy.errors import ModelLoadError
+from pom_deploy.errors import ExportError, ModelLoadError
+from pom_deploy.exporters.verify import _verification_sessions
 from pom_deploy.models.layers import PoMv2
 from pom_deploy.models.zoo import create_zoo_model
 from pom_deploy.ops import ort_ops
@@ -108,25 +109,27 @@ def _thread_pool_parallel_for(order):
     return abi.PARALLEL_FOR(parallel_for)
 
 
-# (batch, tokens, channels, degree, mode, frame_tokens, rope): a step-graph chunk (few token tiles,
-# so rows are cut into channel tiles), long rows, frames, the token-level chain, RoPE.
-THREAD_CASES = [(1, 256, 1024, 3, "mean", 0, "none"), (2, 1100, 96, 2, "masked", 0, "none"),
-                (1, 1000, 64, 2, "causal", 200, "none"), (2, 700, 40, 3, "causal", 0, "none"),
-                (1, 600, 32, 2, "causal", 0, "2d")]
+# (batch, tokens, channels, degree, mode, frame_tokens, rope, dtype): step-graph chunks (few token
+# tiles, so rows are cut into channel tiles) in every mode and fp16, long rows, frames, the
+# token-level chain, RoPE.
+THREAD_CASES = [(1, 256, 1024, 3, "mean", 0, "none", "float32"), (1, 300, 256, 2, "causal", 0, "none", "float16"),
+                (1, 300, 256, 2, "masked", 0, "none", "float32"), (1, 512, 256, 2, "causal", 256, "none", "bfloat16"),
+                (2, 1100, 96, 2, "masked", 0, "none", "float32"), (1, 1000, 64, 2, "causal", 200, "none", "float32"),
+                (2, 700, 40, 3, "causal", 0, "none", "float32"), (1, 600, 32, 2, "causal", 0, "2d", "float32")]
 
 
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("order", ["forward", "reverse"])
 def test_kernel_is_bit_identical_for_any_threads_and_order(kernel_lib, case, order):
-    batch, tokens, channels, degree, mode, frame_tokens, rope = case
-    x, coeff, mask = abi.make_inputs(3, batch, tokens, channels, degree, "v2", mode, "float32")
-    cos, sin = abi.make_rope_tables(4, 1, tokens, channels, "float32") if rope != "none" else (None, None)
+    batch, tokens, channels, degree, mode, frame_tokens, rope, dtype = case
+    x, coeff, mask = abi.make_inputs(3, batch, tokens, channels, degree, "v2", mode, dtype)
+    cos, sin = abi.make_rope_tables(4, 1, tokens, channels, dtype) if rope != "none" else (None, None)
     options = dict(frame_tokens=frame_tokens, rope=rope, cos=cos, sin=sin)
     serial = abi.run_cpu_kernel(kernel_lib, x, degree, "v2", mode, coeff, mask, **options)
     threaded = abi.run_cpu_kernel(kernel_lib, x, degree, "v2", mode, coeff, mask, **options,
                                   parallel_for=_thread_pool_parallel_for(order))
     assert np.array_equal(serial, threaded)
-    _assert_close(serial, x, degree, "v2", mode, coeff, mask, "float32", **options)
+    _assert_close(serial, x, degree, "v2", mode, coeff, mask, dtype, **options)
 
 
 def test_kernel_error_statuses(kernel_lib):
@@ -145,13 +148,18 @@ def test_kernel_error_statuses(kernel_lib):
 def test_library_search_and_one_line_errors(tmp_path, monkeypatch):
     junk = tmp_path / ort_ops.LIBRARY_NAME
     junk.write_bytes(b"not a shared library")
-    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, os.pathsep.join([str(tmp_path / "absent"), str(tmp_path)]))
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(tmp_path))
     assert ort_ops.find_ort_ops_library() == junk
     with pytest.raises(ModelLoadError, match="not found"):
         ort_ops.find_ort_ops_library(tmp_path / "missing.so")
     with pytest.raises(ModelLoadError) as error:
         ort_ops.register_ort_ops(ort.SessionOptions())
     assert "cannot load the custom-op library" in str(error.value) and "\n" not in str(error.value)
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, os.pathsep.join([str(tmp_path / "typo"), str(tmp_path)]))
+    with pytest.raises(ModelLoadError, match="typo, which does not exist"):  # not silently skipped
+        ort_ops.find_ort_ops_library()
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, "none")
+    assert ort_ops.find_ort_ops_library() is None and ort_ops.register_ort_ops(ort.SessionOptions()) is None
 
 
 def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypatch):
@@ -164,8 +172,17 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "plain.onnx")
     assert OnnxRuntimeBackend(tmp_path / "plain.onnx").ort_ops_library is None  # no fused-ops metadata: never loaded
     assert OnnxRuntimeBackend(fused.path, ort_ops=False).ort_ops_library is None  # asked not to
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):  # not installed here: onnxruntime warns, runs on CPU
+        gpu_first = OnnxRuntimeBackend(fused.path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert gpu_first.ort_ops_library is None  # a GPU provider first keeps the nodes: no CPU kernel
     with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
         OnnxRuntimeBackend(fused.path)
+    with pytest.raises(ExportError, match="cannot verify with the PolyAggregate CPU kernel"):
+        _verification_sessions(fused.path, fused=True)
+    assert len(_verification_sessions(fused.path, fused=False)) == 1  # not fused: the library is not looked for
+    monkeypatch.setenv(ort_ops.ORT_OPS_ENV, "none")
+    with pytest.raises(ModelLoadError, match="no PolyAggregate custom-op library found"):
+        OnnxRuntimeBackend(fused.path, ort_ops=True)
 
 
 # ---------------------------------------------------------------- the custom op in onnxruntime
@@ -211,11 +228,36 @@ def test_layer_runs_the_kernel_and_matches_pytorch(tmp_path, ort_ops_library):
         np.testing.assert_allclose(actual, layer(x).numpy(), atol=MODEL_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("mask", ["padding", "causal"])
+def test_masked_and_causal_layers_run_the_kernel(tmp_path, ort_ops_library, mask):
+    layer = PoMv2(32, 2, 2, 1, 4).eval()
+    with torch.no_grad():
+        layer.po_coeff.uniform_(-0.5, 0.5)
+    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, fused_ops_enabled=True, verify=False)
+    session = _session(result.path, ort_ops_library, profile=True)
+    x = torch.randn(3, 40, 32)
+    feeds = {"xq": x.numpy()}
+    layer_mask = "causal"
+    if mask == "padding":
+        layer_mask = (torch.rand(3, 40) < 0.6).float()
+        layer_mask[:, 0] = 1
+        feeds["mask"] = layer_mask.numpy()
+    actual = session.run(None, feeds)[0]
+    assert "PolyAggregate" in _ran_ops(session)
+    with torch.no_grad():
+        np.testing.assert_allclose(actual, layer(x, mask=layer_mask).numpy(), atol=MODEL_ATOL, rtol=0)
+
+
 def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, monkeypatch):
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(ort_ops_library))
     video = create_zoo_model("video_pom", frame_tokens=8, degree=3).eval()
-    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)  # verified with the kernel
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)  # verified with the bodies and the kernel
+    assert any("PolyAggregate CPU kernel" in e.case for e in full.verification.errors)
     x = torch.randn(1, 32, video.in_proj.in_features)
+    profiled = _session(full.path, ort_ops_library, profile=True)
+    profiled.run(None, {"tokens": x.numpy()})
+    ops = _ran_ops(profiled)
+    assert "PolyAggregate" in ops and "LeakyRelu" not in ops
     session = load(full.path, device="cpu")
     assert "PolyAggregate CPU kernel" in session.backend.name
     with torch.no_grad():
@@ -258,6 +300,9 @@ def test_bad_nodes_and_inputs_are_one_line_errors(tmp_path, ort_ops_library):
     model = _node_model(tmp_path / "ok.onnx", {"variant": "v2", "degree": 2, "mode": "mean"}, [[1, None, 8], [None, 2]])
     session = _session(model, ort_ops_library)
     x = np.ones((1, 4, 8), np.float32)
-    with pytest.raises(Exception, match=r"PolyAggregate: coeff must be \(8, 2\), got \(7, 2\)"):
+    with pytest.raises(Exception, match=r"PolyAggregate: coeff must be \(8, 2\), got \(7, 2\)") as error:
         session.run(None, {"in0": x, "in1": np.ones((7, 2), np.float32)})
+    assert "\n" not in str(error.value)
+    empty = session.run(None, {"in0": np.ones((1, 0, 8), np.float32), "in1": np.ones((8, 2), np.float32)})[0]
+    assert empty.shape == (1, 1, 8) and np.all(empty == 0)  # no tokens: onnxruntime passes null pointers
     assert session.run(None, {"in0": x, "in1": np.ones((8, 2), np.float32)})[0].shape == (1, 1, 8)

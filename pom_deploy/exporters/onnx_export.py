@@ -130,7 +130,7 @@ def export_onnx(
         if verify:
             stage("verify")
             clock = time.perf_counter()
-            report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError))
+            report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=spec.fused_ops)
             seconds["verify"] = time.perf_counter() - clock
             if not report.passed:
                 worst = max(report.failures(), key=lambda e: e.max_absdiff)

@@ -11,8 +11,9 @@ the zoo models come out the same as with the exporter's own optimizer.
 
 One rewrite is added: exact GELU, which the exporter writes ``x * (0.5 * (1 + erf(x / sqrt 2)))``,
 is reordered to ``(x * (1 + erf(x / sqrt 2))) * 0.5``: the same ops and, 0.5 being a power of two,
-the same bits, but the order onnxruntime's GeluFusion recognizes, so its CPU provider runs the MLP
-activation as one Gelu kernel instead of five element-wise passes (docs/benchmarks.md, section 6).
+the same values short of overflow, but the order onnxruntime's GeluFusion recognizes, so its CPU
+provider runs the MLP activation as one Gelu kernel instead of five element-wise passes
+(docs/benchmarks.md, section 6). Not in float16 graphs, where x (1 + erf) overflows for |x| > 32752.
 """
 
 from __future__ import annotations
@@ -46,12 +47,20 @@ def _erf_gelu_fusable(op, x, root2, one, half):
     return op.Mul(op.Mul(x, op.Add(op.Erf(op.Div(x, root2)), one)), half)
 
 
-def _is_half(context, half, **_) -> bool:
-    value = half.const_value
-    return value is not None and value.numpy().size == 1 and float(value.numpy().reshape(())) == 0.5
+def _scalar(value) -> float | None:
+    constant = value.const_value
+    return float(constant.numpy().reshape(())) if constant is not None and constant.numpy().size == 1 else None
 
 
-GELU_FOR_ONNXRUNTIME = pattern.RewriteRule(_erf_gelu_exported, _erf_gelu_fusable, _is_half, name="GeluForOnnxRuntime")
+def _is_exact_gelu(context, x, root2, one, half, **_) -> bool:
+    """The exporter's exact GELU, and not in float16: there x (1 + erf) overflows for |x| > 32752
+    where x (0.5 (1 + erf)) does not."""
+    root = _scalar(root2)
+    return (x.dtype != ir.DataType.FLOAT16 and _scalar(half) == 0.5 and _scalar(one) == 1.0
+            and root is not None and abs(root - 2.0**0.5) <= 1e-6)
+
+
+GELU_FOR_ONNXRUNTIME = pattern.RewriteRule(_erf_gelu_exported, _erf_gelu_fusable, _is_exact_gelu, name="GeluForOnnxRuntime")
 
 
 def _optimize_with_rules(model: ir.Model, rules: list) -> None:

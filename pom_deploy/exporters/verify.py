@@ -1,7 +1,9 @@
 """Validation of an export, apart from the export itself: run the staged file in onnxruntime
 (CPU) and compare it with PyTorch (figures from ``pom_deploy.comparator``, default tolerances
 from ``pom_deploy.tolerances``). Full graphs at several sizes; step graphs chunk by chunk
-against the block-causal full forward."""
+against the block-causal full forward. A graph with fused ops is verified as any onnxruntime
+runs it (the nodes' function bodies) and, where the PolyAggregate custom-op library is found,
+also as pom-deploy's onnxruntime backend runs it (the op's CPU kernel)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn as nn
 
 from ..comparator import OutputComparison, compare_outputs
 from ..dtypes import to_numpy
-from ..errors import ExportError, first_line
+from ..errors import ExportError, PomDeployError, first_line
 from ..ops.ort_ops import register_ort_ops
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from .config import ExportConfig
@@ -44,16 +46,19 @@ class VerificationReport:
         return [e for e in self.errors if not e.passed]
 
 
-def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
+def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused: bool = False) -> VerificationReport:
     """Verify the file ``builder`` exported against ``reference`` (the float32 module)."""
-    if isinstance(builder, StepGraph):
-        return verify_step(builder, path, reference, atol, rtol)
-    return verify_full(builder, path, reference, atol, rtol)
+    check = verify_step if isinstance(builder, StepGraph) else verify_full
+    report = VerificationReport(atol, rtol)
+    for label, session in _verification_sessions(path, fused):
+        for comparison in check(builder, session, reference, atol, rtol).errors:
+            comparison.case = f"{comparison.case}{label}"
+            report.errors.append(comparison)
+    return report
 
 
-def verify_full(builder: FullGraph, path: Path, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
+def verify_full(builder: FullGraph, session, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
     """The full graph in onnxruntime == PyTorch, at the opt sizes and the config's other sizes."""
-    session = _verification_session(path)
     report = VerificationReport(atol, rtol)
     for index, sizes in enumerate([builder.config.dim_values()] + builder.config.verify_sizes):
         inputs = builder.config.dummy_inputs(sizes, dtype=torch.float32, generator=torch.Generator().manual_seed(100 + index))
@@ -68,10 +73,9 @@ def verify_full(builder: FullGraph, path: Path, reference: nn.Module, atol: floa
     return report
 
 
-def verify_step(builder: StepGraph, path: Path, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
+def verify_step(builder: StepGraph, session, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
     """Stepping through chunks in onnxruntime == the whole sequence in PyTorch with the
     block-causal mask of those chunks (equal and unequal chunk sizes)."""
-    session = _verification_session(path)
     report = VerificationReport(atol, rtol)
     unit = builder.config.dims[builder.config.stream_dim].multiple_of
     for index, chunks in enumerate(([2 * unit] * 3, [unit, 3 * unit, 1, 2 * unit + 1])):
@@ -86,11 +90,26 @@ def verify_step(builder: StepGraph, path: Path, reference: nn.Module, atol: floa
     return report
 
 
-def _verification_session(path: Path):
+def _verification_sessions(path: Path, fused: bool):
+    """[(label for the report's cases, onnxruntime CPU session)]: the file as written and, for a
+    fused graph where the PolyAggregate custom-op library is found, the file with it."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    register_ort_ops(options)  # fused graphs: verify the CPU kernel where its library is found
+    sessions = [("", _session(path, ort.SessionOptions()))]
+    if fused:
+        options = ort.SessionOptions()
+        try:
+            library = register_ort_ops(options)
+        except PomDeployError as exc:
+            raise ExportError(f"cannot verify with the PolyAggregate CPU kernel: {exc}") from None
+        if library is not None:
+            sessions.append((" (PolyAggregate CPU kernel)", _session(path, options)))
+    return sessions
+
+
+def _session(path: Path, options):
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -19,12 +19,24 @@ ORT_OPS_ENV = "POM_DEPLOY_ORT_OPS"
 LIBRARY_NAME = "libpom_deploy_ort_ops.so"
 
 
+ORT_OPS_OFF = "none"  # $POM_DEPLOY_ORT_OPS=none: never look for the library
+
+
 def search_paths() -> list[Path]:
     """Where the library is looked for, first match wins: ``$POM_DEPLOY_ORT_OPS`` (files or
-    folders, ``os.pathsep``-separated), next to the package (``pom_deploy/``, ``pom_deploy/lib/``)
-    and, in a source checkout, ``build/ort_ops/`` (plugins/ort_ops/CMakeLists.txt's documented one)."""
+    folders, ``os.pathsep``-separated; ``none``: nowhere), next to the package (``pom_deploy/``,
+    ``pom_deploy/lib/``) and, in a source checkout, ``build/ort_ops/`` (plugins/ort_ops/CMakeLists.txt's
+    documented one). An entry of the variable that does not exist is an error, not skipped: a typo
+    would otherwise run without the kernel, or with another build of it."""
+    setting = os.environ.get(ORT_OPS_ENV, "")
+    if setting.strip().lower() == ORT_OPS_OFF:
+        return []
+    env = [Path(p) for p in setting.split(os.pathsep) if p]
+    missing = [str(p) for p in env if not p.exists()]
+    if missing:
+        raise ModelLoadError(f"${ORT_OPS_ENV} names {', '.join(missing)}, which does not exist "
+                             f"(set it to the library, its folder, or {ORT_OPS_OFF!r})")
     package = Path(__file__).resolve().parent.parent
-    env = [Path(p) for p in os.environ.get(ORT_OPS_ENV, "").split(os.pathsep) if p]
     return [*env, package, package / "lib", package.parent / "build" / "ort_ops"]
 
 
@@ -53,6 +65,7 @@ def register_ort_ops(options, library: str | Path | None = None) -> Path | None:
     try:
         options.register_custom_ops_library(str(path))
     except Exception as exc:
+        how = "pass another" if library is not None else f"set ${ORT_OPS_ENV} to another or to {ORT_OPS_OFF!r}"
         raise ModelLoadError(f"onnxruntime cannot load the custom-op library {path}: {first_line(exc)} "
-                             f"(unset {ORT_OPS_ENV} to run without it)") from None
+                             f"({how}, or open the model with ort_ops=False)") from None
     return path

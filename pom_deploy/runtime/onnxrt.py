@@ -12,7 +12,7 @@ import onnxruntime as ort
 from ..dtypes import name_of
 from ..errors import ModelLoadError, RuntimeInputError, first_line
 from ..onnx_graph import read_spec
-from ..ops.ort_ops import register_ort_ops
+from ..ops.ort_ops import ORT_OPS_ENV, register_ort_ops
 from ..spec import TensorSpec
 from .base import Backend, register_backend
 from .providers import select_providers, with_plugin_library
@@ -38,8 +38,9 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None,
                  ort_ops: str | Path | bool | None = None):
         """``ort_ops``: the PolyAggregate custom-op library for a fused graph on the CPU provider
-        (a path; None: the one ``pom_deploy.ops.ort_ops`` finds, if any; False: none, so the
-        nodes' function bodies run)."""
+        (a path; None: the one ``pom_deploy.ops.ort_ops`` finds, if any; True: that one, and an
+        error if there is none; False: none, so the nodes' function bodies run). Only when the CPU
+        provider comes first: with a GPU provider first, the nodes must stay with it."""
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such file")
@@ -55,8 +56,10 @@ class OnnxRuntimeBackend(Backend):
             raise ModelLoadError(f"{path} is not a valid ONNX model for onnxruntime: {first_line(exc)}") from None
         fused = self.spec is not None and self.spec.fused_ops
         self.ort_ops_library = None
-        if fused and ort_ops is not False and "CPUExecutionProvider" in self.providers:
+        if fused and ort_ops is not False and self.providers[0] == "CPUExecutionProvider":
             self.ort_ops_library = register_ort_ops(options, None if ort_ops in (None, True) else ort_ops)
+            if ort_ops is True and self.ort_ops_library is None:
+                raise ModelLoadError(f"no PolyAggregate custom-op library found (${ORT_OPS_ENV}, or build plugins/ort_ops)")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=with_plugin_library(self.providers, fused))
         except Exception as exc:
