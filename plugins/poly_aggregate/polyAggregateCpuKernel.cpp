@@ -95,22 +95,30 @@ inline float activation(float v)
     return std::min(std::max(leaky, kClampMin), kClampMax);
 }
 
+//! x of channels [c0, c0 + width) of token n of batch row b as float32: in place for float32 x,
+//! else widened into `row`.
+float const* tokenRow(Problem const& p, int64_t b, int64_t n, int64_t c0, int64_t width, float* row)
+{
+    PomPolyAggregateDesc const& d = p.d;
+    int64_t const offset = (b * d.tokens + n) * d.channels + c0;
+    if (d.dtype == POM_DTYPE_FLOAT32)
+    {
+        return static_cast<float const*>(p.x) + offset;
+    }
+    Tensor const x{p.x, d.dtype};
+    for (int64_t c = 0; c < width; ++c)
+    {
+        row[c] = x.at(offset + c);
+    }
+    return row;
+}
+
 //! Features of channels [c0, c0 + width) of token n of batch row b into feat (width floats);
 //! `row` is scratch for C floats (16-bit x is widened there, v1 and RoPE work there).
 void tokenFeatures(Problem const& p, int64_t b, int64_t n, int64_t c0, int64_t width, float* feat, float* row)
 {
     PomPolyAggregateDesc const& d = p.d;
-    int64_t const offset = (b * d.tokens + n) * d.channels + c0;
-    float const* in = static_cast<float const*>(p.x) + offset;
-    if (d.dtype != POM_DTYPE_FLOAT32)
-    {
-        Tensor const x{p.x, d.dtype};
-        for (int64_t c = 0; c < width; ++c)
-        {
-            row[c] = x.at(offset + c);
-        }
-        in = row;
-    }
+    float const* in = tokenRow(p, b, n, c0, width, row);
     if (d.variant == POM_VARIANT_V1)
     {
         int64_t const chunk = d.channels / d.degree;
@@ -224,17 +232,7 @@ void sumTile(void* data, size_t index)
             weightSum += weight;
             if (fused)
             {
-                int64_t const offset = (b * d.tokens + n) * d.channels + c0;
-                float const* in = static_cast<float const*>(p.x) + offset;
-                if (d.dtype != POM_DTYPE_FLOAT32)
-                {
-                    Tensor const x{p.x, d.dtype};
-                    for (int64_t c = 0; c < width; ++c)
-                    {
-                        row[c] = x.at(offset + c);
-                    }
-                    in = row.data();
-                }
+                float const* in = tokenRow(p, b, n, c0, width, row.data());
                 kAddV2Token[masked][d.degree - 1](in, p.coef.data() + c0, d.channels, width, weight, sum.data());
             }
             else
