@@ -117,11 +117,11 @@ def _load_exported_program(path: Path, trust_pickle: bool) -> nn.Module:
                     check_pt2_members(archive, path)
                 file.seek(0)
             program = torch.export.load(file)
+        module = program.module()  # fails on constants that are not tensors, too
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"{path} is a damaged torch.export archive ({first_line(exc)})") from None
-    module = program.module()
     module.exported_program = program
     return module
 
