@@ -29,10 +29,12 @@ import torch
 
 from .errors import ModelLoadError, UntrustedPickleError, first_line
 
+# torch 2.13's layout (torch/export/pt2_archive/constants.py); written out, as older torch has no such module
 MODELS_DIR = "models/"
 WEIGHTS_DIR = "data/weights/"
 CONSTANTS_DIR = "data/constants/"
 EXTRA_DIR = "extra/"
+SAMPLE_INPUTS_DIR = "data/sample_inputs/"
 TENSOR_CONSTANT_PREFIX = "tensor_"  # other constant kinds (custom_obj_, opaque_obj_) are always unpickled
 TEXT_MEMBERS = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
 
@@ -62,8 +64,10 @@ def members_to_unpickle(archive: zipfile.ZipFile, path: Path) -> list[str]:
     for relative in inside:
         if relative.startswith((MODELS_DIR, EXTRA_DIR)):  # the program's JSON, extra files read as text
             data.add(relative)
-        if relative.startswith(MODELS_DIR) and relative.endswith(".json"):
-            model = relative[len(MODELS_DIR):-len(".json")]
+        if relative.startswith(MODELS_DIR):
+            model = relative[len(MODELS_DIR):-len(".json")]  # as torch names the model of any member there
+            # unpickled by name (sample inputs; legacy weights and constants, read instead of the configs)
+            pickled |= {f"{SAMPLE_INPUTS_DIR}{model}.pt", f"{WEIGHTS_DIR}{model}.pt", f"{CONSTANTS_DIR}{model}.pt"}
             for directory, kind in ((WEIGHTS_DIR, "weights"), (CONSTANTS_DIR, "constants")):
                 config = f"{directory}{model}_{kind}_config.json"
                 if config in inside:

@@ -111,6 +111,19 @@ def _pickled_weight(marker: Path):
     return change
 
 
+def _legacy_weights_named_raw(marker: Path):
+    """A legacy weights file (torch unpickles it instead of reading the config) that the config
+    also names as a raw payload: being read raw somewhere must not make it data."""
+    def change(members):
+        config = "data/weights/model_weights_config.json"
+        parsed = json.loads(members[config])
+        parsed["config"]["injected"] = {**next(iter(parsed["config"].values())), "path_name": "model.pt"}
+        members[config] = json.dumps(parsed).encode()
+        members["data/weights/model.pt"] = torch_saved(Payload(marker))
+
+    return change
+
+
 def _replace(member: str, data_of):
     def change(members):
         members[member] = data_of()
@@ -133,6 +146,7 @@ ARCHIVE_CORPUS = [
                            "opaque_obj_0", pickle.dumps(Payload(m))), True),
     ("legacy-weights-file", "data/weights/model.pt",
      lambda m: _replace("data/weights/model.pt", lambda: torch_saved(Payload(m))), True),
+    ("legacy-weights-file-named-raw-by-the-config", "data/weights/model.pt", _legacy_weights_named_raw, True),
     ("legacy-constants-file", "data/constants/model.pt",
      lambda m: _replace("data/constants/model.pt", lambda: torch_saved(Payload(m))), True),
     # members this torch does not read; a newer one, or torch's fallback to the older layout, might
