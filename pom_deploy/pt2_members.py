@@ -35,6 +35,7 @@ WEIGHTS_DIR = "data/weights/"
 CONSTANTS_DIR = "data/constants/"
 EXTRA_DIR = "extra/"
 SAMPLE_INPUTS_DIR = "data/sample_inputs/"
+AOTINDUCTOR_DIR = "data/aotinductor/"
 TENSOR_CONSTANT_PREFIX = "tensor_"  # other constant kinds (custom_obj_, opaque_obj_) are always unpickled
 TEXT_MEMBERS = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
 
@@ -43,12 +44,17 @@ def check_pt2_members(archive: zipfile.ZipFile, path: Path) -> None:
     """Raise ``UntrustedPickleError`` naming the first member that ``torch.export.load`` would
     unpickle and the weights-only unpickler refuses."""
     for member in members_to_unpickle(archive, path):
-        problem = _weights_only_problem(archive.read(member))
-        if problem is not None:
-            raise UntrustedPickleError(
-                f"{path}: member {member} of this torch.export archive needs full unpickling ({problem}), which runs "
-                "code from the file; pass --trust-pickle (trust_pickle=True) only for an archive you trust"
-            )
+        if member.split("/", 1)[-1].startswith(AOTINDUCTOR_DIR):  # torch loads these as libraries: no pickle check
+            need = "holds AOTInductor compiled code, which torch.export.load loads"
+        else:
+            problem = _weights_only_problem(archive.read(member))
+            if problem is None:
+                continue
+            need = f"needs full unpickling ({problem})"
+        raise UntrustedPickleError(
+            f"{path}: member {member} of this torch.export archive {need}, which runs code from the file; "
+            "pass --trust-pickle (trust_pickle=True) only for an archive you trust"
+        )
 
 
 def members_to_unpickle(archive: zipfile.ZipFile, path: Path) -> list[str]:

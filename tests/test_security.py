@@ -149,7 +149,10 @@ ARCHIVE_CORPUS = [
     ("legacy-weights-file-named-raw-by-the-config", "data/weights/model.pt", _legacy_weights_named_raw, True),
     ("legacy-constants-file", "data/constants/model.pt",
      lambda m: _replace("data/constants/model.pt", lambda: torch_saved(Payload(m))), True),
-    # members this torch does not read; a newer one, or torch's fallback to the older layout, might
+    # compiled code torch loads as a library (a stand-in: not run here); members this torch does not
+    # read, which a newer one, or torch's fallback to the older layout, might
+    ("aotinductor-library", "data/aotinductor/model/model.so",
+     lambda m: _replace("data/aotinductor/model/model.so", lambda: b"\x7fELF stand-in"), False),
     ("unknown-member", "data/extra_state.pt", lambda m: _replace("data/extra_state.pt", lambda: torch_saved(Payload(m))), False),
     ("older-layout-member", "serialized_example_inputs.pt",
      lambda m: _replace("/serialized_example_inputs.pt", lambda: torch_saved(Payload(m))), False),
