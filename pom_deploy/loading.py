@@ -3,7 +3,8 @@
 1. a pom-deploy checkpoint (``save_checkpoint``): format, architecture, state_dict;
 2. a raw state_dict plus an architecture (argument or JSON/YAML file);
 3. a pickled ``nn.Module``, only with ``trust_pickle=True`` (unpickling runs code);
-4. a ``torch.export`` program (``.pt2`` archive).
+4. a ``torch.export`` program (``.pt2`` archive), whose pickled members must pass the
+   weights-only unpickler unless ``trust_pickle=True`` (``pt2_members``).
 Upstream ``pom`` layers found in a module are swapped for the reference layers.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -32,6 +32,8 @@ from .errors import (
     first_line,
 )
 from .models import PoMLayer, PoMv1, PoMv2, PoMv2RoPE
+from .outputs import atomic_output
+from .pt2_members import check_pt2_members
 from .version import __version__
 
 CHECKPOINT_FORMAT = "pom-deploy-checkpoint"
@@ -51,14 +53,8 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
         "state_dict": state_dict,
         "weights_sha256": tensors_sha256(state_dict),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -72,7 +68,7 @@ def load_model(
     path = Path(path)
     _check_readable(path)
     if zipfile.is_zipfile(path) and _is_exported_program(path):
-        return _load_exported_program(path)
+        return _load_exported_program(path, trust_pickle)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: not the user's concern
             warnings.simplefilter("ignore")
@@ -110,12 +106,22 @@ def _is_exported_program(path: Path) -> bool:
         return False
 
 
-def _load_exported_program(path: Path) -> nn.Module:
+def _load_exported_program(path: Path, trust_pickle: bool) -> nn.Module:
+    """Load a ``.pt2`` archive; without ``trust_pickle``, only after every member torch would
+    unpickle has passed the weights-only unpickler (``pt2_members``). Checked and loaded through
+    one open file, so that the file checked is the file loaded even if the path is replaced."""
     try:
-        program = torch.export.load(path)
+        with open(path, "rb") as file:
+            if not trust_pickle:
+                with zipfile.ZipFile(file) as archive:
+                    check_pt2_members(archive, path)
+                file.seek(0)
+            program = torch.export.load(file)
+        module = program.module()  # fails on constants that are not tensors, too
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"{path} is a damaged torch.export archive ({first_line(exc)})") from None
-    module = program.module()
     module.exported_program = program
     return module
 

@@ -17,7 +17,7 @@ LAYERS = (
               "pom_deploy.spec", "pom_deploy.outputs", "pom_deploy.comparator", "pom_deploy.onnx_graph")),
     ("models", ("pom_deploy.models",)),
     ("ops", ("pom_deploy.ops",)),
-    ("loading", ("pom_deploy.architectures", "pom_deploy.loading", "pom_deploy.streaming")),
+    ("loading", ("pom_deploy.architectures", "pom_deploy.loading", "pom_deploy.pt2_members", "pom_deploy.streaming")),
     ("exporters", ("pom_deploy.exporters",)),
     ("runtime", ("pom_deploy.runtime",)),
     ("tensorrt", ("pom_deploy.tensorrt",)),

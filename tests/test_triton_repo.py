@@ -117,10 +117,11 @@ def test_python_step_repo_keeps_state_in_the_model_and_gets_control_inputs(tmp_p
     assert "from pom_deploy.serving.triton_model import TritonPythonModel" in (model_dir / "1" / "model.py").read_text()
 
 
-def test_tensorrt_repo_ships_the_engine_as_model_plan_with_plugin_and_versions(tmp_path, files):
+def test_tensorrt_repo_ships_the_engine_as_model_plan_with_plugin_and_versions(tmp_path, files, monkeypatch):
     _, step = files
     plugin = tmp_path / "libpom_deploy_plugins.so"
     plugin.write_bytes(b"\x7fELF stand-in")
+    monkeypatch.setenv("POM_DEPLOY_PLUGIN", str(plugin))  # found on the search path, not through the sidecar's record
     engine = fake_engine(tmp_path, step, plugin)
     assert main(["triton-repo", str(engine), "-o", str(tmp_path / "repo"), "--backend", "tensorrt", "--name", "trt"]) == 0
     model_dir = tmp_path / "repo" / "trt"

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 MASK_KINDS = ("none", "causal", "padding", "full")
 
@@ -144,7 +144,10 @@ def config_from_file(path: str | Path) -> ExportConfig:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)  # safe: a tag naming Python code is an error, never a call
+            except yaml.YAMLError as exc:
+                raise ExportError(f"export config {path} is not valid YAML: {first_line(exc)}") from None
         else:
             data = json.loads(text)
         dims = {name: DimSpec(**spec) for name, spec in data["dims"].items()}

@@ -107,7 +107,7 @@ class StreamingSession:
     def load_state(self, path: str | Path) -> None:
         """Resume from ``save_state``'s file; a damaged file is refused."""
         try:
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:  # an object array would be unpickled: refused
                 saved = dict(data)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise RuntimeInputError(f"{path} is not a readable state file ({first_line(exc)})") from None

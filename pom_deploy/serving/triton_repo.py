@@ -159,7 +159,7 @@ def _external_data(model_path: Path) -> list[str]:
 
 
 def _plugin_library(sidecar: dict, plugin: str | Path | None) -> Path | None:
-    """The pom plugin library an engine needs (``--plugin`` or the one it was built with), copied with it."""
+    """The pom plugin library an engine needs (``--plugin``, else the plugin search path's), copied with it."""
     needed = bool((sidecar.get("plugin") or {}).get("library"))
     if plugin is not None:
         path = Path(plugin)
@@ -171,7 +171,8 @@ def _plugin_library(sidecar: dict, plugin: str | Path | None) -> Path | None:
     from ..tensorrt.plugins import find_plugin_library
 
     built_with = Path(sidecar["plugin"]["library"])
-    found = built_with if built_with.is_file() else find_plugin_library()
+    found = find_plugin_library()  # not the sidecar's recorded path: a data file must not choose the code served
     if found is None:
-        raise ServingError(f"the engine needs the pom plugin library ({built_with.name}) and it is not here; pass --plugin LIB")
+        raise ServingError(f"the engine needs the pom plugin library ({built_with.name}) and it is not on the search path; "
+                           "pass --plugin LIB or set POM_DEPLOY_PLUGIN")
     return found

@@ -73,10 +73,8 @@ class TensorRTBackend(Backend):
         used = (self.sidecar or {}).get("plugin") or {}
         if plugin is None and not used.get("library"):
             return
-        library = find_plugin_library(plugin) if plugin is not None else None
-        if library is None:
-            recorded = Path(used["library"])
-            library = recorded if recorded.is_file() else find_plugin_library()
+        # The sidecar's recorded path is not searched: a data file must not choose the code loaded.
+        library = find_plugin_library(plugin)
         if library is None:
             raise PluginError(f"{self.path} uses the pom plugin ({Path(used['library']).name}) and it is not found here; "
                               "pass plugin=... (--plugin) or set POM_DEPLOY_PLUGIN")
