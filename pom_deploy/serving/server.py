@@ -147,9 +147,11 @@ def _site_folders() -> list[str]:
 
     The stub embeds the libpython bundled with the server, which ignores PYTHONPATH and whose own
     (Debian) ``site`` module adds a virtual environment's site-packages but not those of a plain
-    interpreter such as a pyenv or conda Python (measured: numpy was not importable there).
+    interpreter such as a pyenv or conda Python (measured: numpy was not importable there). The folder
+    that holds the pom_deploy imported here comes too, so the stub runs the same pom_deploy when that is
+    a checkout on PYTHONPATH (an editable install's finder would otherwise give it another one).
     """
-    return site.getsitepackages()
+    return [str(Path(__file__).resolve().parents[2]), *site.getsitepackages()]
 
 
 def servable_models(repository: Path) -> tuple[list[str], dict[str, str]]:
