@@ -55,9 +55,6 @@ def served(tmp_path_factory, exported_video):
     write_repository(step.path, repo, RepoOptions(name="video_step", max_batch=8, max_sequences=64, queue_delay_us=20_000,
                                                   max_chunk=MAX_CHUNK))
     write_repository(full.path, repo, RepoOptions(name="video", max_batch=8))
-    # 2 slots, 1 s idle timeout: a third stream waits in Triton's backlog until the idle ones are timed out
-    write_repository(step.path, repo, RepoOptions(name="video_slots", max_batch=8, max_sequences=2, idle_timeout_s=1.0,
-                                                  queue_delay_us=20_000))
     write_repository(step.path, repo, RepoOptions(name="video_ort", backend="onnxruntime", device="cpu"))  # not in the wheel
     server = start_server(repo, exit_timeout_s=5)  # a stream left open by a failed test delays the stop 5 s at most
     try:
@@ -230,35 +227,6 @@ def test_a_second_start_on_a_live_id_restarts_the_stream(served):
     assert_close(restarted, reference_stream(step_path, chunks[1:])[0])
 
 
-def test_starts_admitted_from_the_backlog_are_never_refused(served):
-    """2 slots: two idle streams hold them; two more STARTs wait in Triton's backlog until Triton times
-    the idle ones out (1 s), and are then admitted. The model must take them and their later steps."""
-    server, step_path, _ = served
-    send = make_client("grpc", server.grpc_url, CLIENT_TIMEOUT_S)[1]
-    rng = np.random.default_rng(17)
-    chunks = [rng.standard_normal((1, 4, 16)).astype(np.float32) for _ in range(3)]
-    for sid in (901, 902):
-        send("video_slots", chunks[0], sid, True, False)  # left open: Triton times them out
-    time.sleep(0.5)  # Triton ages a START from its arrival: one that waited past the idle timeout would be timed out in turn
-    results, failures = {}, []
-
-    def stream(sid: int) -> None:
-        try:
-            results[sid] = [send("video_slots", chunk, sid, number == 0, number == 2) for number, chunk in enumerate(chunks)]
-        except InferenceServerException as exc:
-            failures.append(f"{sid}: {exc}")
-
-    waiting = [threading.Thread(target=stream, args=(sid,), daemon=True) for sid in (903, 904)]
-    for thread in waiting:
-        thread.start()
-    for thread in waiting:
-        thread.join(CLIENT_TIMEOUT_S)
-    assert not failures and len(results) == 2, failures
-    for outputs in results.values():
-        for actual, reference in zip(outputs, reference_stream(step_path, chunks)):
-            assert_close(actual, reference)
-
-
 def test_full_graph_over_http_equals_session(served):
     server, _, full_path = served
     tokens = np.random.default_rng(3).standard_normal((2, 24, 16)).astype(np.float32)
@@ -290,46 +258,25 @@ def _counts(server) -> tuple[int, int]:
     return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
 
-def test_server_stopped_mid_stream_gives_the_client_an_error_not_a_hang(tmp_path, exported_video):
-    """`pom-deploy serve` (its own process group); Ctrl-C mid-stream: Triton lets the open stream go on
-    for --exit-timeout seconds, then exits, and the streaming client gets errors."""
+@pytest.fixture(scope="module")
+def cli_server(tmp_path_factory, exported_video):
+    """`pom-deploy serve` (its own process group) on a repository with 2 sequence slots, a 1 s idle timeout,
+    and an onnxruntime model the bundled server cannot run (the docs' recipe); the stop test ends it."""
     _, step = exported_video
-    repo = tmp_path / "repo"
-    write_repository(step.path, repo, RepoOptions(name="video_step"))
-    write_repository(step.path, repo, RepoOptions(name="video_ort", backend="onnxruntime", device="cpu"))  # the docs' recipe
+    repo = tmp_path_factory.mktemp("cli") / "repo"
+    write_repository(step.path, repo, RepoOptions(name="video_step", max_batch=8, max_sequences=2, idle_timeout_s=1.0,
+                                                  queue_delay_us=20_000))
+    write_repository(step.path, repo, RepoOptions(name="video_ort", backend="onnxruntime", device="cpu"))
     http_port, grpc_port = free_port(), free_port()
     process = subprocess.Popen([sys.executable, "-m", "pom_deploy.cli.deploy", "serve", str(repo), "--http-port", str(http_port),
                                 "--grpc-port", str(grpc_port), "--exit-timeout", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
-        _, send = make_client("grpc", f"127.0.0.1:{grpc_port}", 10.0)
-        deadline = time.monotonic() + 120
-        chunk = np.ones((1, 8, 16), np.float32)
-        while True:
-            try:
-                send("video_step", chunk, 1, True, False)
-                break
-            except InferenceServerException:
-                assert process.poll() is None and time.monotonic() < deadline, "pom-deploy serve did not come up"
-                time.sleep(0.5)
-        outcome: dict[str, object] = {}
-
-        def keep_streaming() -> None:
-            try:
-                for _ in range(100_000):
-                    send("video_step", chunk, 1, False, False)
-            except InferenceServerException as exc:
-                outcome["error"] = exc
-
-        client = threading.Thread(target=keep_streaming, daemon=True)
-        client.start()
-        time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGINT)
-        client.join(30)
-        assert not client.is_alive(), "the client hangs after the server stopped"
-        assert isinstance(outcome.get("error"), InferenceServerException)
-        assert process.wait(60) == 0, process.stdout.read().decode(errors="replace")
-        assert "skipped video_ort: onnxruntime backend" in process.stdout.read().decode(errors="replace")
+        deadline = time.monotonic() + 180
+        while not _ready(http_port):
+            assert process.poll() is None and time.monotonic() < deadline, "pom-deploy serve did not come up"
+            time.sleep(0.5)
+        yield process, f"127.0.0.1:{grpc_port}", step.path
     finally:
         # SIGTERM first: `serve` then stops tritonserver's whole process group, python stubs included
         # (a SIGKILL of `serve` alone ends tritonserver through its parent-death signal, not its stubs).
@@ -343,3 +290,66 @@ def test_server_stopped_mid_stream_gives_the_client_an_error_not_a_hang(tmp_path
             except subprocess.TimeoutExpired:
                 continue
         process.wait()
+
+
+def _ready(http_port: int) -> bool:
+    try:
+        return httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").is_server_ready()
+    except Exception:  # not listening yet
+        return False
+
+
+def test_starts_admitted_from_the_backlog_are_never_refused(cli_server):
+    """2 slots: two idle streams hold them; two more STARTs wait in Triton's backlog until Triton times
+    the idle ones out (1 s), and are then admitted. The model must take them and their later steps."""
+    _, grpc_url, step_path = cli_server
+    send = make_client("grpc", grpc_url, CLIENT_TIMEOUT_S)[1]
+    rng = np.random.default_rng(17)
+    chunks = [rng.standard_normal((1, 4, 16)).astype(np.float32) for _ in range(3)]
+    for sid in (901, 902):
+        send("video_step", chunks[0], sid, True, False)  # left open: Triton times them out
+    time.sleep(0.5)  # Triton ages a START from its arrival: one that waited past the idle timeout would be timed out in turn
+    results, failures = {}, []
+
+    def stream(sid: int) -> None:
+        try:
+            results[sid] = [send("video_step", chunk, sid, number == 0, number == 2) for number, chunk in enumerate(chunks)]
+        except InferenceServerException as exc:
+            failures.append(f"{sid}: {exc}")
+
+    waiting = [threading.Thread(target=stream, args=(sid,), daemon=True) for sid in (903, 904)]
+    for thread in waiting:
+        thread.start()
+    for thread in waiting:
+        thread.join(CLIENT_TIMEOUT_S)
+    assert not failures and len(results) == 2, failures
+    for outputs in results.values():
+        for actual, reference in zip(outputs, reference_stream(step_path, chunks)):
+            assert_close(actual, reference)
+
+
+def test_server_stopped_mid_stream_gives_the_client_an_error_not_a_hang(cli_server):
+    """Ctrl-C mid-stream: Triton lets the open stream go on for --exit-timeout seconds, then exits, and the
+    streaming client gets errors. `serve` named the model it skipped."""
+    process, grpc_url, _ = cli_server
+    _, send = make_client("grpc", grpc_url, 10.0)
+    chunk = np.ones((1, 8, 16), np.float32)
+    send("video_step", chunk, 1, True, False)
+    outcome: dict[str, object] = {}
+
+    def keep_streaming() -> None:
+        try:
+            for _ in range(100_000):
+                send("video_step", chunk, 1, False, False)
+        except InferenceServerException as exc:
+            outcome["error"] = exc
+
+    client = threading.Thread(target=keep_streaming, daemon=True)
+    client.start()
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    client.join(30)
+    assert not client.is_alive(), "the client hangs after the server stopped"
+    assert isinstance(outcome.get("error"), InferenceServerException)
+    assert process.wait(60) == 0, process.stdout.read().decode(errors="replace")
+    assert "skipped video_ort: onnxruntime backend" in process.stdout.read().decode(errors="replace")
