@@ -73,7 +73,7 @@ def main() -> None:
                     expected = session.step(chunk)
                     worst = max(worst, float(np.abs(served - expected).max() / max(1.0, np.abs(expected).max())))
             results[protocol] = {
-                "requests": load.requests, "errors": len(load.errors), "first_errors": load.errors[:3], "seconds": load.seconds,
+                "requests": load.requests, "errors": len(load.errors), "retries": load.retries, "first_errors": load.errors[:3], "seconds": load.seconds,
                 "requests_per_s": load.throughput, "tokens_per_s": load.throughput * args.chunk,
                 "latency_ms": {f"p{q}": load.percentile(q) for q in (50, 90, 99)} | {"max": max(load.latencies_ms, default=float("nan"))},
                 "max_rel_diff_vs_streaming_session": worst,

@@ -135,6 +135,19 @@ def test_bad_inputs_are_refused_before_onnxruntime(exported_video):
         session.reset(row=5)
 
 
+def test_an_empty_chunk_is_refused_and_leaves_the_stream_untouched(exported_video):
+    """A chunk of 0 tokens would make the state's mean 0/0: NaN for every later step of the stream."""
+    _, step = exported_video
+    chunks = np.random.default_rng(4).standard_normal((2, 1, 8, 16)).astype(np.float32)
+    session, reference = load(step.path), load(step.path)
+    session.step(chunks[0])
+    for empty in (np.zeros((1, 0, 16), np.float32), np.zeros((0, 8, 16), np.float32)):
+        with pytest.raises(RuntimeInputError, match="a step needs at least one token"):
+            session.step(empty)
+    reference.step(chunks[0])
+    np.testing.assert_array_equal(session.step(chunks[1]), reference.step(chunks[1]))
+
+
 def test_state_from_another_model_is_refused(tmp_path, exported_video):
     _, step = exported_video
     other = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "other.step.onnx", step=True)
@@ -172,6 +185,11 @@ def test_run_command_streams_a_file(tmp_path, capsys, exported_video, video_mode
     np.save(tmp_path / "bad.npy", np.zeros((4, 5, 6, 7), np.float32))
     assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "bad.npy")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 16), np.float32))
+    assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "empty.npy"), "-o", str(tmp_path / "empty_out.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no tokens to stream" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "empty_out.npy").exists()
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

@@ -21,7 +21,9 @@ from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json  # no
 from pom_deploy.tensorrt.sidecar import make_sidecar, sidecar_path, write_json_atomic  # noqa: E402
 from pom_deploy.serving import ServingError  # noqa: E402
 from pom_deploy.serving.triton_config import RepoOptions, build_config, check_config, config_text, parse_config  # noqa: E402
-from pom_deploy.serving.triton_model import SequenceError, SequenceStore, plan_groups, self_check  # noqa: E402
+from pom_deploy.serving.sequences import SequenceError, SequenceStore, Stream, step_number  # noqa: E402
+from pom_deploy.serving.server import servable_models  # noqa: E402
+from pom_deploy.serving.triton_model import plan_groups, self_check  # noqa: E402
 from pom_deploy.serving.triton_repo import read_model  # noqa: E402
 
 TYPES = {onnx.TensorProto.FLOAT: pb.TYPE_FP32, onnx.TensorProto.INT64: pb.TYPE_INT64}
@@ -110,9 +112,10 @@ def test_python_step_repo_keeps_state_in_the_model_and_gets_control_inputs(tmp_p
     kinds = {c.name: c.control[0] for c in config.sequence_batching.control_input}
     assert kinds["START"].kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START
     assert kinds["END"].kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END
-    assert kinds["CORRID"].kind == pb.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID and kinds["CORRID"].data_type == pb.TYPE_UINT64
+    assert "CORRID" not in kinds  # the model reads the whole id from the request: a UINT64 control truncates string ids
     params = {k: v.string_value for k, v in config.parameters.items()}
     assert params["model_file"] == "model.onnx" and params["threads"] == "2" and params["max_sequences"] == "32"
+    assert params["max_chunk"] == str(read_model(step)[0].data_inputs[0].max_shape[1])  # the export profile's largest chunk
     assert config.sequence_batching.oldest.max_candidate_sequences == 32
     assert "from pom_deploy.serving.triton_model import TritonPythonModel" in (model_dir / "1" / "model.py").read_text()
 
@@ -220,24 +223,89 @@ def test_plan_groups_batches_distinct_sequences_and_keeps_each_sequence_in_order
     assert plan_groups([(None, a), (None, a), (None, b)]) == [[0, 1], [2]]  # full graphs: by shape only
 
 
-def test_sequence_store_is_bounded_and_drops_only_idle_sequences():
-    now = [0.0]
-    store = SequenceStore(2, 10.0, lambda batch: {"past.0.count": np.zeros((batch,), np.int64)}, clock=lambda: now[0])
-    store.begin(1, 1)
-    store.begin(2, 1)
-    now[0] = 5.0
-    with pytest.raises(SequenceError, match="2 sequences are open"):
-        store.begin(3, 1)
-    store.put(2, {"past.0.count": np.array([7])})
-    now[0] = 12.0  # sequence 1 idle 12 s > 10 s, sequence 2 idle 7 s
-    store.begin(3, 1)
-    assert sorted(store.states) == [2, 3]
-    with pytest.raises(SequenceError, match="has no state"):
-        store.get(1, 1)
+def _apply(store, sequence, start=False, end=False, step=None, batch=1, digest="d"):
+    """Plan and commit one step the way the python model does; returns the plan."""
+    plan = store.plan(sequence, start, step, batch, digest)
+    if plan.replay is None:
+        count = next(iter(plan.state.values())) + 1
+        store.commit(sequence, end, Stream(batch, {"past.0.count": count}, plan.step, digest, {"output": count.copy()}))
+    return plan
+
+
+def test_sequence_store_never_refuses_a_start_and_gives_way_least_recently_used_first():
+    """Triton admits a START only into a free slot; the store, sized to the slots, makes room by
+    dropping the stream used longest ago (one Triton has timed out), whatever its own clock says."""
+    store = SequenceStore(2, lambda batch: {"past.0.count": np.zeros((batch,), np.int64)})
+    _apply(store, 1, start=True)
+    _apply(store, 2, start=True)
+    _apply(store, 1)  # 2 is now the least recently used
+    _apply(store, 3, start=True)
+    assert list(store.streams) == [1, 3]
+    with pytest.raises(SequenceError, match="no state: send its chunk again with sequence_start"):
+        _apply(store, 2)
     with pytest.raises(SequenceError, match="started with batch 1"):
-        store.get(2, 2)
-    store.end(2)
-    assert sorted(store.states) == [3]
+        _apply(store, 1, batch=2)
+    _apply(store, 1, end=True)
+    assert list(store.streams) == [3]
+
+
+def test_sequence_ids_are_whole_keys():
+    """Ids that share their first 8 serialized bytes, and an int and a str of one spelling, are distinct."""
+    store = SequenceStore(8, lambda batch: {"past.0.count": np.zeros((batch,), np.int64)})
+    for sequence in ("stream_000001", "stream_000002", 7, "7", 2**64 - 1, 2**64 - 2):
+        _apply(store, sequence, start=True)
+    _apply(store, "stream_000001")
+    assert store.streams["stream_000001"].state["past.0.count"][0] == 2
+    assert all(store.streams[s].state["past.0.count"][0] == 1 for s in ("stream_000002", 7, "7", 2**64 - 1, 2**64 - 2))
+
+
+def test_step_numbers_make_a_retry_a_replay_and_refuse_gaps_and_second_writers():
+    store = SequenceStore(4, lambda batch: {"past.0.count": np.zeros((batch,), np.int64)})
+    _apply(store, 9, start=True, step=0, digest="a")
+    assert _apply(store, 9, start=True, step=0, digest="a").replay["output"][0] == 1  # a retried START is not a restart
+    _apply(store, 9, step=1, digest="b")
+    replay = _apply(store, 9, step=1, digest="b")  # the client timed out after step 1 was applied
+    assert replay.replay["output"][0] == 2 and store.streams[9].state["past.0.count"][0] == 2
+    with pytest.raises(SequenceError, match="already applied with other inputs: is another client"):
+        _apply(store, 9, step=1, digest="c")
+    with pytest.raises(SequenceError, match="step 3 .* out of order: the next step is 2"):
+        _apply(store, 9, step=3, digest="c")
+    with pytest.raises(SequenceError, match="sequence_start request is step 0"):
+        _apply(store, 9, start=True, step=4)
+    assert _apply(store, 9, step=2, digest="c").step == 2
+    _apply(store, 9, start=True, digest="e")  # a START without a number restarts the stream (Triton's behaviour)
+    assert store.streams[9].step == 0 and store.streams[9].state["past.0.count"][0] == 1
+    assert step_number({}) is None and step_number({"step": 3}) == 3
+    for bad in (-1, "2", 1.5, True):
+        with pytest.raises(SequenceError, match="must be an integer >= 0"):
+            step_number({"step": bad})
+
+
+def test_serve_loads_only_the_models_the_bundled_server_can_run(tmp_path, files):
+    _, step = files
+    repo = tmp_path / "repo"
+    for backend in ("python", "onnxruntime"):
+        assert main(["triton-repo", str(step), "-o", str(repo), "--backend", backend, "--name", f"m_{backend}", "--device", "cpu"]) == 0
+    (repo / "notes").mkdir()
+    load, skipped = servable_models(repo)
+    assert load == ["m_python"]
+    assert skipped == {"m_onnxruntime": "onnxruntime backend, not in the bundled tritonserver (python only)", "notes": "no config.pbtxt"}
+    shutil.rmtree(repo / "m_python")
+    with pytest.raises(ServingError, match="no model the bundled tritonserver can run .*m_onnxruntime: onnxruntime backend"):
+        servable_models(repo)
+
+
+def test_max_chunk_is_within_the_export_profile(tmp_path, files, capsys):
+    _, step = files
+    largest = read_model(step)[0].data_inputs[0].max_shape[1]
+    assert main(["triton-repo", str(step), "-o", str(tmp_path / "repo"), "--max-chunk", "64"]) == 0
+    assert read_config(tmp_path / "repo" / "pom").parameters["max_chunk"].string_value == "64"
+    for bad in (0, largest + 1):
+        assert main(["triton-repo", str(step), "-o", str(tmp_path / "bad"), "--max-chunk", str(bad)]) == 1
+        assert f"--max-chunk must be within 1..{largest}" in capsys.readouterr().err
+    assert main(["triton-repo", str(step), "-o", str(tmp_path / "bad"), "--max-chunk", "8", "--backend", "onnxruntime"]) == 1
+    assert "--max-chunk applies to step graphs on the python backend" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 class _ZeroingStub:

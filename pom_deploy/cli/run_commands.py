@@ -74,6 +74,8 @@ def _read_tokens(path: Path, session) -> np.ndarray:
         tokens = tokens[None]
     if tokens.ndim != len(spec.shape):
         raise RuntimeInputError(f"{path} has shape {tokens.shape}; the graph streams {spec.name} {shape_text(spec.shape)}")
+    if 0 in tokens.shape:
+        raise RuntimeInputError(f"{path} has shape {tokens.shape}: no tokens to stream")
     if str(tokens.dtype) != spec.dtype:
         tokens = tokens.astype(spec.dtype) if np.issubdtype(tokens.dtype, np.floating) else tokens
     return tokens

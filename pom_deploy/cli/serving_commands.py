@@ -28,9 +28,11 @@ def register(subparsers) -> None:
     repo.add_argument("--strategy", choices=STRATEGIES, default="oldest", help="step graphs: sequence batcher strategy (default oldest)")
     repo.add_argument("--idle-timeout", type=float, default=10.0, metavar="S", help="step graphs: drop a sequence idle this long (default 10 s)")
     repo.add_argument("--max-sequences", type=int, default=64,
-                      help="step graphs: candidate sequences (oldest) and, on python, states kept at most (default 64)")
+                      help="step graphs, oldest strategy: sequences open at once per instance (default 64; more wait in Triton's backlog)")
     repo.add_argument("--queue-delay-us", type=int, default=500, help="how long the batcher waits to fill a batch (default 500)")
     repo.add_argument("--threads", type=int, default=1, help="python backend: onnxruntime threads per instance (default 1)")
+    repo.add_argument("--max-chunk", type=int, metavar="TOKENS",
+                      help="python step graphs: most tokens per request (default: the export profile's largest chunk)")
     repo.add_argument("--plugin", metavar="LIB", help="tensorrt: the pom plugin library to ship with the engine (default: the one it was built with)")
     repo.add_argument("--force", action="store_true", help="replace REPO/NAME if it exists")
     repo.set_defaults(func=run_triton_repo)
@@ -38,7 +40,8 @@ def register(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve", help="serve a python-backend repository with the bundled tritonserver (local try-out)",
         description="Start the tritonserver of the serve extra (nvidia-pytriton) on REPO, with this environment's Python "
-                    "for the python backend, and run until Ctrl-C. It has the python backend only.",
+                    "for the python backend, and run until Ctrl-C. It has the python backend only: models for other "
+                    "backends in REPO are skipped (and named).",
     )
     serve.add_argument("repository", type=Path, help="model repository (pom-deploy triton-repo --backend python)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -57,7 +60,8 @@ def run_triton_repo(args: argparse.Namespace) -> int:
 
     options = RepoOptions(backend=args.backend, name=args.name, instances=args.instances, max_batch=args.max_batch,
                           device=args.device, strategy=args.strategy, idle_timeout_s=args.idle_timeout,
-                          max_sequences=args.max_sequences, queue_delay_us=args.queue_delay_us, threads=args.threads)
+                          max_sequences=args.max_sequences, queue_delay_us=args.queue_delay_us, threads=args.threads,
+                          max_chunk=args.max_chunk)
     result = write_repository(args.model, args.output, options, force=args.force, plugin=args.plugin)
     facts = result.summary
     Console().print(f"[green]wrote[/] {result.model_dir} ({args.backend}; max_batch_size {facts['max_batch_size']}, "
@@ -80,6 +84,8 @@ def run_serve(args: argparse.Namespace) -> int:
         server = start_server(args.repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                               exit_timeout_s=args.exit_timeout, verbose=args.verbose)
     try:
+        for name, why in server.skipped.items():
+            console.print(f"[yellow]skipped[/] {name}: {why}")
         console.print(f"[green]serving[/] {args.repository}: HTTP {server.http_url}, gRPC {server.grpc_url} (Ctrl-C stops it)")
         while server.alive():
             time.sleep(0.5)

@@ -134,6 +134,8 @@ class StreamingSession:
     # -- stepping ----------------------------------------------------------------------
 
     def step(self, chunk: np.ndarray, **extra: np.ndarray) -> np.ndarray:
+        if 0 in np.shape(chunk):  # the state's mean would become 0/0: NaN for the rest of the stream
+            raise RuntimeInputError(f"chunk has shape {tuple(np.shape(chunk))}: a step needs at least one token of at least one stream")
         batch = chunk.shape[0] if chunk.ndim else 0
         if self._state is None:
             self._state, self.batch = self.spec.zero_state(batch), batch

@@ -31,26 +31,30 @@ def repository_readme(spec: GraphSpec, config, options: RepoOptions, model_path:
                   for t in tensors]
     lines.append("")
     if spec.kind == "step":
-        lines += _step_section(config, options)
+        lines += _step_section(config)
     lines += _backend_section(options, sidecar, plugin_library)
     return "\n".join(lines) + "\n"
 
 
-def _step_section(config, options: RepoOptions) -> list[str]:
+def _step_section(config) -> list[str]:
     seq = config.sequence_batching
     text = [
         "## Streams",
         "",
         "Each stream is a Triton sequence: send its first chunk with `sequence_start=True`, every chunk with the "
-        "same `sequence_id`, the last with `sequence_end=True`; a chunk may hold any number of tokens. "
+        "same `sequence_id`, the last with `sequence_end=True`. "
         f"A sequence idle for {seq.max_sequence_idle_microseconds / 1e6:g} s is dropped.",
         "",
     ]
     if seq.state:
-        text += [f"Implicit state (zero at the start of a sequence): {', '.join(f'`{s.input_name}` <- `{s.output_name}`' for s in seq.state)}.", ""]
+        text += ["A chunk may hold any number of tokens.",
+                 f"Implicit state (zero at the start of a sequence): {', '.join(f'`{s.input_name}` <- `{s.output_name}`' for s in seq.state)}.", ""]
     else:
-        text += [f"The python model keeps each sequence's state itself, keyed by the CORRID control input, freed at END; "
-                 f"at most {options.max_sequences} are kept.", ""]
+        params = config.parameters
+        text += [f"A chunk holds 1 to {params['max_chunk'].string_value} tokens. The python model keeps each sequence's state "
+                 "itself, keyed by the whole sequence id (integer or string), freed at END; it keeps as many as Triton has "
+                 f"sequence slots ({params['max_sequences'].string_value} per instance). Send each step's number "
+                 "(the request parameter `step`, 0 at the start) to make a retry safe: see pom-deploy's docs/serving.md.", ""]
     return text
 
 

@@ -2,6 +2,9 @@
 
 That wheel ships Triton 2.51 with its python backend only (no onnxruntime or TensorRT backend),
 and it runs on CPU-only machines: enough to serve a python-backend repository locally and in tests.
+A repository may also hold models for other backends (``triton-repo`` writes them side by side):
+the server loads only the python ones (``--model-control-mode=explicit`` with one ``--load-model``
+each) and reports the others as skipped, instead of failing on them.
 The server runs in its own process group, listens on 127.0.0.1 by default, and ``stop()`` ends the
 whole group. The python backend's stub embeds the interpreter found first on ``PATH``, so this
 environment's ``bin/`` goes first (the stub then takes its standard library from here), and the
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ServingError
+from .triton_config import parse_config
 from .triton_model import SITE_FOLDERS_VARIABLE
 
 STARTUP_TIMEOUT_S = 120.0
@@ -80,6 +84,7 @@ class TritonServer:
     workdir: Path
     log_path: Path
     exit_timeout_s: float = EXIT_TIMEOUT_S
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> why the bundled server does not load it
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -142,15 +147,43 @@ def _site_folders() -> list[str]:
 
     The stub embeds the libpython bundled with the server, which ignores PYTHONPATH and whose own
     (Debian) ``site`` module adds a virtual environment's site-packages but not those of a plain
-    interpreter such as a pyenv or conda Python (measured: numpy was not importable there).
+    interpreter such as a pyenv or conda Python (measured: numpy was not importable there). The folder
+    that holds the pom_deploy imported here comes too, so the stub runs the same pom_deploy when that is
+    a checkout on PYTHONPATH (an editable install's finder would otherwise give it another one).
     """
-    return site.getsitepackages()
+    return [str(Path(__file__).resolve().parents[2]), *site.getsitepackages()]
+
+
+def servable_models(repository: Path) -> tuple[list[str], dict[str, str]]:
+    """The models of ``repository`` the bundled server can run (python backend), and why each other is skipped.
+    A config that does not parse is kept, so that Triton's own load error names what is wrong with it."""
+    load, skipped = [], {}
+    for folder in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config_path = folder / "config.pbtxt"
+        if not config_path.is_file():
+            skipped[folder.name] = "no config.pbtxt"
+            continue
+        try:
+            config = parse_config(config_path.read_text())
+        except ServingError:
+            load.append(folder.name)
+            continue
+        backend = config.backend or config.platform
+        if backend == "python":
+            load.append(folder.name)
+        else:
+            skipped[folder.name] = f"{backend or 'no'} backend, not in the bundled tritonserver (python only)"
+    if not load:
+        found = "; ".join(f"{name}: {why}" for name, why in skipped.items()) or "it has no model folders"
+        raise ServingError(f"{repository}: no model the bundled tritonserver can run ({found})")
+    return load, skipped
 
 
 def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S, exit_timeout_s: int = EXIT_TIMEOUT_S,
                  verbose: int = 0) -> TritonServer:
-    """Start the bundled tritonserver on ``repository``; returns once every model is ready.
+    """Start the bundled tritonserver on ``repository``; returns once every python-backend model is ready
+    (the others are in ``skipped``).
 
     Raises ServingError with the server's first error line when it exits or is not ready in time
     (the process group is stopped first, so nothing is left running).
@@ -159,6 +192,7 @@ def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: 
     if not repository.is_dir():
         raise ServingError(f"{repository}: no such model repository")
     bundled = find_bundled_server()
+    load, skipped = servable_models(repository)
     workdir = Path(tempfile.mkdtemp(prefix="pom-triton-"))
     backends = workdir / "backends"
     shutil.copytree(bundled.python_backend, backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
@@ -173,13 +207,14 @@ def start_server(repository: str | Path, *, host: str = "127.0.0.1", http_port: 
         str(bundled.binary), f"--model-repository={repository}", f"--backend-directory={backends}",
         f"--http-address={host}", f"--http-port={http_port}", f"--grpc-address={host}", f"--grpc-port={grpc_port}",
         "--allow-metrics=false", "--exit-on-error=true", "--strict-readiness=true", "--disable-auto-complete-config",
-        f"--exit-timeout-secs={exit_timeout_s}", f"--log-verbose={verbose}",
+        f"--exit-timeout-secs={exit_timeout_s}", f"--log-verbose={verbose}", "--model-control-mode=explicit",
+        *(f"--load-model={name}" for name in load),
     ]
     log_path = workdir / "tritonserver.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    cwd=workdir, start_new_session=True, preexec_fn=_die_with_parent)
-    server = TritonServer(process, host, http_port, grpc_port, workdir, log_path, exit_timeout_s)
+    server = TritonServer(process, host, http_port, grpc_port, workdir, log_path, exit_timeout_s, skipped)
     try:
         _wait_ready(server, timeout_s)
     except ServingError as exc:

@@ -4,7 +4,10 @@
 Step graphs get the sequence batcher. On the onnxruntime and TensorRT backends every ``past.i.*`` /
 ``present.i.*`` pair becomes an implicit state (zero initial value) that Triton carries between the
 requests of a sequence; the python backend has no implicit state, so its model keeps each sequence's
-state itself (``triton_model.py``) and the config gives it the START/END/CORRID control inputs.
+state itself (``triton_model.py``) and the config gives it the START/END control inputs. It declares no
+CORRID control: the model reads the whole id from the request (a UINT64 control would truncate string
+ids to 8 bytes, and Triton 2.51 rejects every request to a TYPE_STRING one, measured), so integer and
+string sequence ids both work.
 Full graphs get the dynamic batcher, with the batch range of the export's profiles.
 """
 
@@ -21,7 +24,7 @@ from . import ServingError
 BACKENDS = ("onnxruntime", "tensorrt", "python")
 STRATEGIES = ("oldest", "direct")
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}  # python: the file keeps its suffix
-CONTROL_INPUTS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "CORRID": "CONTROL_SEQUENCE_CORRID"}
+CONTROL_INPUTS = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END"}
 TRITON_DTYPES = {t.name: t.triton for t in DATATYPES if t.triton}  # metadata spelling -> config.pbtxt's
 NUMPY_LESS_DTYPES = {"bfloat16"}  # the python backend hands tensors over as numpy arrays
 DEFAULT_MAX_BATCH = 8
@@ -42,6 +45,7 @@ class RepoOptions:
     max_sequences: int = 64  # oldest: candidate sequences; python: states kept at most
     queue_delay_us: int = 500
     threads: int = 1  # python backend: onnxruntime intra-op threads per instance
+    max_chunk: int | None = None  # python step graphs: most tokens per request; None: the export profile's largest
 
 
 def model_config_schema():
@@ -68,6 +72,9 @@ def check_options(options: RepoOptions, spec: GraphSpec) -> None:
         raise ServingError(f"--strategy must be oldest or direct, got {options.strategy!r}")
     if options.idle_timeout_s <= 0 or options.max_sequences < 1 or options.threads < 1 or options.queue_delay_us < 0:
         raise ServingError("--idle-timeout, --max-sequences and --threads must be positive, --queue-delay-us >= 0")
+    if options.max_chunk is not None and (options.backend != "python" or spec.kind != "step"):
+        raise ServingError("--max-chunk applies to step graphs on the python backend (the model checks it; Triton's own "
+                           "backends cannot bound a -1 dim, and a TensorRT engine refuses chunks beyond its profile itself)")
     if options.device not in (None, "cpu", "gpu"):
         raise ServingError(f"--device must be cpu or gpu, got {options.device!r}")
     if options.backend == "tensorrt" and options.device == "cpu":
@@ -98,6 +105,27 @@ def max_batch_size(spec: GraphSpec, options: RepoOptions, profile_max_batch: int
     if limit is not None and wanted > limit:
         raise ServingError(f"--max-batch {wanted} is above the largest batch the model was exported/built for ({limit})")
     return wanted
+
+
+def sequence_slots(options: RepoOptions, max_batch: int) -> int:
+    """How many sequences Triton's sequence batcher keeps open per model instance: the candidate
+    sequences of the oldest strategy, one per batch slot with the direct one. The python model keeps
+    this many states, so it never refuses a START that Triton admitted."""
+    return options.max_sequences if options.strategy == "oldest" else max(1, max_batch)
+
+
+def max_chunk(spec: GraphSpec, options: RepoOptions) -> int:
+    """The most tokens one request may carry: ``--max-chunk``, within the export profile's largest chunk
+    (one huge chunk holds every stream batched behind it; beyond the profile the graph is unverified)."""
+    chunk = spec.data_inputs[0]
+    profile = chunk.max_shape[1] if chunk.max_shape and len(chunk.max_shape) > 1 else None
+    if options.max_chunk is None:
+        if profile is None:
+            raise ServingError(f"the step graph's {chunk.name} has no export profile; choose the largest chunk with --max-chunk")
+        return profile
+    if options.max_chunk < 1 or (profile is not None and options.max_chunk > profile):
+        raise ServingError(f"--max-chunk must be within 1..{profile} (the export profile's largest chunk), got {options.max_chunk}")
+    return options.max_chunk
 
 
 def triton_dims(shape: list[int | str], batched: bool) -> list[int]:
@@ -137,8 +165,9 @@ def build_config(spec: GraphSpec, options: RepoOptions, model_file: str, profile
         if opt and 1 < opt <= config.max_batch_size:
             config.dynamic_batching.preferred_batch_size.append(opt)
     if options.backend == "python":
-        parameters = {"model_file": model_file, "threads": options.threads, "device": "cuda" if gpu else "cpu",
-                      "max_sequences": options.max_sequences, "idle_timeout_s": options.idle_timeout_s}
+        parameters = {"model_file": model_file, "threads": options.threads, "device": "cuda" if gpu else "cpu"}
+        if spec.kind == "step":
+            parameters |= {"max_sequences": sequence_slots(options, config.max_batch_size), "max_chunk": max_chunk(spec, options)}
         for key, value in parameters.items():
             config.parameters[key].string_value = str(value)
     return config
@@ -156,10 +185,7 @@ def _sequence_batching(config, spec: GraphSpec, options: RepoOptions, states, ba
     if options.backend == "python":
         for name, kind in CONTROL_INPUTS.items():
             control = seq.control_input.add(name=name).control.add(kind=getattr(pb.ModelSequenceBatching.Control, kind))
-            if name == "CORRID":
-                control.data_type = pb.TYPE_UINT64
-            else:
-                control.int32_false_true.extend([0, 1])
+            control.int32_false_true.extend([0, 1])
     shapes = {t.name: t for t in spec.inputs}
     for layer in states:
         for past, present in ((layer.past_mean, layer.present_mean), (layer.past_count, layer.present_count)):

@@ -4,72 +4,33 @@ The generated ``model.py`` imports ``TritonPythonModel`` from here, so the stub 
 has pom_deploy (``pom-deploy serve`` sees to it; in NVIDIA's container, ``pip install pom-deploy``).
 It runs any file ``pom_deploy.load`` opens. Triton's python backend has no implicit state (the state
 input keeps its initial value on every request, measured with tritonserver 2.51), so for step graphs
-this model keeps each sequence's state itself, keyed by the CORRID control input: created at START,
-freed at END, and at most ``max_sequences`` of them (sequences idle past the timeout are dropped to
-make room; beyond that a new sequence is refused). Requests of different sequences that arrive in
-one ``execute`` call with equal chunk shapes run as one batch.
+this model keeps each stream's state itself (``sequences.py``: keyed by the whole correlation id,
+bounded by Triton's slots, retries answered by step number). Every request is checked alone first
+(chunk size, step number, stream); a request that fails gets its own error and leaves its stream
+untouched, and a request whose client cancelled it (a gRPC timeout) is not committed. Requests of
+different streams that arrive in one ``execute`` call with equal chunk shapes run as one batch.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Hashable
 
 import numpy as np
 
-from ..errors import PomDeployError, first_line
-from ..spec import GraphSpec
+from ..digests import tensors_sha256
+from ..errors import PomDeployError, RuntimeInputError, first_line
+from ..spec import GraphSpec, TensorSpec
+from .sequences import SequenceError, SequenceStore, Stream, step_number
 
 SELF_CHECK = np.arange(1, 9, dtype=np.float32)
 
 
-class SequenceError(PomDeployError):
-    """A request does not fit the sequence it names (not started, too many open, batch changed)."""
-
-
-@dataclass
-class SequenceStore:
-    """Per-sequence state, bounded in number; idle sequences give way to new ones."""
-
-    max_sequences: int
-    idle_timeout_s: float
-    zero_state: Callable[[int], dict[str, np.ndarray]]
-    clock: Callable[[], float] = time.monotonic
-    states: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
-    last_used: dict[int, float] = field(default_factory=dict)
-
-    def begin(self, corrid: int, batch: int) -> None:
-        """A new sequence (or a restart of ``corrid``) from the zero state."""
-        self.end(corrid)
-        if len(self.states) >= self.max_sequences:
-            now = self.clock()
-            for idle in [c for c, t in self.last_used.items() if now - t > self.idle_timeout_s]:
-                self.end(idle)
-        if len(self.states) >= self.max_sequences:
-            raise SequenceError(f"sequence {corrid} refused: {self.max_sequences} sequences are open (max_sequences); end some first")
-        self.states[corrid] = self.zero_state(batch)
-        self.last_used[corrid] = self.clock()
-
-    def get(self, corrid: int, batch: int) -> dict[str, np.ndarray]:
-        if corrid not in self.states:
-            raise SequenceError(f"sequence {corrid} has no state: start it with sequence_start (or it was idle too long)")
-        state = self.states[corrid]
-        held = next(iter(state.values())).shape[0]
-        if held != batch:
-            raise SequenceError(f"sequence {corrid} started with batch {held}, this request has batch {batch}")
-        return state
-
-    def put(self, corrid: int, state: dict[str, np.ndarray]) -> None:
-        self.states[corrid] = state
-        self.last_used[corrid] = self.clock()
-
-    def end(self, corrid: int) -> None:
-        self.states.pop(corrid, None)
-        self.last_used.pop(corrid, None)
+class CancelledError(PomDeployError):
+    """The client gave up on the request (timeout, cancel) before its result was committed."""
 
 
 def plan_groups(keys: list[tuple[Any, Any]]) -> list[list[int]]:
@@ -103,6 +64,23 @@ def self_check(pb_utils) -> None:
                            "run tritonserver from an environment with numpy<2 (pip install 'pom-deploy[serve]')")
 
 
+@dataclass
+class Request:
+    """One request, read and checked alone: its inputs and, for a step graph, its stream and step."""
+
+    request: Any
+    inputs: dict[str, np.ndarray]
+    sequence: Hashable = None  # the whole correlation id (int or str); None for full graphs
+    start: bool = False
+    end: bool = False
+    step: int | None = None  # the client's step number, when it sent one
+    inputs_digest: str = ""
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+
 class TritonPythonModel:
     """Triton's python-backend interface over a pom_deploy session."""
 
@@ -124,67 +102,111 @@ class TritonPythonModel:
         self.inputs = [t.name for t in self.spec.data_inputs]
         self.next_state = {s.present_mean: s.past_mean for s in self.spec.state} | {s.present_count: s.past_count for s in self.spec.state}
         self.outputs = [t.name for t in self.spec.outputs if t.name not in self.next_state]
-        self.store = SequenceStore(int(params.get("max_sequences", 64)), float(params.get("idle_timeout_s", 10)), self.spec.zero_state)
+        self.chunk = self.spec.data_inputs[0]
+        self.max_chunk = int(params["max_chunk"]) if "max_chunk" in params else None
+        self.store = SequenceStore(int(params.get("max_sequences", 64)), self.spec.zero_state)
 
     def execute(self, requests) -> list:
-        feeds, keys, responses = [], [], [None] * len(requests)
+        responses: list = [None] * len(requests)
+        read: list[tuple[int, Request]] = []
         for index, request in enumerate(requests):
-            inputs = {name: self.pb.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
-            control = self._control(request) if self.spec.kind == "step" else None
-            feeds.append((inputs, control))
-            keys.append((control[0] if control else None, tuple((k, v.shape[1:], str(v.dtype)) for k, v in inputs.items())))
-        for group in plan_groups(keys):
             try:
-                results = self._run([feeds[i] for i in group])
-            except PomDeployError:
-                results = [self._run_alone(feeds[i]) for i in group]
+                read.append((index, self._read(request)))
+            except PomDeployError as exc:
+                responses[index] = self._error(exc)
+        keys = [(item.sequence, tuple((k, v.shape[1:], str(v.dtype)) for k, v in item.inputs.items())) for _, item in read]
+        for group in plan_groups(keys):
+            items = [read[i][1] for i in group]
+            try:
+                results = self._run(items)
+            except PomDeployError:  # the batch failed as a whole: each request alone, so only the bad one fails
+                results = [self._run_alone(item) for item in items]
             for i, result in zip(group, results):
-                responses[i] = result
+                responses[read[i][0]] = result
         return responses
 
-    def _control(self, request) -> tuple[int, bool, bool]:
-        value = {name: self.pb.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0] for name in ("CORRID", "START", "END")}
-        return int(value["CORRID"]), bool(value["START"]), bool(value["END"])
+    def _read(self, request) -> Request:
+        """The request's inputs and controls, checked against what this model takes."""
+        inputs = {name: self.pb.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
+        check_chunk(self.chunk, inputs[self.chunk.name], self.max_chunk)
+        if self.spec.kind != "step":
+            return Request(request, inputs)
+        if request.is_cancelled():
+            raise CancelledError(CANCELLED)
+        control = {name: bool(self.pb.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]) for name in ("START", "END")}
+        return Request(request, inputs, sequence=request.correlation_id(), start=control["START"], end=control["END"],
+                       step=step_number(json.loads(request.parameters() or "{}")), inputs_digest=tensors_sha256(inputs))
 
-    def _run_alone(self, feed):
+    def _run_alone(self, item: Request):
         try:
-            return self._run([feed])[0]
+            return self._run([item])[0]
         except PomDeployError as exc:
-            return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(first_line(exc)))
+            return self._error(exc)
 
-    def _run(self, feeds: list) -> list:
-        """One graph run for requests of equal shapes; the responses, in order (raises on failure)."""
-        batches = [next(iter(inputs.values())).shape[0] for inputs, _ in feeds]
-        run_feeds = {name: np.concatenate([inputs[name] for inputs, _ in feeds]) for name in self.inputs}
-        if self.spec.kind == "step":
-            for (_, (corrid, start, _end)), batch in zip(feeds, batches):
-                if start:
-                    self.store.begin(corrid, batch)
-            states = [self.store.get(corrid, batch) for (_, (corrid, _, _)), batch in zip(feeds, batches)]
-            for name in self.spec.state_input_names:
-                run_feeds[name] = np.concatenate([s[name] for s in states])
+    def _error(self, exc: Exception):
+        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(first_line(exc)))
+
+    def _response(self, outputs: dict[str, np.ndarray]):
+        return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(name, outputs[name]) for name in self.outputs])
+
+    def _run(self, items: list[Request]) -> list:
+        """One graph run for the requests of ``items`` that need one (equal shapes); the responses,
+        in order. A request that does not fit its stream, or is a retry, is answered alone; raises
+        when the run itself fails."""
+        responses: list = [None] * len(items)
+        plans = {}
+        for number, item in enumerate(items):
+            if self.spec.kind != "step":
+                plans[number] = None
+                continue
+            try:
+                plan = self.store.plan(item.sequence, item.start, item.step, item.batch, item.inputs_digest)
+            except PomDeployError as exc:
+                responses[number] = self._error(exc)
+                continue
+            if plan.replay is not None:
+                responses[number] = self._response(plan.replay)
+            else:
+                plans[number] = plan
+        if not plans:
+            return responses
+        run_feeds = {name: np.concatenate([items[n].inputs[name] for n in plans]) for name in self.inputs}
+        for name in self.spec.state_input_names:
+            run_feeds[name] = np.concatenate([plan.state[name] for plan in plans.values()])
         try:
             outputs = self.backend.run(run_feeds)
         except Exception as exc:
             if isinstance(exc, PomDeployError):
                 raise
             raise SequenceError(first_line(exc)) from None
-        offsets = np.cumsum([0, *batches])
-        responses = []
-        for number, (inputs, control) in enumerate(feeds):
-            rows = slice(offsets[number], offsets[number + 1])
-            if control:
-                corrid, _, end = control
-                if end:
-                    self.store.end(corrid)
-                else:
-                    self.store.put(corrid, {past: np.ascontiguousarray(outputs[present][rows]) for present, past in self.next_state.items()})
-            tensors = [self.pb.Tensor(name, np.ascontiguousarray(outputs[name][rows])) for name in self.outputs]
-            responses.append(self.pb.InferenceResponse(output_tensors=tensors))
+        offsets = np.cumsum([0, *(items[n].batch for n in plans)])
+        for row, (number, plan) in enumerate(plans.items()):
+            item, rows = items[number], slice(offsets[row], offsets[row + 1])
+            result = {name: np.ascontiguousarray(outputs[name][rows]) for name in self.outputs}
+            if plan is not None:
+                if item.request.is_cancelled():  # the client gave up: applying it would feed its retry twice
+                    responses[number] = self._error(CancelledError(CANCELLED))
+                    continue
+                state = {past: np.ascontiguousarray(outputs[present][rows]) for present, past in self.next_state.items()}
+                self.store.commit(item.sequence, item.end, Stream(item.batch, state, plan.step, item.inputs_digest, result))
+            responses[number] = self._response(result)
         return responses
 
     def finalize(self) -> None:
-        self.store.states.clear()
+        self.store.streams.clear()
+
+
+CANCELLED = "cancelled by the client (timed out?) before it was applied: the stream is unchanged; send the step again"
+
+
+def check_chunk(spec: TensorSpec, chunk: np.ndarray, max_chunk: int | None) -> None:
+    """Refuse an empty chunk (its tokens would make the state's mean 0/0, NaN for the rest of the
+    stream) and one longer than ``max_chunk`` (it would hold every stream batched behind it)."""
+    if 0 in chunk.shape:
+        raise RuntimeInputError(f"{spec.name} has shape {tuple(chunk.shape)}: a chunk needs at least one token")
+    if max_chunk is not None and chunk.ndim > 1 and chunk.shape[1] > max_chunk:
+        raise RuntimeInputError(f"{spec.name} has {chunk.shape[1]} tokens, more than this model takes in one request "
+                                f"({max_chunk}, its max_chunk): split it into smaller chunks")
 
 
 SITE_FOLDERS_VARIABLE = "POM_DEPLOY_SITE_FOLDERS"
