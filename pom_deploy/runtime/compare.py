@@ -1,9 +1,7 @@
-"""``compare``: run an ONNX file (onnxruntime) and its engine (TensorRT) on the same inputs
-and report per-output errors with Polygraphy's comparator, like
-``polygraphy run model.onnx --onnxrt --trt``.
-
-``compare_backends`` takes any two backends, so the comparison is tested without TensorRT;
-the figures come from ``pom_deploy.comparator``, the comparator export verification uses too.
+"""Comparing two backends on the same inputs, whatever they are: ``example_feeds`` makes the
+inputs, ``compare_backends`` runs both and reports per-output errors. The figures come from
+``pom_deploy.comparator``, the comparator export verification uses too; ``pom_deploy.tensorrt.compare``
+uses these for an ONNX file against its engine, and a new backend's tests can too (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -13,15 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..comparator import ComparisonError, OutputComparison, compare_outputs
+from ..comparator import OutputComparison, compare_outputs
 from ..dtypes import cast
-from ..runtime.base import Backend
-from ..runtime.onnxrt import OnnxRuntimeBackend
-from ..spec import GraphSpec, TensorSpec
-from ..tolerances import tolerances
-from .backend import TensorRTBackend
-from .profiles import Profile, derive_profiles, profiles_from_json
-from .sidecar import read_sidecar
+from ..spec import TensorSpec
+from .base import Backend
 
 
 @dataclass
@@ -38,13 +31,14 @@ class CompareReport:
         return all(o.passed for o in self.outputs)
 
 
-def example_feeds(inputs: list[TensorSpec], profile: Profile, seed: int = 0, state_inputs: set[str] = frozenset()) -> dict[str, np.ndarray]:
-    """Inputs at the profile's opt shapes: standard normal floats, small non-negative ints,
-    random booleans, zeros for streaming state (a valid initial state)."""
+def example_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]], seed: int = 0,
+                  state_inputs: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Inputs of the given ``shapes`` (name -> shape): standard normal floats, small non-negative
+    ints, random booleans, zeros for streaming state (a valid initial state)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in inputs:
-        shape = tuple(profile[spec.name].opt)
+        shape = tuple(shapes[spec.name])
         if spec.name in state_inputs:
             value = np.zeros(shape)
         elif spec.dtype == "bool":
@@ -62,23 +56,3 @@ def compare_backends(reference: Backend, candidate: Backend, feeds: dict[str, np
     report.outputs = compare_outputs(reference.run(dict(feeds)), candidate.run(dict(feeds)), atol, rtol,
                                      names=(reference.name, candidate.name))
     return report
-
-
-def compare(onnx_path: str | Path, engine_path: str | Path, *, precision: str | None = None, atol: float | None = None,
-            rtol: float | None = None, seed: int = 0, plugin: str | Path | None = None, device: str = "cpu") -> CompareReport:
-    """Run ``onnx_path`` on onnxruntime (``device``, CPU by default: the reference) and
-    ``engine_path`` on TensorRT with the same inputs (the engine's first profile's opt shapes).
-
-    Tolerances default by the engine's precision (``precision``, else the sidecar's), from
-    ``pom_deploy.tolerances``.
-    """
-    sidecar = read_sidecar(engine_path)
-    precision = precision or (sidecar or {}).get("precision") or "fp32"
-    atol, rtol = tolerances(precision, atol, rtol, ComparisonError)
-    candidate = TensorRTBackend(engine_path, plugin=plugin)
-    reference = OnnxRuntimeBackend(onnx_path, device=device)
-    spec: GraphSpec | None = reference.spec or candidate.spec
-    inputs = list(spec.inputs) if spec is not None else reference.input_specs
-    profiles = profiles_from_json(sidecar["profiles"]) if sidecar else derive_profiles(inputs)
-    feeds = example_feeds(inputs, profiles[0], seed, spec.state_input_names if spec is not None else set())
-    return compare_backends(reference, candidate, feeds, atol, rtol)
