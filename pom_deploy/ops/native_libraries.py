@@ -49,6 +49,11 @@ def search_folders() -> list[Path]:
     return [user_library_dir(), package_library_dir(), checkout / "build" / "plugins"]
 
 
+def search_off(env: str) -> bool:
+    """Whether the user turned the search off (``$env`` is ``none``): they chose to run without it."""
+    return os.environ.get(env, "").strip().lower() == SEARCH_OFF
+
+
 def find_library(explicit: str | Path | None, env: str, patterns: tuple[str, ...], what: str,
                  error: type[PomDeployError]) -> Path | None:
     """The library ``explicit`` (must exist), else the first one on the search path (see the
@@ -59,9 +64,9 @@ def find_library(explicit: str | Path | None, env: str, patterns: tuple[str, ...
         if not path.is_file():
             raise error(f"{what} {path} not found")
         return path
-    setting = os.environ.get(env, "")
-    if setting.strip().lower() == SEARCH_OFF:
+    if search_off(env):
         return None
+    setting = os.environ.get(env, "")
     named = [Path(p) for p in setting.split(os.pathsep) if p]
     missing = [str(p) for p in named if not p.exists()]
     if missing:
