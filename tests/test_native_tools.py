@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -191,3 +192,42 @@ def test_the_slow_path_warns_once_and_require_ops_refuses_it(no_libraries, fused
         OnnxRuntimeBackend(fused_layer, ort_ops=True)
     assert main(["run", str(fused_layer), "--input", os.devnull, "--require-ops"]) == 1
     assert "no CPU op library was found" in _one_error_line(capsys)
+
+
+# ---------------------------------------------------------------- the wheel
+
+def test_wheel_carries_the_built_library_and_the_runtime_finds_it(tmp_path):
+    """``build-ops --into-package`` then ``python -m build --wheel``: the wheel holds the library
+    (here a stand-in with a build record: the real one needs the header) and the native sources,
+    is tagged for the platform, and the installed package finds the library with nothing set."""
+    pytest.importorskip("build", reason="the build package (python -m build) is not installed")
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    tree = tmp_path / "tree"
+    shutil.copytree(root / "pom_deploy", tree / "pom_deploy", ignore=shutil.ignore_patterns("__pycache__", "lib"))
+    shutil.copytree(root / "plugins", tree / "plugins", ignore=shutil.ignore_patterns("build"))
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy2(root / name, tree / name)
+    (tree / "pom_deploy" / "lib").mkdir()
+    _record(tree / "pom_deploy" / "lib" / "libpom_deploy_ort_ops.so", onnxruntime_api=ORT_API)
+    result = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist")],
+                            cwd=tree, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    assert not wheel.name.endswith("-none-any.whl")  # carries a binary: tagged for the platform
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "installed")
+    assert {"pom_deploy/lib/libpom_deploy_ort_ops.so", "pom_deploy/plugins_source/CMakeLists.txt",
+            "pom_deploy/plugins_source/poly_aggregate/onnxruntime/polyAggregateOrtOp.cpp"} <= names
+    probe = ("from pom_deploy.ops.ort_ops import find_ort_ops_library; from pom_deploy.ops.native_build import plugins_source; "
+             "print(find_ort_ops_library()); print(plugins_source())")
+    env = {k: v for k, v in os.environ.items() if k not in (ORT_OPS_ENV, "PYTHONPATH")}
+    env.update(PYTHONPATH=str(tmp_path / "installed"), POM_DEPLOY_LIB_DIR=str(tmp_path / "empty_user_folder"))
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr[-2000:]
+    package = tmp_path / "installed" / "pom_deploy"
+    assert found.stdout.split() == [str(package / "lib" / "libpom_deploy_ort_ops.so"), str(package / "plugins_source")]

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import PomDeployError
 from .native_libraries import onnxruntime_api_version, read_build_info
 
-PLUGINS_SOURCE = Path(__file__).resolve().parents[2] / "plugins"
+
 ORT_LIBRARY = "libpom_deploy_ort_ops.so"
 CUDA_LIBRARY = "libpom_deploy_plugins.so"
 ORT_HEADER = "onnxruntime_c_api.h"
@@ -38,6 +38,12 @@ NVCC_PLACES = ("/usr/local/cuda/bin/nvcc",)  # CUDA's default prefix, also JetPa
 
 class NativeBuildError(PomDeployError):
     """A native library cannot be built here: what is missing, and what to give."""
+
+
+def plugins_source() -> Path:
+    """plugins/ of a source checkout, else the copy a wheel carries (setup.py puts it there)."""
+    checkout = Path(__file__).resolve().parents[2] / "plugins"
+    return checkout if (checkout / "CMakeLists.txt").is_file() else Path(__file__).resolve().parents[1] / "plugins_source"
 
 
 def no_header_message(onnxruntime_version: str) -> str:
@@ -186,7 +192,7 @@ def plan_build(output: Path, *, onnxruntime_include: str | Path | None = None, o
 
 
 def cmake_arguments(plan: BuildPlan, build_dir: Path) -> list[str]:
-    args = ["cmake", "-S", str(PLUGINS_SOURCE), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_TESTING=OFF",
+    args = ["cmake", "-S", str(plugins_source()), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_TESTING=OFF",
             f"-DPOM_WITH_ONNXRUNTIME={'ON' if plan.onnxruntime_include else 'OFF'}",
             f"-DPOM_WITH_CUDA={'ON' if plan.nvcc else 'OFF'}"]
     if plan.onnxruntime_include:
