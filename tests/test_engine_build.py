@@ -201,7 +201,7 @@ def test_local_function_rule_and_stripping(tmp_path):
 
 def test_fused_tiny_model_runs_on_onnxruntime(tmp_path):
     # The node's body is a stand-in (Identity), so the body must run, not the op's CPU kernel
-    # (which a checkout with build/ort_ops/ would otherwise register).
+    # (which a checkout with build/plugins/ would otherwise register).
     backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "f.onnx", fused=True), device="cpu", ort_ops=False)
     x = np.ones((1, 4, 16), np.float32)
     np.testing.assert_array_equal(backend.run({"x": x})["y"], 2 * x)

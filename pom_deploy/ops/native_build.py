@@ -208,7 +208,12 @@ def cmake_arguments(plan: BuildPlan, build_dir: Path) -> list[str]:
 def run_build(plan: BuildPlan, jobs: int | None = None, log=None) -> dict[str, dict]:
     """Configure and build in a temporary folder, then move each library into ``plan.output``
     (replacing an older one only once the new one is complete). Returns {library path: build record}."""
-    plan.output.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=plan.output, prefix=".pom-write-check-")
+        probe.close()
+    except OSError as exc:
+        raise NativeBuildError(f"cannot write to {plan.output}: {exc.strerror or exc} (choose another with --output)") from None
     with tempfile.TemporaryDirectory(prefix="pom-build-ops-") as scratch:
         build_dir = Path(scratch) / "build"
         steps = [cmake_arguments(plan, build_dir),
