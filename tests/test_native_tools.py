@@ -15,16 +15,15 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from pom_deploy import export_onnx
 from pom_deploy.cli import doctor_commands
 from pom_deploy.cli.deploy import main
 from pom_deploy.errors import ModelLoadError, PomDeployWarning
-from pom_deploy.models.layers import PoMv2
 from pom_deploy.ops import native_build, native_libraries
 from pom_deploy.ops.ort_ops import ORT_OPS_ENV
 from pom_deploy.runtime import onnxrt
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from pom_deploy.tensorrt.plugins import PLUGIN_ENV
+from test_engine_build import tiny_onnx
 
 ORT_API = int(ort.__version__.split(".")[1])
 
@@ -46,8 +45,8 @@ def no_libraries(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def fused_layer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fused")
-    return export_onnx(PoMv2(16, 2, 2, 1, 4), folder / "fused.onnx", fused_ops_enabled=True, verify=False).path
+    """A small graph with one PolyAggregate node and fused-ops metadata (no export needed here)."""
+    return tiny_onnx(tmp_path_factory.mktemp("fused") / "fused.onnx", fused=True)
 
 
 def _one_error_line(capsys) -> str:

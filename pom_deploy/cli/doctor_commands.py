@@ -126,7 +126,7 @@ def model_verdict(path: Path, onnxruntime: dict, libraries: dict) -> dict:
         return {**verdict, "runs_on": "no fused nodes", "why": "exported without --fused-ops: plain ONNX ops everywhere"}
     if first == "CPUExecutionProvider":
         if op["path"] and not op["problem"]:
-            return {**verdict, "runs_on": "kernel", "why": f"the CPU kernel ({op['path']})"}
+            return {**verdict, "runs_on": "kernel", "why": f"CPU op library {op['path']}"}
         return {**verdict, "runs_on": "function bodies", "why": f"CPU op library {op['problem']}"}
     if first == "TensorrtExecutionProvider" and plugin["path"] and not plugin["problem"]:
         return {**verdict, "runs_on": "plugin", "why": f"TensorRT plugin ({plugin['path']}), through onnxruntime's TensorRT EP"}
