@@ -60,7 +60,7 @@ def parse_args():
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it needs a C++ compiler)")
     p.add_argument("--no-zoo", action="store_true", help="skip the zoo model (full graph and step graph)")
     p.add_argument("--ort-ops", default=None, metavar="PATH", help="the PolyAggregate custom-op library for the ort+kernel "
-                   "contender (default: find_ort_ops_library(): $POM_DEPLOY_ORT_OPS, next to the package, build/ort_ops/)")
+                   "contender (default: find_ort_ops_library(): $POM_DEPLOY_ORT_OPS, the user folder, pom_deploy/lib/, build/plugins/)")
     p.add_argument("--no-ort-ops", action="store_true", help="no ort+kernel contender, even if the library is found")
     p.add_argument("--json", default=None, help="results JSON (default: <work-dir>/bench_export.json)")
     p.add_argument("--plot", default=None, help="PNG plot path ('' for none; default: docs/img/bench_export_latency.png, "
@@ -127,7 +127,7 @@ def ort_ops_library(args, out) -> Path | None:
     lib = find_ort_ops_library(args.ort_ops)
     if lib is None:
         out.print(f"ort+kernel: no PolyAggregate custom-op library found (--ort-ops PATH or ${ORT_OPS_ENV}; "
-                  "plugins/ort_ops builds it); its columns are n/a")
+                  "pom-deploy build-ops builds it); its columns are n/a")
     else:
         out.print(f"ort+kernel: PolyAggregate custom-op library {lib}")
     return lib

@@ -99,8 +99,8 @@ else
             "${ROOT}/plugins/tests/polyAggregatePluginHostTest.cpp" -L"${BUILD}" -lpom_deploy_plugins \
             -Xlinker -rpath,"${BUILD}" -o "${BUILD}/poly_aggregate_plugin_host_test"
     fi
-    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" \
-        -o "${BUILD}/libpom_poly_aggregate_cpu.so"
+    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden -I "${ROOT}/plugins/poly_aggregate" \
+        "${ROOT}/plugins/tests/polyAggregateCpuEmulation.cpp" -o "${BUILD}/libpom_poly_aggregate_cpu_emulation.so"
 fi
 echo "built in $((SECONDS - start)) s"
 
@@ -126,10 +126,10 @@ while read -r name flags; do
         "${ROOT}/plugins/poly_aggregate/polyAggregateKernel.cu" -o "${dir}/libpom_deploy_plugins.so" &
     PIDS+=($!)
     wait_for_a_slot
-    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden ${defines[@]+"${defines[@]}"} \
-        "${ROOT}/plugins/poly_aggregate/polyAggregateCpu.cpp" -o "${dir}/libpom_poly_aggregate_cpu.so" &
+    g++ -std=c++17 -O2 -shared -fPIC -fvisibility=hidden ${defines[@]+"${defines[@]}"} -I "${ROOT}/plugins/poly_aggregate" \
+        "${ROOT}/plugins/tests/polyAggregateCpuEmulation.cpp" -o "${dir}/libpom_poly_aggregate_cpu_emulation.so" &
     PIDS+=($!)
-    VARIANT_ARGS+=(--variant "${name}=${dir}/libpom_deploy_plugins.so:${dir}/libpom_poly_aggregate_cpu.so")
+    VARIANT_ARGS+=(--variant "${name}=${dir}/libpom_deploy_plugins.so:${dir}/libpom_poly_aggregate_cpu_emulation.so")
     echo "${name}: ${flags}"
 done < <("${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" --list-variants)
 for pid in ${PIDS[@]+"${PIDS[@]}"}; do
@@ -144,7 +144,7 @@ fi
 
 step "kernels on the GPU: correctness, determinism, benchmark, tuning variants"
 "${PYTHON}" "${ROOT}/scripts/gpu_check/check_poly_aggregate.py" \
-    --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu.so" \
+    --kernels "${BUILD}/libpom_deploy_plugins.so" --cpu "${BUILD}/libpom_poly_aggregate_cpu_emulation.so" \
     ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"} ${VARIANT_ARGS[@]+"${VARIANT_ARGS[@]}"}
 
 if [[ "${WITH_TRT}" == ON ]]; then

@@ -96,7 +96,7 @@ def _start_kernel_build() -> None:
     folder = Path(tempfile.mkdtemp(prefix="pom-kernel-build-"))
     log = open(folder / "build.log", "wb")
     configure = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(folder / "build"), "-DPOM_WITH_TENSORRT=OFF",
-                 "-DBUILD_TESTING=OFF", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"]
+                 "-DPOM_WITH_ONNXRUNTIME=OFF", "-DBUILD_TESTING=OFF", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"]
     build = ["cmake", "--build", str(folder / "build"), "-j", "1"]  # nvcc compiles its architectures on 2 threads
     command = " ".join(f"'{part}'" for part in configure) + " && " + " ".join(f"'{part}'" for part in build)
     _KERNEL_BUILD.update(folder=folder, log=log, started=time.perf_counter(),

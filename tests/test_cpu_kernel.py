@@ -1,12 +1,13 @@
 """The PolyAggregate CPU kernel (plugins/poly_aggregate/polyAggregateCpuKernel.cpp) and the
-onnxruntime custom op that runs it (polyAggregateOrtOp.cpp, built by plugins/ort_ops).
+onnxruntime custom op that runs it (onnxruntime/polyAggregateOrtOp.cpp beside it, built by
+plugins/CMakeLists.txt, which ``pom-deploy build-ops`` runs).
 
 * The kernel, through its C ABI (g++ only, every machine): within ``error_bound`` of the float64
   oracle for every variant, mode, dtype, RoPE and frame case the CPU emulation runs; bit-identical
   whatever threads run its tasks and in which order; its error statuses.
 * Finding and registering the library (every machine): a junk file is one error line.
 * The custom op in onnxruntime: needs onnxruntime's C API header (``$ONNXRUNTIME_INCLUDE_DIR``,
-  as for plugins/ort_ops/CMakeLists.txt), which no package here ships, so these tests skip
+  as for ``pom-deploy build-ops``), which no package here ships, so these tests skip
   without it (as in CI). With it: fused exports of a layer, the video model (full and step) and
   the DiT (RoPE 2-D, fp16) run with the kernel -- seen in onnxruntime's profile -- and agree with
   PyTorch; bad nodes and inputs are one-line errors.
@@ -17,8 +18,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from pom_deploy.errors import ExportError, ModelLoadError
 from pom_deploy.exporters.verify import _verification_sessions
 from pom_deploy.models.layers import PoMv2
 from pom_deploy.models.zoo import create_zoo_model
-from pom_deploy.ops import ort_ops
+from pom_deploy.ops import native_libraries, ort_ops
 from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.runtime import load
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
@@ -55,7 +59,7 @@ def _run(cmd, **kwargs):
 
 @pytest.fixture(scope="module")
 def kernel_lib(tmp_path_factory):
-    """The kernel alone, built as plugins/ort_ops builds it (the flags its CMake gives)."""
+    """The kernel alone, built as plugins/CMakeLists.txt builds it (the flags its CMake gives)."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found on PATH")
     library = tmp_path_factory.mktemp("cpu_kernel") / "libpom_poly_aggregate_cpu_kernel.so"
@@ -145,9 +149,13 @@ def test_kernel_error_statuses(kernel_lib):
 
 # ---------------------------------------------------------------- finding and registering the library
 
+# A file that says it was built for onnxruntime's C API 17 (what the op needs) but is no library.
+JUNK_LIBRARY = b"not a shared library\0pom_deploy_build_info=1;onnxruntime_api=17\0"
+
+
 def test_library_search_and_one_line_errors(tmp_path, monkeypatch):
     junk = tmp_path / ort_ops.LIBRARY_NAME
-    junk.write_bytes(b"not a shared library")
+    junk.write_bytes(JUNK_LIBRARY)
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(tmp_path))
     assert ort_ops.find_ort_ops_library() == junk
     with pytest.raises(ModelLoadError, match="not found"):
@@ -155,6 +163,14 @@ def test_library_search_and_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError) as error:
         ort_ops.register_ort_ops(ort.SessionOptions())
     assert "cannot load the custom-op library" in str(error.value) and "\n" not in str(error.value)
+    junk.write_bytes(b"not a shared library, and no build record")
+    with pytest.raises(ModelLoadError, match="records no onnxruntime C API version.*pom-deploy build-ops"):
+        ort_ops.register_ort_ops(ort.SessionOptions())
+    newer = int(ort.__version__.split(".")[1]) + 1
+    junk.write_bytes(f"\0pom_deploy_build_info=1;onnxruntime_api={newer}\0".encode())
+    with pytest.raises(ModelLoadError) as error:  # refused before onnxruntime is asked to load it
+        ort_ops.register_ort_ops(ort.SessionOptions())
+    assert f"built for onnxruntime's C API {newer}" in str(error.value) and "\n" not in str(error.value)
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, os.pathsep.join([str(tmp_path / "typo"), str(tmp_path)]))
     with pytest.raises(ModelLoadError, match="typo, which does not exist"):  # not silently skipped
         ort_ops.find_ort_ops_library()
@@ -164,7 +180,7 @@ def test_library_search_and_one_line_errors(tmp_path, monkeypatch):
 
 def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypatch):
     junk = tmp_path / ort_ops.LIBRARY_NAME
-    junk.write_bytes(b"not a shared library")
+    junk.write_bytes(JUNK_LIBRARY)
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
     fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
@@ -181,7 +197,7 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
         _verification_sessions(fused.path, fused=True)
     assert len(_verification_sessions(fused.path, fused=False)) == 1  # not fused: the library is not looked for
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, "none")
-    with pytest.raises(ModelLoadError, match="no PolyAggregate custom-op library found"):
+    with pytest.raises(ModelLoadError, match="no CPU op library was found.*pom-deploy build-ops"):
         OnnxRuntimeBackend(fused.path, ort_ops=True)
 
 
@@ -189,15 +205,31 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def ort_ops_library(tmp_path_factory):
-    """plugins/ort_ops built with CMake against ``$ONNXRUNTIME_INCLUDE_DIR``."""
+    """The library built by ``pom-deploy build-ops`` against ``$ONNXRUNTIME_INCLUDE_DIR`` (the CPU
+    op only: no CUDA here), into a folder of its own."""
     if not ORT_INCLUDE:
         pytest.skip("ONNXRUNTIME_INCLUDE_DIR not set: onnxruntime's C API header is needed to build the custom op")
     if shutil.which("cmake") is None:
         pytest.skip("cmake not found on PATH")
-    build = tmp_path_factory.mktemp("ort_ops")
-    _run(["cmake", "-S", ROOT / "plugins" / "ort_ops", "-B", build, f"-DONNXRUNTIME_INCLUDE_DIR={ORT_INCLUDE}"])
-    _run(["cmake", "--build", build])
-    return build / ort_ops.LIBRARY_NAME
+    user_folder = tmp_path_factory.mktemp("user_lib")  # build-ops' default output, moved by $POM_DEPLOY_LIB_DIR
+    _run([sys.executable, "-m", "pom_deploy.cli.deploy", "build-ops", "--no-cuda", "--onnxruntime-include", ORT_INCLUDE,
+          "--jobs", "1"], env={**os.environ, "PYTHONPATH": str(ROOT), native_libraries.USER_LIBRARY_DIR_ENV: str(user_folder)})
+    return user_folder / ort_ops.LIBRARY_NAME
+
+
+def test_build_ops_output_is_found_and_records_the_header(ort_ops_library, tmp_path, monkeypatch):
+    """With the header at hand, build-ops is the one step: the runtime finds the library in the
+    user folder with no variable set, and it records the C API version of the header it was built with."""
+    header = Path(ORT_INCLUDE) / "onnxruntime_c_api.h"
+    api = re.search(r"^#define ORT_API_VERSION (\d+)", header.read_text(errors="replace"), re.MULTILINE).group(1)
+    assert native_libraries.read_build_info(ort_ops_library) == {"onnxruntime_api": api}
+    monkeypatch.delenv(ort_ops.ORT_OPS_ENV)
+    monkeypatch.setenv(native_libraries.USER_LIBRARY_DIR_ENV, str(ort_ops_library.parent))
+    assert ort_ops.find_ort_ops_library() == ort_ops_library
+    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no slow-path warning: the kernel is found
+        assert OnnxRuntimeBackend(fused.path).ort_ops_library == ort_ops_library
 
 
 def _session(path, library, profile=False):

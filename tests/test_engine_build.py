@@ -3,6 +3,7 @@ checks, plugin discovery, the model-local function rule, the comparison, and the
 errors. Uses tiny ONNX files made here with pom-deploy metadata (no exporter needed)."""
 
 import argparse
+import os
 
 import numpy as np
 import onnx
@@ -10,16 +11,17 @@ import pytest
 from onnx import TensorProto, helper
 
 from pom_deploy.tensorrt.cli import build_options, register, report_table
-from pom_deploy.tensorrt import plugins
+from pom_deploy.ops import native_libraries
 from pom_deploy.tensorrt.build import (
     BuildOptions, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing,
 )
-from pom_deploy.tensorrt.compare import ComparisonError, compare_backends, compare_outputs, example_feeds
+from pom_deploy.comparator import ComparisonError, compare_outputs
+from pom_deploy.runtime.compare import compare_backends, example_feeds
 from pom_deploy.tensorrt.environment import INSTALL_HINT, tensorrt_available
 from pom_deploy.tensorrt.plugins import (
     PLUGIN_ENV, PluginError, find_plugin_library, fused_nodes, must_strip_function, strip_local_function,
 )
-from pom_deploy.tensorrt.profiles import ProfileError, ShapeRange
+from pom_deploy.tensorrt.profiles import ProfileError, ShapeRange, opt_shapes
 from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
@@ -58,7 +60,8 @@ def tiny_onnx(path, fused=False, dtype="float32"):
 @pytest.fixture
 def no_plugin_anywhere(monkeypatch, tmp_path):
     """An empty plugin search path (the plugin may be built in this checkout)."""
-    monkeypatch.setattr(plugins, "plugin_search_paths", lambda: [tmp_path / "nowhere"])
+    monkeypatch.delenv(PLUGIN_ENV, raising=False)
+    monkeypatch.setattr(native_libraries, "search_folders", lambda: [tmp_path / "nowhere"])
 
 
 def parser():
@@ -147,7 +150,6 @@ def test_plugin_search_env_override(tmp_path, monkeypatch):
     library = tmp_path / "libpom_deploy_plugins.so"
     library.write_bytes(b"")
     monkeypatch.setenv(PLUGIN_ENV, str(tmp_path))
-    assert plugins.plugin_search_paths()[0] == tmp_path
     assert find_plugin_library() == library
     monkeypatch.setenv(PLUGIN_ENV, str(library))
     assert find_plugin_library() == library
@@ -156,11 +158,19 @@ def test_plugin_search_env_override(tmp_path, monkeypatch):
         find_plugin_library(tmp_path / "libmissing.so")
 
 
-def test_default_search_path_looks_next_to_the_package_and_in_plugins_build(monkeypatch):
-    monkeypatch.delenv(PLUGIN_ENV, raising=False)
-    places = [p.as_posix() for p in plugins.plugin_search_paths()]
-    assert any(p.endswith("pom_deploy") for p in places)
-    assert any(p.endswith("build/plugins") for p in places) and any(p.endswith("plugins/build") for p in places)
+def test_plugin_search_follows_the_one_rule(tmp_path, monkeypatch):
+    """The rule of pom_deploy.ops.native_libraries, as for the onnxruntime op: a named path that
+    does not exist is an error, "none" turns the search off, then the user folder, the package's
+    lib/ and the checkout's build/plugins/."""
+    monkeypatch.setenv(PLUGIN_ENV, os.pathsep.join([str(tmp_path / "typo"), str(tmp_path)]))
+    with pytest.raises(PluginError, match="typo, which does not exist"):
+        find_plugin_library()
+    monkeypatch.setenv(PLUGIN_ENV, "none")
+    assert find_plugin_library() is None
+    monkeypatch.setenv(native_libraries.USER_LIBRARY_DIR_ENV, str(tmp_path / "user"))
+    places = [p.as_posix() for p in native_libraries.search_folders()]
+    assert places[0] == (tmp_path / "user").as_posix()
+    assert places[1].endswith("pom_deploy/lib") and places[2].endswith("build/plugins")
 
 
 def test_fused_model_plans_plugin_use(tmp_path, monkeypatch, no_plugin_anywhere):
@@ -169,7 +179,7 @@ def test_fused_model_plans_plugin_use(tmp_path, monkeypatch, no_plugin_anywhere)
     assert plan.fused_nodes == 1 and plan.plugin_library is None  # none found: unfused body
     library = tmp_path / "libpom_deploy_plugins.so"
     library.write_bytes(b"")
-    monkeypatch.setattr(plugins, "plugin_search_paths", lambda: [tmp_path])
+    monkeypatch.setattr(native_libraries, "search_folders", lambda: [tmp_path])
     assert plan_build(source).plugin_library == library
     assert plan_build(source, None, BuildOptions(plugin=False)).plugin_library is None
     assert plan_build(source, None, BuildOptions(plugin=str(library))).plugin_library == library
@@ -191,7 +201,7 @@ def test_local_function_rule_and_stripping(tmp_path):
 
 def test_fused_tiny_model_runs_on_onnxruntime(tmp_path):
     # The node's body is a stand-in (Identity), so the body must run, not the op's CPU kernel
-    # (which a checkout with build/ort_ops/ would otherwise register).
+    # (which a checkout with build/plugins/ would otherwise register).
     backend = OnnxRuntimeBackend(tiny_onnx(tmp_path / "f.onnx", fused=True), device="cpu", ort_ops=False)
     x = np.ones((1, 4, 16), np.float32)
     np.testing.assert_array_equal(backend.run({"x": x})["y"], 2 * x)
@@ -306,7 +316,7 @@ def test_compare_backends_on_two_onnxruntime_sessions(tmp_path):
     source = tiny_onnx(tmp_path / "m.onnx")
     reference, candidate = OnnxRuntimeBackend(source, device="cpu"), OnnxRuntimeBackend(source, device="cpu")
     plan = plan_build(source)
-    feeds = example_feeds(reference.spec.inputs, plan.profiles[0], seed=3)
+    feeds = example_feeds(reference.spec.inputs, opt_shapes(plan.profiles[0]), seed=3)
     assert feeds["x"].shape == (1, 32, 16) and feeds["x"].dtype == np.float32
     # One graph in two sessions with the same options: the same float32 operations in the same
     # order, so bit-identical (a difference of 0 passes any tolerance); this checks the plumbing.
@@ -322,11 +332,11 @@ def test_compare_backends_on_two_onnxruntime_sessions(tmp_path):
 def test_example_feeds_dtypes_and_zero_state():
     inputs = [TensorSpec("x", ["b", 4], "float16"), TensorSpec("labels", ["b"], "int64"), TensorSpec("m", ["b", 4], "bool"),
               TensorSpec("past.0.mean", ["b", 8], "float32")]
-    profile = {t.name: ShapeRange(*(((2, *[d for d in t.shape if isinstance(d, int)]),) * 3)) for t in inputs}
-    feeds = example_feeds(inputs, profile, seed=0, state_inputs={"past.0.mean"})
+    shapes = {t.name: (2, *[d for d in t.shape if isinstance(d, int)]) for t in inputs}
+    feeds = example_feeds(inputs, shapes, seed=0, state_inputs={"past.0.mean"})
     assert [str(feeds[t.name].dtype) for t in inputs] == ["float16", "int64", "bool", "float32"]
     assert feeds["x"].shape == (2, 4) and not feeds["past.0.mean"].any()
-    assert np.array_equal(feeds["x"], example_feeds(inputs, profile, seed=0)["x"])
+    assert np.array_equal(feeds["x"], example_feeds(inputs, shapes, seed=0)["x"])
 
 
 # ---- build orchestration with TensorRT faked (what build_engine does around Polygraphy) -----

@@ -69,14 +69,14 @@ def plugin_tmp(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_lib(plugin_tmp):
+def emulation_lib(plugin_tmp):
     _require("g++")
-    return abi.load(str(_build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu.so")))
+    return abi.load(str(_build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu_emulation.so")))
 
 
 def _build_cpu_emulation(library: Path, *flags: str) -> Path:
     _run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden",
-          *flags, str(POLY_AGGREGATE / "polyAggregateCpu.cpp"), "-o", str(library)])
+          *flags, "-I", str(POLY_AGGREGATE), str(PLUGINS / "tests" / "polyAggregateCpuEmulation.cpp"), "-o", str(library)])
     return library
 
 
@@ -140,11 +140,11 @@ def _assert_close(actual, x, degree, variant, mode, coeff, mask, dtype, frame_to
 @pytest.mark.parametrize("mode", list(abi.MODES))
 @pytest.mark.parametrize("variant", list(abi.VARIANTS))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
-def test_cpu_emulation_matches_oracle(cpu_lib, shape, variant, mode, dtype):
+def test_cpu_emulation_matches_oracle(emulation_lib, shape, variant, mode, dtype):
     batch, tokens, channels, degree = shape
     seed = zlib.crc32(repr((shape, variant, mode, dtype)).encode())
     x, coeff, mask = abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
-    y = abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask)
+    y = abi.run_cpu_emulation(emulation_lib, x, degree, variant, mode, coeff, mask)
     assert y.dtype == x.dtype and y.shape == abi.output_shape(batch, tokens, channels, mode)
     _assert_close(y, x, degree, variant, mode, coeff, mask, dtype)
 
@@ -176,7 +176,7 @@ def _extended_id(case) -> str:
 
 
 def _run_extended(lib, case, runner):
-    """Run one extended case with `runner` (abi.run_cpu or abi.run_host_launch); (output, its check)."""
+    """Run one extended case with `runner` (abi.run_cpu_emulation or abi.run_host_launch); (output, its check)."""
     shape, variant, mode, dtype, options = case
     x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype, **options)
     cos, sin = host_emulation.tables_for(shape, variant, mode, dtype, **options)
@@ -186,27 +186,27 @@ def _run_extended(lib, case, runner):
 
 
 @pytest.mark.parametrize("case", host_emulation.extended_cases(CPU_EXTENDED), ids=_extended_id)
-def test_cpu_emulation_rope_and_frames_match_oracle(cpu_lib, case):
-    y, check = _run_extended(cpu_lib, case, abi.run_cpu)
+def test_cpu_emulation_rope_and_frames_match_oracle(emulation_lib, case):
+    y, check = _run_extended(emulation_lib, case, abi.run_cpu_emulation)
     (batch, tokens, channels, _), _, mode, _, _ = case
     assert y.shape == abi.output_shape(batch, tokens, channels, mode)
     check(y)
 
 
-def test_masked_fractional_weights_and_empty_mask(cpu_lib):
+def test_masked_fractional_weights_and_empty_mask(emulation_lib):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 400, 8)).astype(np.float32)
     mask = rng.random((3, 400)).astype(np.float32)
     mask[1] = 0.0  # sum of the mask is 0: output 0, not NaN
-    y = abi.run_cpu(cpu_lib, x, 2, "v1", "masked", mask=mask)
+    y = abi.run_cpu_emulation(emulation_lib, x, 2, "v1", "masked", mask=mask)
     assert np.all(y[1] == 0.0)
     _assert_close(y, x, 2, "v1", "masked", None, mask, "float32")
 
 
-def test_empty_token_axis(cpu_lib):
+def test_empty_token_axis(emulation_lib):
     x = np.zeros((2, 0, 4), dtype=np.float32)
-    assert np.all(abi.run_cpu(cpu_lib, x, 2, "v1", "mean") == 0.0)
-    assert abi.run_cpu(cpu_lib, x, 2, "v1", "causal").shape == (2, 0, 4)
+    assert np.all(abi.run_cpu_emulation(emulation_lib, x, 2, "v1", "mean") == 0.0)
+    assert abi.run_cpu_emulation(emulation_lib, x, 2, "v1", "causal").shape == (2, 0, 4)
 
 
 @pytest.mark.parametrize(
@@ -229,33 +229,33 @@ def test_empty_token_axis(cpu_lib):
         (abi.make_desc(2, 8, 8, 2, "v2", "causal", "float32", frame_tokens=3), -13),  # 8 % 3 != 0
     ],
 )
-def test_validation_errors(cpu_lib, desc, status):
+def test_validation_errors(emulation_lib, desc, status):
     import ctypes
 
-    assert cpu_lib.pomPolyAggregateValidate(ctypes.byref(desc)) == status
-    assert cpu_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)) == 0
-    assert cpu_lib.pomPolyAggregateStatusString(status)
+    assert emulation_lib.pomPolyAggregateValidate(ctypes.byref(desc)) == status
+    assert emulation_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)) == 0
+    assert emulation_lib.pomPolyAggregateStatusString(status)
 
 
-def test_missing_inputs_are_reported(cpu_lib):
+def test_missing_inputs_are_reported(emulation_lib):
     x = np.ones((1, 4, 4), dtype=np.float32)
     coeff = np.ones((4, 2), dtype=np.float32)
     with pytest.raises(RuntimeError, match="coeff"):
-        abi.run_cpu(cpu_lib, x, 2, "v2", "mean")
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v2", "mean")
     with pytest.raises(RuntimeError, match="mask"):
-        abi.run_cpu(cpu_lib, x, 2, "v1", "masked")
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v1", "masked")
     with pytest.raises(RuntimeError, match="cos and sin"):  # through the original entry point
-        abi.run_cpu(cpu_lib, x, 2, "v2", "mean", coeff, rope="1d")
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v2", "mean", coeff, rope="1d")
     with pytest.raises(RuntimeError, match="cos and sin"):  # through the Ex entry point, sin missing
-        abi.run_cpu(cpu_lib, x, 2, "v2", "mean", coeff, rope="1d", cos=np.ones((1, 4, 2), dtype=np.float32))
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v2", "mean", coeff, rope="1d", cos=np.ones((1, 4, 2), dtype=np.float32))
 
 
-def test_workspace_grows_with_shape_and_stays_small(cpu_lib):
+def test_workspace_grows_with_shape_and_stays_small(emulation_lib):
     import ctypes
 
     def size(batch, tokens, channels, mode, **options):
         desc = abi.make_desc(batch, tokens, channels, 2, "v2", mode, "float16", **options)
-        return cpu_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
+        return emulation_lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
 
     for mode in abi.MODES:
         for rope in abi.ROPES:
@@ -280,10 +280,10 @@ HOST_SHAPES = SHAPES + [(2, 600, 64, 2)]
 @pytest.mark.parametrize("mode", list(abi.MODES))
 @pytest.mark.parametrize("variant", list(abi.VARIANTS))
 @pytest.mark.parametrize("shape", HOST_SHAPES, ids=lambda s: "B{}-N{}-C{}-K{}".format(*s))
-def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, mode, dtype, order, monkeypatch):
+def test_kernel_source_on_host_emulation(host_kernels, emulation_lib, shape, variant, mode, dtype, order, monkeypatch):
     """Threads run from barrier to barrier in both orders: a missing __syncthreads shows in one."""
     monkeypatch.setenv("POM_CUDA_HOST_THREAD_ORDER", order)
-    problem, y = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype)
+    problem, y = host_emulation.compare_case(host_kernels, emulation_lib, shape, variant, mode, dtype)
     assert problem is None, problem
     x, coeff, mask = host_emulation.inputs_for(shape, variant, mode, dtype)
     _assert_close(y, x, shape[3], variant, mode, coeff, mask, dtype)
@@ -291,24 +291,24 @@ def test_kernel_source_on_host_emulation(host_kernels, cpu_lib, shape, variant, 
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
 @pytest.mark.parametrize("case", host_emulation.extended_cases(EXTENDED), ids=_extended_id)
-def test_kernel_source_rope_and_frames_on_host_emulation(host_kernels, cpu_lib, case, order, monkeypatch):
+def test_kernel_source_rope_and_frames_on_host_emulation(host_kernels, emulation_lib, case, order, monkeypatch):
     """RoPE (pairs owned by one thread, tables per batch row or shared) and block-causal (frame
     splits, scan, broadcast): the kernels' source == the CPU emulation bit for bit, and the oracle."""
     monkeypatch.setenv("POM_CUDA_HOST_THREAD_ORDER", order)
     shape, variant, mode, dtype, options = case
-    problem, y = host_emulation.compare_case(host_kernels, cpu_lib, shape, variant, mode, dtype, **options)
+    problem, y = host_emulation.compare_case(host_kernels, emulation_lib, shape, variant, mode, dtype, **options)
     assert problem is None, problem
-    _run_extended(cpu_lib, case, abi.run_cpu)[1](y)
+    _run_extended(emulation_lib, case, abi.run_cpu_emulation)[1](y)
 
 
 @pytest.mark.parametrize("mode", list(abi.MODES))
-def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels, cpu_lib, mode):
+def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels, emulation_lib, mode):
     # The emulation fails a launch whose vector loads are not aligned, as the GPU would.
     for dtype in ("float16", "bfloat16"):
-        problem, _ = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
+        problem, _ = host_emulation.compare_case(host_kernels, emulation_lib, (2, 300, 16, 2), "v1", mode, dtype, offset=True)
         assert problem is None, problem
         # cos/sin one element off (x aligned): the tables' loads fall back too.
-        problem, _ = host_emulation.compare_case(host_kernels, cpu_lib, (2, 300, 16, 2), "v2", mode, dtype, rope="1d",
+        problem, _ = host_emulation.compare_case(host_kernels, emulation_lib, (2, 300, 16, 2), "v2", mode, dtype, rope="1d",
                                                  misaligned_tables=True)
         assert problem is None, problem
 
@@ -391,7 +391,7 @@ def _tuning_build(plugin_tmp: Path, name: str) -> tuple[Path, Path]:
     _require("g++")
     flags = gpu_check.compiler_flags(name).split()
     kernels = plugin_tmp / f"libpom_poly_aggregate_host_{name}.so"
-    cpu = plugin_tmp / f"libpom_poly_aggregate_cpu_{name}.so"
+    cpu = plugin_tmp / f"libpom_poly_aggregate_cpu_emulation_{name}.so"
     if not (kernels.exists() and cpu.exists()):
         _build_host_emulated_kernels(kernels, *flags)
         _build_cpu_emulation(cpu, *flags)
@@ -406,14 +406,14 @@ VARIANT_EXTENDED = [[2, 600, 16, 2, 0, "2d", 2], [2, 1000, 24, 2, 200, "1d", 1]]
 
 
 @pytest.mark.parametrize("name", list(gpu_check.TUNING_VARIANTS))
-def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
+def test_tuning_variants_on_host_emulation(name, plugin_tmp, emulation_lib):
     """The builds gpu_check.sh benchmarks besides the defaults (other block shapes and token
     blocking, the look-back) are correct too: host-emulated kernels == their CPU emulation, bit
     for bit, and the oracle. bfloat16 is left out: its blocking is float16's."""
     kernels_path, cpu_path = _tuning_build(plugin_tmp, name)
     kernels, cpu = abi.load(str(kernels_path)), abi.load(str(cpu_path))
     # The flags took effect: the blocking, hence the workspace, differs from the defaults'.
-    assert any(_workspace_bytes(cpu, mode) != _workspace_bytes(cpu_lib, mode) for mode in abi.MODES)
+    assert any(_workspace_bytes(cpu, mode) != _workspace_bytes(emulation_lib, mode) for mode in abi.MODES)
     for shape in VARIANT_SHAPES:
         for variant in abi.VARIANTS:
             for mode in abi.MODES:
@@ -427,17 +427,17 @@ def test_tuning_variants_on_host_emulation(name, plugin_tmp, cpu_lib):
         if dtype != "bfloat16":
             problem, y = host_emulation.compare_case(kernels, cpu, shape, variant, mode, dtype, **options)
             assert problem is None, f"{_extended_id(case)}: {problem}"
-            _run_extended(cpu, case, abi.run_cpu)[1](y)
+            _run_extended(cpu, case, abi.run_cpu_emulation)[1](y)
 
 
-def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels, cpu_lib):
+def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels, emulation_lib):
     """scripts/gpu_check/check_poly_aggregate.py as gpu_check.sh runs it, on the CPU (--emulated):
     so that the one run on a lent GPU is not lost to a bug in the script itself."""
     pytest.importorskip("torch")
     kernels, cpu = _tuning_build(plugin_tmp, "lanes64")
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "gpu_check" / "check_poly_aggregate.py"), "--emulated", "--no-compile",
-         "--kernels", host_kernels._name, "--cpu", cpu_lib._name, "--variant", f"lanes64={kernels}:{cpu}"],
+         "--kernels", host_kernels._name, "--cpu", emulation_lib._name, "--variant", f"lanes64={kernels}:{cpu}"],
         capture_output=True, text=True)
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
@@ -470,7 +470,7 @@ def test_gpu_check_build_stage_without_gpu(plugin_tmp):
     result = _run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--build-only", "--arch", "90", "--no-cmake",
                    "--variants", "occupancy3"], env=env)
     assert "gpu_check: build only, done" in result.stdout
-    libraries = ["libpom_deploy_plugins.so", "libpom_poly_aggregate_cpu.so"]
+    libraries = ["libpom_deploy_plugins.so", "libpom_poly_aggregate_cpu_emulation.so"]
     for directory in [build, build / "variant-occupancy3"]:
         for library in libraries:
             assert (directory / library).is_file(), f"{directory / library} was not built"
@@ -484,14 +484,14 @@ def test_gpu_check_build_stage_without_gpu(plugin_tmp):
 
 
 @pytest.mark.parametrize("build", ["defaults", "lookback"])
-def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, cpu_lib):
+def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, emulation_lib):
     """Blocks run at the same time in four processes (POM_CUDA_HOST_PROCESSES), so causal chunks
     really wait for their predecessors (chain) or add up their totals (look-back): results stay
     bit-identical to the CPU emulation and deterministic. Run in order, a chunk's predecessor has
     always finished: a kernel that skipped the wait, or a look-back that dropped the totals it
     walked over, passes in order and fails here."""
     if build == "defaults":
-        kernels, cpu = host_kernels._name, cpu_lib._name
+        kernels, cpu = host_kernels._name, emulation_lib._name
     else:
         kernels, cpu = map(str, _tuning_build(plugin_tmp, build))
     shapes = [(2, 300, 12, 2), (1, 5001, 4, 2), (2, 1500, 96, 4)]
@@ -516,14 +516,14 @@ CONCURRENT_EXTENDED = [[2, 300, 16, 2, 0, "1d", 2], [2, 1000, 24, 2, 200, "2d", 
 
 
 @pytest.mark.parametrize("build", ["defaults", "lookback"])
-def test_rope_and_frames_with_concurrent_blocks(build, plugin_tmp, host_kernels, cpu_lib):
+def test_rope_and_frames_with_concurrent_blocks(build, plugin_tmp, host_kernels, emulation_lib):
     """RoPE and block-causal cases with blocks in four processes: bit-identical to the CPU
     emulation. The run's only chained launches are RoPE causal ones, so sleeps prove that their
     chunks waited for their predecessors. Block-causal has no cross-block protocol (its reduce,
     scan and broadcast are separate launches, ordered by the stream): it must simply stay
     bit-identical with its blocks running at the same time."""
     if build == "defaults":
-        kernels, cpu = host_kernels._name, cpu_lib._name
+        kernels, cpu = host_kernels._name, emulation_lib._name
     else:
         kernels, cpu = map(str, _tuning_build(plugin_tmp, build))
     env = dict(os.environ, POM_CUDA_HOST_PROCESSES="4", POM_CUDA_HOST_VERBOSE="1")
@@ -551,7 +551,7 @@ def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitize
     outside x, y, the workspace or shared memory aborts the run."""
     preload = _sanitizer_preload()
     kernels = host_kernels_sanitized
-    cpu = _build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu_asan.so", *SANITIZERS)
+    cpu = _build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu_emulation_asan.so", *SANITIZERS)
     env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
     result = subprocess.run(
         [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", str(kernels), "--cpu", str(cpu),

@@ -115,14 +115,15 @@ POM_API int pomPolyAggregateLaunch(PomPolyAggregateDesc const* desc, void const*
     void const* mask, void* y, void* workspace, size_t workspaceBytes, void* stream);
 
 /*
- * CPU emulation of pomPolyAggregateLaunchEx: same blocking, same float32 accumulation order.
- * Host pointers; fp16/bf16 tensors are raw 16-bit words. Built into the CPU test library only.
+ * Test-only CPU emulation of pomPolyAggregateLaunchEx (plugins/tests/polyAggregateCpuEmulation.cpp):
+ * same blocking, same float32 accumulation order. Host pointers; fp16/bf16 tensors are raw 16-bit
+ * words. Built into the test library only; the shipped CPU kernel is pomPolyAggregateCpuKernel.
  */
-POM_API int pomPolyAggregateCpuEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+POM_API int pomPolyAggregateCpuEmulationEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void const* cos, void const* sin, void* y);
 
-/* pomPolyAggregateCpuEx without cos and sin. */
-POM_API int pomPolyAggregateCpu(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+/* pomPolyAggregateCpuEmulationEx without cos and sin. */
+POM_API int pomPolyAggregateCpuEmulation(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void* y);
 
 /*

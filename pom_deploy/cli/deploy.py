@@ -10,10 +10,11 @@ import argparse
 import sys
 
 from ..tensorrt import cli as tensorrt_commands
-from . import demo_commands, inspect_commands, run_commands, serving_commands
+from . import demo_commands, doctor_commands, inspect_commands, native_commands, run_commands, serving_commands
 from .common import run_command, version_text
 
-COMMAND_MODULES = (demo_commands, inspect_commands, run_commands, tensorrt_commands, serving_commands)
+COMMAND_MODULES = (demo_commands, inspect_commands, run_commands, tensorrt_commands, serving_commands, native_commands,
+                   doctor_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

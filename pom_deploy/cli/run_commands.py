@@ -24,6 +24,8 @@ def register(commands) -> None:
     run.add_argument("--chunk", type=int, help="tokens per step (default: the model's frame size, else the graph's typical chunk)")
     run.add_argument("-o", "--output", type=Path, help="write the outputs here (.npy)")
     run.add_argument("--device", help="cpu, cuda or tensorrt (default: best available)")
+    run.add_argument("--require-ops", action="store_true",
+                     help="fail unless a fused graph's PolyAggregate nodes run on the CPU kernel (pom-deploy build-ops builds it)")
     run.add_argument("--force", action="store_true", help="overwrite an existing output")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress")
     run.set_defaults(func=run_command)
@@ -34,7 +36,8 @@ def run_command(args) -> int:
         raise RuntimeInputError(f"--chunk must be >= 1, got {args.chunk}")
     if args.output:
         check_output_path(args.output, args.force, RuntimeInputError)
-    session = load(args.model, device=args.device)
+    onnx_options = {"ort_ops": True} if args.require_ops and args.model.suffix == ".onnx" else {}  # engines carry their plugin
+    session = load(args.model, device=args.device, **onnx_options)
     if not isinstance(session, StreamingSession):
         raise RuntimeInputError(f"{args.model} is a full graph; `run` streams through step graphs (pom-export --step)")
     tokens = _read_tokens(args.input, session)

@@ -9,6 +9,7 @@ C enum codes are checked against the header by tests/test_plugin_identity.py.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import mmap
 import os
 
@@ -75,7 +76,8 @@ def output_shape(batch: int, tokens: int, channels: int, mode: str) -> tuple[int
 
 
 def load(path: str) -> ctypes.CDLL:
-    """Load a library built from polyAggregateKernel.cu (GPU) or polyAggregateCpu.cpp (CPU)."""
+    """Load a library built from polyAggregateKernel.cu (GPU), polyAggregateCpuKernel.cpp (the CPU kernel)
+    or plugins/tests/polyAggregateCpuEmulation.cpp (the test-only CPU emulation)."""
     lib = ctypes.CDLL(path)
     desc_p = ctypes.POINTER(Desc)
     lib.pomPolyAggregateValidate.argtypes = [desc_p]
@@ -92,12 +94,12 @@ def load(path: str) -> ctypes.CDLL:
     if hasattr(lib, "pomPolyAggregateLaunchEx"):
         lib.pomPolyAggregateLaunchEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_size_t, ptr]
         lib.pomPolyAggregateLaunchEx.restype = ctypes.c_int
-    if hasattr(lib, "pomPolyAggregateCpu"):
-        lib.pomPolyAggregateCpu.argtypes = [desc_p, ptr, ptr, ptr, ptr]
-        lib.pomPolyAggregateCpu.restype = ctypes.c_int
-    if hasattr(lib, "pomPolyAggregateCpuEx"):
-        lib.pomPolyAggregateCpuEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr]
-        lib.pomPolyAggregateCpuEx.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateCpuEmulation"):
+        lib.pomPolyAggregateCpuEmulation.argtypes = [desc_p, ptr, ptr, ptr, ptr]
+        lib.pomPolyAggregateCpuEmulation.restype = ctypes.c_int
+    if hasattr(lib, "pomPolyAggregateCpuEmulationEx"):
+        lib.pomPolyAggregateCpuEmulationEx.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr]
+        lib.pomPolyAggregateCpuEmulationEx.restype = ctypes.c_int
     if hasattr(lib, "pomPolyAggregateCpuKernel"):
         lib.pomPolyAggregateCpuKernel.argtypes = [desc_p, ptr, ptr, ptr, ptr, ptr, ptr, PARALLEL_FOR, ptr]
         lib.pomPolyAggregateCpuKernel.restype = ctypes.c_int
@@ -118,26 +120,28 @@ def _zeros(shape, dtype, shared: bool) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
-def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask, frame_tokens=0, rope="none",
-          cos=None, sin=None, parallel_for=None) -> np.ndarray:
+def _call(lib: ctypes.CDLL, entry: str, arguments: dict, parallel_for=None) -> np.ndarray:
+    """Run ``entry`` ("cpu_emulation", "host_launch" or "cpu_kernel") with the oracle's ``arguments``."""
+    x, cos, sin, mode = arguments["x"], arguments["cos"], arguments["sin"], arguments["mode"]
     batch, tokens, channels = x.shape
     per_batch = cos is not None and cos.shape[0] == batch and batch != 1
-    desc = make_desc(batch, tokens, channels, degree, variant, mode, np.dtype(x.dtype).name, frame_tokens, rope, per_batch)
+    desc = make_desc(batch, tokens, channels, arguments["degree"], arguments["variant"], mode, np.dtype(x.dtype).name,
+                     arguments["frame_tokens"], arguments["rope"], per_batch)
     # The host emulation's concurrent blocks (POM_CUDA_HOST_PROCESSES > 1) write from forked processes.
-    shared = entry == "launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
+    shared = entry == "host_launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
     y = _zeros(output_shape(batch, tokens, channels, mode), x.dtype, shared)
     # A contiguous view keeps its address, so callers can pass deliberately misaligned views.
-    arrays = [np.ascontiguousarray(a) if a is not None else None for a in (x, coeff, mask, cos, sin)]
+    arrays = [np.ascontiguousarray(arguments[k]) if arguments[k] is not None else None for k in ("x", "coeff", "mask", "cos", "sin")]
     pointers = [a.ctypes.data if a is not None else None for a in arrays]
     # Without tables the original entry points run (they must keep working); with them the Ex ones.
     extended = cos is not None or sin is not None
-    if entry == "kernel":
+    if entry == "cpu_kernel":
         status = lib.pomPolyAggregateCpuKernel(ctypes.byref(desc), *pointers, y.ctypes.data, parallel_for or PARALLEL_FOR(), None)
-    elif entry == "cpu":
+    elif entry == "cpu_emulation":
         if extended:
-            status = lib.pomPolyAggregateCpuEx(ctypes.byref(desc), *pointers, y.ctypes.data)
+            status = lib.pomPolyAggregateCpuEmulationEx(ctypes.byref(desc), *pointers, y.ctypes.data)
         else:
-            status = lib.pomPolyAggregateCpu(ctypes.byref(desc), *pointers[:3], y.ctypes.data)
+            status = lib.pomPolyAggregateCpuEmulation(ctypes.byref(desc), *pointers[:3], y.ctypes.data)
     else:
         workspace = _zeros((lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc)),), np.uint8, shared)
         tail = (y.ctypes.data, workspace.ctypes.data, workspace.size, None)
@@ -149,59 +153,35 @@ def _call(lib: ctypes.CDLL, entry: str, x, degree, variant, mode, coeff, mask, f
     return y
 
 
-def run_cpu(
-    lib: ctypes.CDLL,
-    x: np.ndarray,
-    degree: int,
-    variant: str,
-    mode: str,
-    coeff: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    *,
-    frame_tokens: int = 0,
-    rope: str = "none",
-    cos: np.ndarray | None = None,
-    sin: np.ndarray | None = None,
-) -> np.ndarray:
-    """Run the CPU emulation on contiguous arrays of one dtype (float32, float16 or bfloat16).
-    cos and sin (B or 1, N, C/2) for rope "1d" or "2d"; tables of batch B are read per batch row."""
-    return _call(lib, "cpu", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin)
+# The runners take the oracle's arguments (``poly_aggregate.poly_aggregate``: x, degree, variant, mode,
+# coeff, mask, frame_tokens, rope, cos, sin), after the library: that signature is written once, there.
+_OP_SIGNATURE = inspect.signature(op.poly_aggregate)
 
 
-def run_host_launch(
-    lib: ctypes.CDLL,
-    x: np.ndarray,
-    degree: int,
-    variant: str,
-    mode: str,
-    coeff: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    *,
-    frame_tokens: int = 0,
-    rope: str = "none",
-    cos: np.ndarray | None = None,
-    sin: np.ndarray | None = None,
-) -> np.ndarray:
-    """Run pomPolyAggregateLaunch(Ex) on host arrays: for polyAggregateKernel.cu built against the
-    host emulation of CUDA (plugins/tests/cuda_host), whose device memory is host memory."""
-    return _call(lib, "launch", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin)
+def _runner(entry: str, doc: str, *, takes_parallel_for: bool = False):
+    def run(lib: ctypes.CDLL, *args, **kwargs) -> np.ndarray:
+        parallel_for = kwargs.pop("parallel_for", None) if takes_parallel_for else None
+        bound = _OP_SIGNATURE.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _call(lib, entry, bound.arguments, parallel_for)
+
+    parameters = [inspect.Parameter("lib", inspect.Parameter.POSITIONAL_OR_KEYWORD), *_OP_SIGNATURE.parameters.values()]
+    if takes_parallel_for:
+        parameters.append(inspect.Parameter("parallel_for", inspect.Parameter.KEYWORD_ONLY, default=None))
+    run.__signature__ = _OP_SIGNATURE.replace(parameters=parameters)
+    run.__name__ = run.__qualname__ = f"run_{entry}"
+    run.__doc__ = doc
+    return run
 
 
-def run_cpu_kernel(
-    lib: ctypes.CDLL,
-    x: np.ndarray,
-    degree: int,
-    variant: str,
-    mode: str,
-    coeff: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    *,
-    frame_tokens: int = 0,
-    rope: str = "none",
-    cos: np.ndarray | None = None,
-    sin: np.ndarray | None = None,
-    parallel_for=None,
-) -> np.ndarray:
-    """Run the CPU kernel (polyAggregateCpuKernel.cpp) on host arrays. ``parallel_for``: a
-    ``PARALLEL_FOR`` callback (None: the calling thread runs every task)."""
-    return _call(lib, "kernel", x, degree, variant, mode, coeff, mask, frame_tokens, rope, cos, sin, parallel_for)
+run_cpu_emulation = _runner("cpu_emulation", """Run the test-only CPU emulation of the CUDA kernels
+(plugins/tests/polyAggregateCpuEmulation.cpp) on contiguous arrays of one dtype (float32, float16 or
+bfloat16). cos and sin (B or 1, N, C/2) for rope "1d" or "2d"; tables of batch B are read per batch row.""")
+
+run_host_launch = _runner("host_launch", """Run pomPolyAggregateLaunch(Ex) on host arrays: for
+polyAggregateKernel.cu built against the host emulation of CUDA (plugins/tests/cuda_host), whose
+device memory is host memory.""")
+
+run_cpu_kernel = _runner("cpu_kernel", """Run the shipped CPU kernel (polyAggregateCpuKernel.cpp) on
+host arrays. ``parallel_for``: a ``PARALLEL_FOR`` callback (None: the calling thread runs every task).""",
+                         takes_parallel_for=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ..dtypes import name_of
-from ..errors import ModelLoadError, RuntimeInputError, first_line
+from ..errors import ModelLoadError, PomDeployWarning, RuntimeInputError, first_line
 from ..onnx_graph import read_spec
-from ..ops.ort_ops import ORT_OPS_ENV, register_ort_ops
+from ..ops.native_libraries import BUILD_OPS_COMMAND, search_off
+from ..ops.ort_ops import ORT_OPS_ENV, ORT_OPS_OFF, register_ort_ops
 from ..spec import TensorSpec
 from .base import Backend, register_backend
 from .providers import select_providers, with_plugin_library
@@ -30,6 +32,21 @@ def _runtime_errors():
         raise RuntimeInputError(f"onnxruntime failed: {first_line(exc)}") from None
 
 
+_slow_path_warned = False
+
+
+def _warn_slow_path_once(path: Path) -> None:
+    """No silent slow path: the first fused graph that runs its nodes' function bodies on the CPU
+    provider says so, once per process, with the command that builds the kernel."""
+    global _slow_path_warned
+    if _slow_path_warned:
+        return
+    _slow_path_warned = True
+    warnings.warn(f"{path.name}: PolyAggregate nodes run as their function bodies, slower than the CPU kernel "
+                  f"(docs/benchmarks.md, section 6): build the kernel with `{BUILD_OPS_COMMAND}` "
+                  f"(ort_ops=False, or ${ORT_OPS_ENV}={ORT_OPS_OFF}, accepts the function bodies)", PomDeployWarning, stacklevel=3)
+
+
 @register_backend
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
@@ -38,9 +55,10 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, path: str | Path, device: str | None = None, providers: list[str] | None = None, threads: int | None = None,
                  ort_ops: str | Path | bool | None = None):
         """``ort_ops``: the PolyAggregate custom-op library for a fused graph on the CPU provider
-        (a path; None: the one ``pom_deploy.ops.ort_ops`` finds, if any; True: that one, and an
-        error if there is none; False: none, so the nodes' function bodies run). Only when the CPU
-        provider comes first: with a GPU provider first, the nodes must stay with it."""
+        (a path; None: the one ``pom_deploy.ops.ort_ops`` finds, if any, else a warning, once;
+        True: that one, and an error if there is none; False: none, so the nodes' function bodies
+        run). Only when the CPU provider comes first: with a GPU provider first, the nodes must
+        stay with it."""
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such file")
@@ -59,7 +77,10 @@ class OnnxRuntimeBackend(Backend):
         if fused and ort_ops is not False and self.providers[0] == "CPUExecutionProvider":
             self.ort_ops_library = register_ort_ops(options, None if ort_ops in (None, True) else ort_ops)
             if ort_ops is True and self.ort_ops_library is None:
-                raise ModelLoadError(f"no PolyAggregate custom-op library found (${ORT_OPS_ENV}, or build plugins/ort_ops)")
+                raise ModelLoadError(f"{path} has fused PolyAggregate nodes and no CPU op library was found "
+                                     f"(${ORT_OPS_ENV}, or build it with `{BUILD_OPS_COMMAND}`)")
+            if self.ort_ops_library is None and ort_ops is None and not search_off(ORT_OPS_ENV):
+                _warn_slow_path_once(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=with_plugin_library(self.providers, fused))
         except Exception as exc:

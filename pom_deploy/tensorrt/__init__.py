@@ -9,9 +9,11 @@ Importing this package never imports TensorRT; the functions that need it raise
 
 from .backend import TensorRTBackend
 from .build import BuildOptions, BuildPlan, BuildResult, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing
-from .compare import CompareReport, ComparisonError, OutputComparison, compare, compare_backends, compare_outputs, example_feeds
+from ..comparator import ComparisonError, OutputComparison, compare_outputs
+from ..runtime.compare import CompareReport, compare_backends, example_feeds
+from .compare import compare
 from .environment import INSTALL_HINT, current_environment, require_tensorrt, tensorrt_available
-from .plugins import PLUGIN_ENV, PluginError, find_plugin_library, plugin_search_paths
+from .plugins import PLUGIN_ENV, PluginError, find_plugin_library
 from .profiles import DEFAULT_DIM_RANGES, ProfileError, ShapeRange, derive_profiles, parse_profile_arg, select_profile
 from .sidecar import EngineMismatchError, check_compatible, compatibility_problems, read_sidecar, sidecar_path, spec_from_sidecar
 
@@ -20,6 +22,6 @@ __all__ = [
     "ComparisonError", "EngineBuildError", "EngineMismatchError", "OutputComparison", "PluginError", "ProfileError",
     "ShapeRange", "TensorRTBackend", "build_engine", "check_compatible", "compare", "compare_backends", "compare_outputs",
     "compatibility_problems", "current_environment", "derive_profiles", "example_feeds", "find_plugin_library",
-    "parse_profile_arg", "parse_size", "plan_build", "plugin_search_paths", "read_sidecar", "require_tensorrt",
+    "parse_profile_arg", "parse_size", "plan_build", "read_sidecar", "require_tensorrt",
     "resolve_typing", "select_profile", "sidecar_path", "spec_from_sidecar", "tensorrt_available",
 ]

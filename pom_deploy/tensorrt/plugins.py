@@ -9,12 +9,12 @@ has 10.3) the function is removed from the model before parsing when the plugin 
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 import onnx
 
 from ..errors import PomDeployError
+from ..ops.native_libraries import find_library, tensorrt_problem
 from ..ops.poly_aggregate import OP_DOMAIN, OP_TYPE, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from ..runtime.providers import register_plugin_finder
 from .environment import version_tuple
@@ -28,34 +28,10 @@ class PluginError(PomDeployError):
     """The plugin library is missing, cannot be loaded, or does not register PolyAggregate."""
 
 
-def plugin_search_paths() -> list[Path]:
-    """Where the plugin library is looked for, first match wins.
-
-    ``$POM_DEPLOY_PLUGIN`` (files or folders, ``os.pathsep``-separated) first; then next to the
-    package (``pom_deploy/``, ``pom_deploy/lib/``) and, in a source checkout, the CMake build
-    folders ``build/plugins/`` (plugins/CMakeLists.txt's documented one) and ``plugins/build/``.
-    """
-    package = Path(__file__).resolve().parent.parent
-    env = [Path(p) for p in os.environ.get(PLUGIN_ENV, "").split(os.pathsep) if p]
-    return [*env, package, package / "lib", package.parent / "build" / "plugins", package.parent / "plugins" / "build"]
-
-
 def find_plugin_library(explicit: str | Path | None = None) -> Path | None:
-    """The plugin library: ``explicit`` (must exist), else the first one on the search path."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.is_file():
-            raise PluginError(f"plugin library {path} not found")
-        return path
-    for place in plugin_search_paths():
-        if place.is_file():
-            return place
-        if place.is_dir():
-            for pattern in LIBRARY_GLOBS:
-                found = sorted(place.glob(pattern))
-                if found:
-                    return found[0]
-    return None
+    """The plugin library: ``explicit`` (must exist), else the first one found by the rule of
+    ``pom_deploy.ops.native_libraries`` ($POM_DEPLOY_PLUGIN first), else None."""
+    return find_library(explicit, PLUGIN_ENV, LIBRARY_GLOBS, "plugin library", PluginError)
 
 
 register_plugin_finder(find_plugin_library)  # onnxruntime's TensorRT EP gets it for fused graphs
@@ -95,12 +71,16 @@ def load_plugin_library(path: str | Path, trt) -> str:
 
     A library that registers its creators when loaded (``REGISTER_TENSORRT_PLUGIN``) works with
     a plain dlopen; one that exports ``getCreators`` needs the registry's ``load_library``.
-    Both are tried, dlopen first.
+    Both are tried, dlopen first, once the library's build record says it was built for this
+    TensorRT's major version.
     """
     path = str(Path(path).resolve())
     registry = trt.get_plugin_registry()
     if _registered(registry):
         return "already loaded"
+    problem = tensorrt_problem(path, trt.__version__)
+    if problem is not None:
+        raise PluginError(problem)
     try:
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:

@@ -171,6 +171,11 @@ def select_profile(profiles: list[Profile], shapes: dict[str, tuple[int, ...]]) 
     return -1
 
 
+def opt_shapes(profile: Profile) -> dict[str, tuple[int, ...]]:
+    """Each input's opt shape: the shape a profile is tuned for, and the one comparisons run."""
+    return {name: tuple(rng.opt) for name, rng in profile.items()}
+
+
 def profiles_to_json(profiles: list[Profile]) -> list[dict]:
     return [{name: rng.to_json() for name, rng in p.items()} for p in profiles]
 

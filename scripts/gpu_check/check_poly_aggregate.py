@@ -284,7 +284,7 @@ def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool
         target.synchronize()
         deterministic = torch.equal(first.view(torch.uint8), second.view(torch.uint8))
         oracle = bound_excess(to_float64(first), expected, bound)
-        emulated = np.asarray(abi.run_cpu(cpu_lib, x, degree, variant, mode, coeff, mask, cos=cos, sin=sin, **options),
+        emulated = np.asarray(abi.run_cpu_emulation(cpu_lib, x, degree, variant, mode, coeff, mask, cos=cos, sin=sin, **options),
                               dtype=np.float64)
         # Both within `bound` of the oracle (only erfcf's last bits differ), so within 2 * bound.
         emulation = bound_excess(to_float64(first), emulated, 2 * bound)
@@ -419,7 +419,7 @@ def parse_variant(text: str) -> tuple[str, str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", help="libpom_deploy_plugins.so")
-    parser.add_argument("--cpu", help="libpom_poly_aggregate_cpu.so (CPU emulation)")
+    parser.add_argument("--cpu", help="libpom_poly_aggregate_cpu_emulation.so (CPU emulation)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     parser.add_argument("--variant", action="append", default=[], type=parse_variant, metavar="NAME=KERNELS:CPU",
                         help="a tuning variant's kernel and CPU-emulation libraries (repeatable)")

@@ -1,5 +1,5 @@
 """Run polyAggregateKernel.cu, built against the CUDA host emulation, and compare it bit for bit
-with the CPU emulation (polyAggregateCpu.cpp: same blocking, same float32 order).
+with the CPU emulation (plugins/tests/polyAggregateCpuEmulation.cpp: same blocking, same float32 order).
 
     python compare_with_cpu_emulation.py --kernels libkernels_host.so --cpu libcpu.so \\
         --shapes '[[2, 300, 12, 2], ...]' [--extended '[[2, 300, 16, 2, 0, "1d", 2], ...]']
@@ -84,7 +84,7 @@ def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offse
     if misaligned_tables:
         cos, sin = misaligned(cos), misaligned(sin)
     extra = {"frame_tokens": frame_tokens, "rope": rope, "cos": cos, "sin": sin}
-    expected = abi.run_cpu(cpu, x, degree, variant, mode, coeff, mask, **extra)
+    expected = abi.run_cpu_emulation(cpu, x, degree, variant, mode, coeff, mask, **extra)
     first = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
     second = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
     bits = lambda a: a.view(np.uint8)  # noqa: E731
@@ -100,7 +100,7 @@ def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offse
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", required=True, help="polyAggregateKernel.cu built with the host emulation")
-    parser.add_argument("--cpu", required=True, help="polyAggregateCpu.cpp built as a shared library")
+    parser.add_argument("--cpu", required=True, help="polyAggregateCpuEmulation.cpp built as a shared library")
     parser.add_argument("--shapes", required=True, help="JSON list of [batch, tokens, channels, degree]")
     parser.add_argument("--extended", default="[]",
                         help="JSON list of [batch, tokens, channels, degree, frame_tokens, rope, table batch]")

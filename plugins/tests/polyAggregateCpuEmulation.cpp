@@ -1,5 +1,6 @@
 /*
- * CPU emulation of the PolyAggregate kernels, for tests on machines without a GPU.
+ * Test-only CPU emulation of the PolyAggregate CUDA kernels, for tests on machines without a GPU
+ * (the shipped CPU kernel is plugins/poly_aggregate/polyAggregateCpuKernel.cpp).
  *
  * It follows the kernels' blocking (polyAggregateCommon.h) and evaluates the features with
  * the same source (polyAggregateMath.cuh), so every float32 sum happens in the kernels'
@@ -277,13 +278,13 @@ extern "C" char const* pomPolyAggregateStatusString(int status)
     return text != nullptr ? text : "CUDA error";
 }
 
-extern "C" int pomPolyAggregateCpu(
+extern "C" int pomPolyAggregateCpuEmulation(
     PomPolyAggregateDesc const* desc, void const* x, void const* coeff, void const* mask, void* y)
 {
-    return pomPolyAggregateCpuEx(desc, x, coeff, mask, nullptr, nullptr, y);
+    return pomPolyAggregateCpuEmulationEx(desc, x, coeff, mask, nullptr, nullptr, y);
 }
 
-extern "C" int pomPolyAggregateCpuEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
+extern "C" int pomPolyAggregateCpuEmulationEx(PomPolyAggregateDesc const* desc, void const* x, void const* coeff,
     void const* mask, void const* cos, void const* sin, void* y)
 {
     using namespace pom;
