@@ -31,7 +31,7 @@ from pom_deploy.cli import export as export_cli
 from pom_deploy.errors import ArchitectureError, ExportError, ModelLoadError, RuntimeInputError, UntrustedPickleError
 from pom_deploy.exporters.config import config_from_file
 from pom_deploy.models import PoMv2
-from pom_deploy.ops import ort_ops
+from pom_deploy.ops import native_libraries, ort_ops
 from pom_deploy.tensorrt import plugins
 from pom_deploy.tensorrt.sidecar import read_sidecar
 
@@ -349,7 +349,7 @@ def test_libraries_are_not_picked_up_from_the_current_directory_or_a_models_fold
     _, planted = planted_libraries
     for found in (ort_ops.find_ort_ops_library(), plugins.find_plugin_library()):
         assert found is None or found.resolve() not in planted
-    searched = [p.resolve() for p in ort_ops.search_paths() + plugins.plugin_search_paths()]
+    searched = [p.resolve() for p in native_libraries.search_folders()]
     assert Path.cwd().resolve() not in searched and planted[-1].parent not in searched
 
 
@@ -362,7 +362,7 @@ def test_an_engine_sidecar_does_not_choose_the_plugin_library(planted_libraries,
 
     model_dir, _ = planted_libraries
     recorded = {"plugin": {"library": str(model_dir / "libpom_deploy_plugins.so")}}
-    monkeypatch.setattr(plugins, "plugin_search_paths", lambda: [tmp_path / "nowhere"])
+    monkeypatch.setattr(native_libraries, "search_folders", lambda: [tmp_path / "nowhere"])
     loaded = []
     monkeypatch.setattr(backend_module, "load_plugin_library", lambda path, trt: loaded.append(path))
     engine = backend_module.TensorRTBackend.__new__(backend_module.TensorRTBackend)  # no TensorRT here: the plugin step alone
