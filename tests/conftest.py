@@ -110,6 +110,16 @@ def exported_video(tmp_path_factory, video_model):
     return full, step
 
 
+@pytest.fixture(scope="session")
+def exported_lm(tmp_path_factory, causal_lm):
+    """The token-causal LM exported once as a step graph, with a --config file."""
+    from pom_deploy.exporters import export_onnx
+
+    folder = tmp_path_factory.mktemp("lm")
+    (folder / "lm.json").write_text(json.dumps(CAUSAL_LM_CONFIG))
+    return export_onnx(causal_lm, folder / "lm.step.onnx", step=True, config=folder / "lm.json")
+
+
 # --- the CUDA kernels' all-architecture build, started early in the background ---------------
 # nvcc for 9 architectures is over a minute of CPU while most tests keep one of CI's two cores
 # busy: started once collection shows a selected test needs it, it overlaps with them, and the

@@ -122,7 +122,7 @@ class TritonPythonModel:
         if self.spec is None:
             raise RuntimeError(f"pom-deploy: {path.name} has no pom-deploy metadata (export it with pom-export)")
         self.inputs = [t.name for t in self.spec.data_inputs]
-        self.next_state = {s.present_mean: s.past_mean for s in self.spec.state} | {s.present_count: s.past_count for s in self.spec.state}
+        self.next_state = self.spec.past_of
         self.outputs = [t.name for t in self.spec.outputs if t.name not in self.next_state]
         self.store = SequenceStore(int(params.get("max_sequences", 64)), float(params.get("idle_timeout_s", 10)), self.spec.zero_state)
 
