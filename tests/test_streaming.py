@@ -372,3 +372,13 @@ def test_state_file_without_digest_resumes_with_a_warning(tmp_path, exported_vid
     with pytest.warns(PomDeployWarning, match="no state digest"):
         resumed.load_state(tmp_path / "older.npz")
     np.testing.assert_array_equal(resumed.state["past.0.mean"], arrays["past.0.mean"])
+
+
+def test_frame_causal_step_graph_needs_no_cumsum(exported_video, exported_lm):
+    """Frames x frames triangular product for block-causal chunks (TensorRT before 10.8 imports
+    CumSum as a loop); the token-causal step keeps one CumSum per layer (docs/streaming.md)."""
+    import onnx
+
+    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
+    assert "CumSum" not in ops(exported_video[1].path)
+    assert ops(exported_lm.path).count("CumSum") == 2
