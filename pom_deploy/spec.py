@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 METADATA_KEY = "pom_deploy"
-SPEC_FORMAT_VERSION = 1
+SPEC_FORMAT_VERSION = 2
+# 2: every state tensor has a non-batch dim (count (batch, 1), was (batch,)), each layer records
+# how it mixes a chunk (``within_chunk``), dims record their multiples (``dim_multiples``).
+# Files of format 1 are read as they are: their shapes say (batch,), their layers "whole-chunk".
 
 
 @dataclass
@@ -34,7 +37,10 @@ class TensorSpec:
 
 @dataclass
 class LayerStateSpec:
-    """Explicit state I/O of one PoM layer in a step graph (``past.*`` in, ``present.*`` out)."""
+    """Explicit state I/O of one PoM layer in a step graph (``past.*`` in, ``present.*`` out).
+
+    ``for_layer`` is the one place these names are made; every reader (export, verification,
+    sessions, serving) takes them from here (``past``, ``present``, ``zeros``)."""
 
     index: int
     module: str  # path of the layer in the module tree, e.g. "blocks.0.mixer"
@@ -44,8 +50,42 @@ class LayerStateSpec:
     present_mean: str
     present_count: str
     mean_shape: list[int | str] = field(default_factory=list)  # ["batch", 1, channels], float32
-    count_shape: list[int | str] = field(default_factory=lambda: ["batch"])  # int64
+    count_shape: list[int | str] = field(default_factory=lambda: ["batch", 1])  # int64; ["batch"] in format 1
     initial: str = "zeros"  # the state of a new stream: every tensor zero
+    # How the step mixes one chunk's tokens, as the model's mask for the layer does:
+    # "token-causal", "frame-causal" (whole frames) or "whole-chunk" (no mask: opted in, or format 1).
+    within_chunk: str = "whole-chunk"
+
+    @classmethod
+    def for_layer(cls, index: int, module: str, channels: int, within_chunk: str) -> "LayerStateSpec":
+        """The state of the ``index``-th PoM layer: ``past.{index}.mean``/``.count`` in,
+        ``present.{index}.*`` out (as Optimum's ``add_past_key_values`` names a decoder's cache)."""
+        return cls(index, module, channels, f"past.{index}.mean", f"past.{index}.count", f"present.{index}.mean",
+                   f"present.{index}.count", mean_shape=["batch", 1, channels], count_shape=["batch", 1],
+                   within_chunk=within_chunk)
+
+    @property
+    def past(self) -> dict[str, str]:
+        """{"mean": input name, "count": input name}."""
+        return {"mean": self.past_mean, "count": self.past_count}
+
+    @property
+    def present(self) -> dict[str, str]:
+        """{"mean": output name, "count": output name}."""
+        return {"mean": self.present_mean, "count": self.present_count}
+
+    def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """{"mean": shape, "count": shape} for ``batch`` streams."""
+        mean = self.mean_shape or ["batch", 1, self.channels]
+        return {key: tuple(batch if d == "batch" else int(d) for d in shape)
+                for key, shape in (("mean", mean), ("count", self.count_shape))}
+
+    def zeros(self, batch: int) -> dict:
+        """{past name: zero array} for ``batch`` new streams."""
+        import numpy as np
+
+        shapes = self.shapes(batch)
+        return {self.past_mean: np.zeros(shapes["mean"], np.float32), self.past_count: np.zeros(shapes["count"], np.int64)}
 
 
 @dataclass
@@ -59,6 +99,8 @@ class GraphSpec:
     fused_ops: bool = False
     # With fused ops, the PoM layers left as standard ops: [{"module": path, "reason": why}].
     decomposed_layers: list[dict[str, str]] = field(default_factory=list)
+    # Dims whose sizes must be multiples, e.g. {"chunk": 8}: a block-causal model's frame size.
+    dim_multiples: dict[str, int] = field(default_factory=dict)
     pom_deploy_version: str = ""
     model_digest: str = ""  # sha256 of the weights: tells a state saved from another model
     format_version: int = SPEC_FORMAT_VERSION
@@ -76,17 +118,20 @@ class GraphSpec:
 
     @property
     def state_input_names(self) -> set[str]:
-        return {n for s in self.state for n in (s.past_mean, s.past_count)}
+        return {n for s in self.state for n in s.past.values()}
+
+    @property
+    def state_output_names(self) -> list[str]:
+        return [n for s in self.state for n in s.present.values()]
+
+    @property
+    def past_of(self) -> dict[str, str]:
+        """{present name: the past name it feeds at the next step}."""
+        return {s.present[key]: s.past[key] for s in self.state for key in ("mean", "count")}
 
     def zero_state(self, batch: int) -> dict:
         """The state of ``batch`` new streams (step graphs): every ``past.*`` tensor zero."""
-        import numpy as np
-
-        state = {}
-        for layer in self.state:
-            state[layer.past_mean] = np.zeros((batch, 1, layer.channels), np.float32)
-            state[layer.past_count] = np.zeros((batch,), np.int64)
-        return state
+        return {name: value for layer in self.state for name, value in layer.zeros(batch).items()}
 
     @property
     def data_inputs(self) -> list[TensorSpec]:

@@ -154,7 +154,7 @@ def empty_cache(past_tokens: int, rng):
 # --- numerics -----------------------------------------------------------------------------
 
 def numerics_running_mean(steps: int, channels: int = 1024, chunk_tokens: int = 256, seed: int = 0) -> dict:
-    """``running_mean_update`` in float32 torch (the formula every step graph's state path
+    """``merge_running_mean`` (once ``running_mean_update``) in float32 torch (the formula every step graph's state path
     uses) folded over ``steps`` random float32 chunk means, vs the float64 mean of the very same
     chunk means (a float64 running sum / count). Two streams of chunk means per channel:
     'offset' = a per-channel constant in [-1, 1] plus N(0, 0.5) noise (features with a non-zero
@@ -163,14 +163,15 @@ def numerics_running_mean(steps: int, channels: int = 1024, chunk_tokens: int = 
     import numpy as np
     import torch
 
-    from pom_deploy.models.functional import running_mean_update
+    from pom_deploy.models.functional import merge_running_mean
 
     rng = np.random.default_rng(seed)
     offset = rng.uniform(-1, 1, channels).astype(np.float32)
     out = {}
     for name, base, noise in (("offset", offset, 0.5), ("zero-mean", np.zeros(channels, np.float32), 1.0)):
         mean = torch.zeros(1, 1, channels, dtype=torch.float32)
-        count = torch.zeros(1, dtype=torch.int64)
+        count = torch.zeros(1, 1, dtype=torch.int64)
+        chunk_counts = torch.full((1, 1), float(chunk_tokens))
         total = np.zeros(channels, np.float64)
         checkpoints, block, done = {}, 10_000, 0
         while done < steps:
@@ -178,7 +179,7 @@ def numerics_running_mean(steps: int, channels: int = 1024, chunk_tokens: int = 
             chunk = (base + noise * rng.standard_normal((n, channels), dtype=np.float32)).astype(np.float32)
             rows = torch.from_numpy(chunk)
             for j in range(n):
-                mean, count = running_mean_update(mean, count, rows[j].view(1, 1, -1), chunk_tokens)
+                mean, count = merge_running_mean(mean, count, rows[j].view(1, 1, -1), chunk_counts), count + chunk_tokens
                 k = done + j + 1
                 if k in (10, 100, 1000, 10_000, 100_000, steps):
                     ref = (total + chunk[: j + 1].astype(np.float64).sum(axis=0)) / k
@@ -204,6 +205,7 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
     from pom_deploy import export_onnx
     from pom_deploy.models import functional as P
     from pom_deploy.models.zoo import create_zoo_model
+    from pom_deploy.onnx_graph import read_spec
 
     model = create_zoo_model("video_pom", in_dim=16, dim=32, depth=2, frame_tokens=8)
     path = work / "video_pom_small_step.onnx"
@@ -211,8 +213,8 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
     session = C.ort_session(path, threads)
     rng = np.random.default_rng(seed)
     layer = model.blocks[0].mixer
-    state = {f"past.{i}.mean": np.zeros((1, 1, layer.state_channels), np.float32) for i in range(2)}
-    state.update({f"past.{i}.count": np.zeros((1,), np.int64) for i in range(2)})
+    spec = read_spec(path)  # state names and shapes from the metadata (docs/metadata.md)
+    state = spec.zero_state(1)
     names = [o.name for o in session.get_outputs()]
     model64 = model.double()
     total = np.zeros(layer.state_channels, np.float64)
@@ -223,7 +225,7 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
         frames = (0.5 + rng.standard_normal((n, 8, 16), dtype=np.float32)).astype(np.float32)
         for j in range(n):
             result = dict(zip(names, session.run(None, {"tokens": frames[j:j + 1], **state})))
-            state = {k.replace("present.", "past."): v for k, v in result.items() if k.startswith("present.")}
+            state = {spec.past_of[k]: result[k] for k in spec.state_output_names}
         with torch.no_grad():
             x = model64.blocks[0].norm1(model64.in_proj(torch.from_numpy(frames).double()))
             h, _ = layer._projections(x, x)
@@ -236,7 +238,7 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
     return {"steps": steps, "seconds": time.perf_counter() - clock, "max_abs": float(err.max()),
             "rel_to_max_abs_mean": float(err.max() / np.abs(ref).max()),
             "max_per_channel_rel": float((err / np.maximum(np.abs(ref), 1e-30)).max()),
-            "count": int(state["past.0.count"][0]), "count_expected": steps * 8}
+            "count": int(state["past.0.count"].reshape(-1)[0]), "count_expected": steps * 8}
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -317,13 +319,15 @@ def run_pom_sequentially(pom, sess_pom, args):
     plus the states that the interleaved comparisons below start from."""
     import numpy as np
 
-    ft, depth = ARCH["frame_tokens"], ARCH["depth"]
+    from pom_deploy.spec import METADATA_KEY, GraphSpec
+
+    ft = ARCH["frame_tokens"]
     pom_out_names = [o.name for o in sess_pom.get_outputs()]
-    channels = pom.blocks[0].mixer.state_channels
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((args.steps, 1, ft, ARCH["in_dim"]), dtype=np.float32)
-    state = {f"past.{i}.mean": np.zeros((1, 1, channels), np.float32) for i in range(depth)}
-    state.update({f"past.{i}.count": np.zeros((1,), np.int64) for i in range(depth)})
+    # state names and shapes from the metadata (docs/metadata.md)
+    spec = GraphSpec.from_json(sess_pom.get_modelmeta().custom_metadata_map[METADATA_KEY])
+    state = spec.zero_state(1)
     pom_states = {0: dict(state)}
     keep = {k - 1 for k in args.ratio_steps + [10, args.steps]}
     pom_lat, pom_rss = [], []
@@ -331,12 +335,12 @@ def run_pom_sequentially(pom, sess_pom, args):
         clock = time.perf_counter()
         result = sess_pom.run(None, {"tokens": frames[t], **state})
         pom_lat.append(time.perf_counter() - clock)
-        state = {n.replace("present.", "past."): v for n, v in zip(pom_out_names, result) if n.startswith("present.")}
+        state = {spec.past_of[n]: v for n, v in zip(pom_out_names, result) if n in spec.past_of}
         del result
         pom_rss.append(C.rss_bytes())
         if t + 1 in keep:
             pom_states[t + 1] = dict(state)
-    assert int(state["past.0.count"][0]) == args.steps * ft
+    assert int(state["past.0.count"].reshape(-1)[0]) == args.steps * ft
     return frames, pom_states, pom_lat, pom_rss
 
 

@@ -59,6 +59,39 @@ def spread_coefficients(layer: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return layer.eval()
 
 
+class CausalLM(torch.nn.Module):
+    """A token-causal language model of one's own (not a zoo model): ids -> embedding -> blocks
+    calling their PoM layers with ``mask="causal"`` (plain and 1-D RoPE) -> logits."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16):
+        from pom_deploy.models.zoo import PoMBlock
+
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, dim)
+        self.blocks = torch.nn.ModuleList([PoMBlock(PoMv2(dim, 2, 2, 1, 4), dim),
+                                           PoMBlock(PoMv2RoPE(dim, 2, 2, 1, 4, max_seq_len=4096), dim)])
+        self.head = torch.nn.Linear(dim, vocab)
+
+    def forward(self, ids):
+        x = self.embedding(ids)
+        for block in self.blocks:
+            x = block(x, mask="causal")
+        return self.head(x)
+
+
+CAUSAL_LM_CONFIG = {  # what `pom-export --config` reads for it
+    "inputs": [{"name": "ids", "shape": ["batch", "tokens"], "dtype": "int64", "kind": "index", "high": 50}],
+    "outputs": ["logits"], "dims": {"batch": {"min": 1, "opt": 2, "max": 8}, "tokens": {"min": 1, "opt": 32, "max": 4096}},
+    "stream_dim": "tokens",
+}
+
+
+@pytest.fixture(scope="session")
+def causal_lm():
+    torch.manual_seed(0)
+    return spread_coefficients(CausalLM())
+
+
 @pytest.fixture(scope="session")
 def video_model():
     from pom_deploy.models.zoo import create_zoo_model
@@ -75,6 +108,16 @@ def exported_video(tmp_path_factory, video_model):
     full = export_onnx(video_model, folder / "video.onnx")
     step = export_onnx(video_model, folder / "video.step.onnx", step=True)
     return full, step
+
+
+@pytest.fixture(scope="session")
+def exported_lm(tmp_path_factory, causal_lm):
+    """The token-causal LM exported once as a step graph, with a --config file."""
+    from pom_deploy.exporters import export_onnx
+
+    folder = tmp_path_factory.mktemp("lm")
+    (folder / "lm.json").write_text(json.dumps(CAUSAL_LM_CONFIG))
+    return export_onnx(causal_lm, folder / "lm.step.onnx", step=True, config=folder / "lm.json")
 
 
 # --- the CUDA kernels' all-architecture build, started early in the background ---------------

@@ -269,8 +269,9 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
 
 
 def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
-    """Block-causal frames of 4 tokens (degree 3) in a full graph at several sizes; a 1-D RoPE
-    layer's step graph (positions continue from the count; verified by the export) is fused."""
+    """Block-causal frames of 4 tokens (degree 3) in a full graph at several sizes; a causal 1-D
+    RoPE layer's step graph (token-causal in a chunk, positions continue from the count; verified by
+    the export against the layer's own causal forward) is fused."""
     video = create_zoo_model("video_pom", frame_tokens=4, degree=3)
     full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)
     assert _ops(full.path).count("PolyAggregate") == 2 and "CumSum" not in _ops(full.path)
@@ -280,8 +281,8 @@ def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
         with torch.no_grad():
             np.testing.assert_allclose(_run(session, tokens=x), video(x).numpy(), atol=MODEL_ATOL, rtol=0)
     layer = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=4096)).eval()
-    step = export_onnx(layer, tmp_path / "r.step.onnx", step=True, fused_ops_enabled=True)
-    assert step.verification.passed and _ops(step.path).count("PolyAggregate") == 1
+    step = export_onnx(layer, tmp_path / "r.step.onnx", step=True, fused_ops_enabled=True, mask="causal")
+    assert step.verification.passed and _ops(step.path).count("PolyAggregate") == 1 and step.spec.decomposed_layers == []
 
 
 def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
@@ -345,7 +346,8 @@ def _cli_error(capsys, argv):
     (["--opset", "11"], "opset 11 is not supported"),
     (["--dtype", "bf16", "--opset", "18"], "bf16 needs opset 22"),
     (["--mask", "diagonal"], "unknown mask kind"),
-    (["--step", "--mask", "causal"], "no token dim to stream over"),
+    (["--step", "--mask", "padding"], "no token dim to stream over"),
+    (["--step"], "sees the whole sequence (no causal or block-causal mask): no step graph can equal the model"),
 ])
 def test_bad_options_fail_with_one_line(tmp_path, capsys, checkpoint, extra, message):
     assert message in _cli_error(capsys, [str(checkpoint), "--onnx", "-o", str(tmp_path / "o.onnx"), *extra])

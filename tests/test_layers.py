@@ -11,6 +11,7 @@ from pom_deploy.errors import ArchitectureError
 from pom_deploy.exporters.verify import block_causal_mask
 from pom_deploy.models import BlockCausalMask, PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models import functional as P
+from pom_deploy.streaming import find_pom_layers, initial_states, stream_layers
 
 
 def _layers():
@@ -98,3 +99,46 @@ def test_rope_streaming_continues_positions():
 def test_invalid_architecture_is_a_typed_error(make, message):
     with pytest.raises(ArchitectureError, match=message):
         make()
+
+
+def _eager_stream(model, x, chunks):
+    """``model`` run chunk by chunk with its PoM layers streaming: (outputs, final states)."""
+    layers = [layer for _, layer in find_pom_layers(model)]
+    states, outs, start = initial_states(layers, x.shape[0]), [], 0
+    with torch.no_grad():
+        for size in chunks:
+            with stream_layers(layers, states) as streams:
+                outs.append(model(x[:, start:start + size]))
+            states, start = [s.new_state for s in streams], start + size
+    return torch.cat(outs, 1), states
+
+
+@settings(max_examples=10, deadline=None)
+@given(chunks=st.lists(st.integers(1, 9), min_size=1, max_size=6))
+def test_token_causal_stream_equals_the_model_at_any_chunking(causal_lm, chunks):
+    """A model calling its layers with mask="causal": any chunking == its own full forward, and
+    the final state is the whole sequence's (mean over every token, count)."""
+    ids = torch.randint(0, 50, (2, sum(chunks)))
+    streamed, states = _eager_stream(causal_lm, ids, chunks)
+    with torch.no_grad():
+        torch.testing.assert_close(streamed, causal_lm(ids), **UPSTREAM)
+        _, whole = _eager_stream(causal_lm, ids, [sum(chunks)])
+    for state, reference in zip(states, whole):
+        assert state["count"].tolist() == [[sum(chunks)]] * 2
+        torch.testing.assert_close(state["mean"], reference["mean"], **UPSTREAM)
+
+
+@pytest.mark.parametrize("frames", [[1] * 6, [2, 2, 2], [6], [1, 3, 2]])
+def test_frame_causal_stream_equals_the_model_at_any_chunking_of_whole_frames(video_model, frames):
+    x = torch.randn(2, 8 * sum(frames), 16)
+    streamed, states = _eager_stream(video_model, x, [8 * f for f in frames])
+    with torch.no_grad():
+        torch.testing.assert_close(streamed, video_model(x), **UPSTREAM)
+    assert all(s["count"].tolist() == [[48]] * 2 for s in states)
+
+
+def test_a_chunk_that_splits_a_frame_or_a_whole_sequence_mask_cannot_stream(video_model):
+    with pytest.raises(ArchitectureError, match="splits a frame: block-causal streams take whole frames of 8 tokens"):
+        _eager_stream(video_model, torch.randn(1, 16, 16), [4, 12])
+    with pytest.raises(ArchitectureError, match="its mean takes the whole sequence"):
+        _layers()[1].state_forward(torch.randn(1, 4, 16), mask=torch.ones(1, 4))

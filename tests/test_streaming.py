@@ -1,6 +1,7 @@
 """Step graphs and StreamingSession: chunk by chunk in onnxruntime == the full model in torch."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from pom_deploy.cli import deploy as deploy_cli
 from pom_deploy.errors import ExportError, RuntimeInputError
 from pom_deploy.exporters import export_onnx
 from pom_deploy.exporters.verify import block_causal_mask
-from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
-from pom_deploy.models.zoo import PoMBlock
+from pom_deploy.models import BlockCausalMask, PoMv1, PoMv2, PoMv2RoPE
+from pom_deploy.models.zoo import PoMBlock, create_zoo_model
 from pom_deploy.runtime import Session, StreamingSession, load
 
 
@@ -25,16 +26,118 @@ def _stream(session, x, chunks):
     return np.concatenate(outs, axis=1)
 
 
-@pytest.mark.parametrize("chunks", [[8, 8, 8, 8], [8, 3, 17, 1, 11]])
-def test_video_step_graph_equals_block_causal_forward(exported_video, video_model, chunks):
+@pytest.mark.parametrize("chunks", [[8] * 6, [16, 16, 16], [48], [8, 24, 16]])
+def test_video_step_graph_equals_the_model_at_any_chunking_of_whole_frames(exported_video, video_model, chunks):
+    """The model's own forward (block-causal over 8-token frames), not a reference of the chunks."""
     _, step = exported_video
     session = load(step.path)
-    assert isinstance(session, StreamingSession)
+    assert isinstance(session, StreamingSession) and session.chunk_multiple == 8
+    assert [s.within_chunk for s in step.spec.state] == ["frame-causal"] * 2 and step.spec.dim_multiples == {"chunk": 8}
     x = torch.randn(3, sum(chunks), 16)
     with torch.no_grad():
-        expected = video_model(x, mask=block_causal_mask(chunks, 3)).numpy()
+        expected = video_model(x).numpy()
     np.testing.assert_allclose(_stream(session, x.numpy(), chunks), expected, atol=MODEL_ATOL, rtol=0)
     assert session.tokens_seen.tolist() == [sum(chunks)] * 3
+
+
+def test_a_chunk_that_splits_a_frame_is_refused_in_one_line(tmp_path, capsys, exported_video):
+    _, step = exported_video
+    session = load(step.path)
+    with pytest.raises(RuntimeInputError, match="a chunk of 4 tokens splits a frame: this model streams whole frames of 8 tokens"):
+        session.step(np.zeros((1, 4, 16), np.float32))
+    np.save(tmp_path / "x.npy", np.zeros((1, 16, 16), np.float32))
+    assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "x.npy"), "--chunk", "12", "-q"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --chunk 12 splits a frame: this model streams whole frames of 8 tokens"
+    np.save(tmp_path / "odd.npy", np.zeros((1, 20, 16), np.float32))
+    assert deploy_cli.main(["run", str(step.path), "--input", str(tmp_path / "odd.npy"), "-q"]) == 1
+    assert "holds 20 tokens, which splits a frame" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunks", [[1] * 12, [1, 7, 2, 20], [30], [4, 4, 4]])
+def test_token_causal_lm_streams_equal_to_the_model(exported_lm, causal_lm, chunks):
+    """A prompt in one step (prefill), token by token, or unequal chunks: the model's own causal
+    forward, and the same final state (each layer's mean over every token, and the count)."""
+    session = load(exported_lm.path)
+    assert [s.within_chunk for s in exported_lm.spec.state] == ["token-causal"] * 2 and session.chunk_multiple == 1
+    ids = torch.randint(0, 50, (2, sum(chunks)))
+    with torch.no_grad():
+        expected = causal_lm(ids).numpy()
+    np.testing.assert_allclose(_stream(session, ids.numpy(), chunks), expected, atol=MODEL_ATOL, rtol=0)
+    whole = load(exported_lm.path)
+    whole.step(ids.numpy())
+    for layer in exported_lm.spec.state:
+        np.testing.assert_allclose(session.state[layer.past_mean], whole.state[layer.past_mean], atol=MODEL_ATOL, rtol=0)
+        assert session.state[layer.past_count].tolist() == [[sum(chunks)]] * 2
+
+
+def test_step_export_of_a_model_that_sees_the_whole_sequence_is_refused(tmp_path, capsys):
+    with pytest.raises(ExportError, match="sees the whole sequence .* --chunks-as-blocks streams each chunk as one block"):
+        export_onnx(PoMv2(8, 2, 1), tmp_path / "x.onnx", step=True)
+    with pytest.raises(ExportError, match=r"gets a mask tensor \(2, 64\): its mean takes the whole sequence"):
+        export_onnx(_Padded(), tmp_path / "x.onnx", step=True, config=_padding_config(tmp_path))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+class _Padded(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mixer = PoMv2(8, 2, 1)
+
+    def forward(self, x, mask):
+        return self.mixer(x, mask=mask)
+
+
+def _padding_config(tmp_path):
+    """A bare layer called with its (batch, tokens) padding mask input, as a config file says."""
+    path = tmp_path / "padding.json"
+    path.write_text(json.dumps({"inputs": [{"name": "x", "shape": ["batch", "tokens", 8]},
+                                           {"name": "mask", "shape": ["batch", "tokens"], "kind": "mask"}],
+                                "outputs": ["y"], "dims": {"batch": {"min": 1, "opt": 2, "max": 4}, "tokens": {"min": 1, "opt": 64, "max": 512}},
+                                "stream_dim": "tokens"}))
+    return path
+
+
+class _OwnBlockCausal(torch.nn.Module):
+    """A block-causal model of one's own (issue 21): frames of 4 tokens, no export config."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 16)
+        self.mixer = PoMv2(16, 2, 2, 1, 4)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return h + self.mixer(h, mask=BlockCausalMask(4))
+
+
+def test_block_causal_model_of_ones_own_exports_with_its_frame_size(tmp_path):
+    model = spread_coefficients(_OwnBlockCausal())
+    full = export_onnx(model, tmp_path / "own.onnx")
+    assert full.verification.passed and full.spec.dim_multiples == {"tokens": 4}
+    assert all(len(e.case) and int(e.case.split("tokens=")[1].split()[0]) % 4 == 0 for e in full.verification.errors)
+    with pytest.raises(RuntimeInputError, match=r"axis 1 \(tokens\) is 6, not a multiple of 4"):
+        load(full.path).run(x=np.zeros((1, 6, 12), np.float32))
+    step = export_onnx(model, tmp_path / "own.step.onnx", step=True)
+    assert step.spec.dim_multiples == {"chunk": 4} and step.verification.passed
+    assert {c.case.split(" batch")[0] for c in step.verification.errors} == {  # one token frame .. whole sequence, unequal
+        "chunks=[4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]", "chunks=[16, 16, 16]", "chunks=[48]", "chunks=[4, 20, 8, 16]"}
+    x = torch.randn(2, 24, 12)
+    with torch.no_grad():
+        np.testing.assert_allclose(_stream(load(step.path), x.numpy(), [8, 4, 12]), model(x).numpy(), atol=MODEL_ATOL, rtol=0)
+
+
+def test_step_graph_of_metadata_format_1_still_streams(video_model):
+    """Written before the count had a non-batch dim ((batch,)) and chunks were blocks."""
+    path = Path(__file__).parent / "fixtures" / "format1" / "video_depth1.step.onnx"
+    session = load(path)
+    assert session.spec.format_version == 1 and session.spec.state[0].count_shape == ["batch"]
+    assert session.spec.state[0].within_chunk == "whole-chunk"
+    x = np.random.default_rng(5).standard_normal((2, 16, 16)).astype(np.float32)
+    first = _stream(session, x, [8, 8])
+    assert session.tokens_seen.tolist() == [16, 16] and session.state["past.0.count"].shape == (2,)
+    model = create_zoo_model("video_pom", seed=0, depth=1)
+    with torch.no_grad():  # frames of 8, one per step: equal to the model
+        np.testing.assert_allclose(first, model(torch.from_numpy(x)).numpy(), atol=MODEL_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["v1_d2_e1_bias", "v2_d3_e2_h4", "v2_d2_e1_g2_h1_bias"])
@@ -42,7 +145,7 @@ def test_equal_chunks_equal_upstream_state_forward(tmp_path, name):
     """The step graph of a layer loaded with upstream weights reproduces upstream's frame loop."""
     case, data, layer = load_upstream_case(name)
     index = next(i for i, c in enumerate(case["calls"]) if c["method"] == "state_forward" and len(set(c["frames"])) == 1)
-    session = load(export_onnx(layer, tmp_path / "layer.step.onnx", step=True).path)
+    session = load(export_onnx(layer, tmp_path / "layer.step.onnx", step=True, chunks_as_blocks=True).path)
     for f in range(len(case["calls"][index]["frames"])):
         y = session.step(data[f"call{index}.x{f}"])
         np.testing.assert_allclose(y, data[f"call{index}.y{f}"], **UPSTREAM)
@@ -62,13 +165,15 @@ class _ResidualStack(torch.nn.Module):
         return x
 
 
-def test_any_block_causal_model_gets_state_io(tmp_path):
+def test_chunks_as_blocks_opt_in_streams_a_model_that_sees_the_whole_sequence(tmp_path):
+    """Any model's PoM layers get state I/O; without a mask, the opt-in keeps each chunk one block."""
     model = spread_coefficients(_ResidualStack())
-    result = export_onnx(model, tmp_path / "stack.step.onnx", step=True)
+    result = export_onnx(model, tmp_path / "stack.step.onnx", step=True, chunks_as_blocks=True)
     assert [s.module for s in result.spec.state] == ["blocks.0.mixer", "blocks.1.mixer"]
     assert [s.channels for s in result.spec.state] == [32, 32]
+    assert [s.within_chunk for s in result.spec.state] == ["whole-chunk"] * 2
     assert result.spec.state[1].mean_shape == ["batch", 1, 32] and result.spec.state[1].initial == "zeros"
-    assert [t.shape for t in result.spec.inputs if t.name.startswith("past.1.")] == [["batch", 1, 32], ["batch"]]
+    assert [t.shape for t in result.spec.inputs if t.name.startswith("past.1.")] == [["batch", 1, 32], ["batch", 1]]
     session = load(result.path)
     chunks = [5, 1, 9, 4]
     x = torch.randn(2, sum(chunks), 16)
@@ -150,7 +255,7 @@ def test_an_empty_chunk_is_refused_and_leaves_the_stream_untouched(exported_vide
 
 def test_state_from_another_model_is_refused(tmp_path, exported_video):
     _, step = exported_video
-    other = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "other.step.onnx", step=True)
+    other = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "other.step.onnx", step=True, chunks_as_blocks=True)
     donor = load(other.path)
     donor.step(np.zeros((1, 4, 16), np.float32))
     with pytest.raises(RuntimeInputError, match="another model"):
@@ -209,14 +314,14 @@ def test_state_is_fed_back_through_io_binding(exported_video):
     session = load(step.path)
     session.step(np.zeros((1, 8, 16), np.float32))
     assert session._state and all(isinstance(v, ort.OrtValue) for v in session._state.values())
-    assert session.state["past.0.count"].tolist() == [8]  # host copies on request
+    assert session.state["past.0.count"].tolist() == [[8]]  # host copies on request
 
 
 @pytest.mark.parametrize("rope_2d", [False, True], ids=["rope1d", "rope2d"])
 def test_bare_rope_layer_streams(tmp_path, rope_2d):
     """1-D positions continue from the tokens seen (no positions input); 2-D ones are given per chunk."""
     layer = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=64, max_h=8, max_w=8, rope_2d=rope_2d))
-    session = load(export_onnx(layer, tmp_path / "rope.step.onnx", step=True).path)
+    session = load(export_onnx(layer, tmp_path / "rope.step.onnx", step=True, chunks_as_blocks=True).path)
     assert ("positions_hw" in [t.name for t in session.spec.data_inputs]) == rope_2d
     chunks, x = [3, 9, 4], torch.randn(2, 16, 16)
     grid = torch.randint(0, 8, (16, 2))
@@ -285,3 +390,13 @@ def test_state_file_without_digest_resumes_with_a_warning(tmp_path, exported_vid
     with pytest.warns(PomDeployWarning, match="no state digest"):
         resumed.load_state(tmp_path / "older.npz")
     np.testing.assert_array_equal(resumed.state["past.0.mean"], arrays["past.0.mean"])
+
+
+def test_frame_causal_step_graph_needs_no_cumsum(exported_video, exported_lm):
+    """Frames x frames triangular product for block-causal chunks (TensorRT before 10.8 imports
+    CumSum as a loop); the token-causal step keeps one CumSum per layer (docs/streaming.md)."""
+    import onnx
+
+    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
+    assert "CumSum" not in ops(exported_video[1].path)
+    assert ops(exported_lm.path).count("CumSum") == 2

@@ -78,8 +78,8 @@ def test_step_graph_onnxruntime_repo_has_an_implicit_state_per_past_present_pair
         assert (state.data_type, [-1, *state.dims]) == inputs[state.input_name] == outputs[state.output_name]
         (initial,) = state.initial_state
         assert initial.zero_data and list(initial.dims) == list(state.dims) and initial.data_type == state.data_type
-    # the count state is (batch,): no dims once Triton owns the batch dim
-    assert [list(s.dims) for s in config.sequence_batching.state if s.input_name.endswith("count")] == [[], []]
+    # the count state is (batch, 1): one dim left once Triton owns the batch dim (format 1 had none)
+    assert [list(s.dims) for s in config.sequence_batching.state if s.input_name.endswith("count")] == [[1], [1]]
     (chunk,) = config.input
     assert (chunk.name, chunk.data_type, [-1, *chunk.dims]) == ("tokens", *inputs["tokens"])
     assert [o.name for o in config.output] == ["output"]

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", action="store_true", help="export to ONNX (the only format so far; the default)")
     parser.add_argument("-o", "--output", type=Path, help="output file (default: MODEL with .onnx, or .step.onnx with --step)")
     parser.add_argument("--step", action="store_true", help="export a stateful step graph (state as explicit past.*/present.* I/O)")
+    parser.add_argument("--chunks-as-blocks", action="store_true",
+                        help="--step for a model whose PoM layers see the whole sequence: each chunk mixes as one block "
+                             "(equals no full forward; recorded in the metadata)")
     parser.add_argument("--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
     parser.add_argument("--dtype", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
     parser.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
@@ -87,7 +90,7 @@ def export_command(args: argparse.Namespace) -> int:
     with console.status("Starting") as status:  # transient: an error leaves just its one line
         result = export_onnx(
             args.model, output, architecture=_architecture(args), trust_pickle=args.trust_pickle, config=args.config,
-            dtype=args.dtype, opset=args.opset, step=args.step, fused_ops_enabled=args.fused_ops, mask=args.mask,
+            dtype=args.dtype, opset=args.opset, step=args.step, fused_ops_enabled=args.fused_ops, chunks_as_blocks=args.chunks_as_blocks, mask=args.mask,
             cross=args.cross, verify=args.verify, atol=args.atol, rtol=args.rtol, force=args.force,
             progress=lambda stage: status.update(STAGES[stage] + "..."),
         )

@@ -48,11 +48,13 @@ def inspect_command(args) -> int:
                   f"architecture {arch['name'] + ' ' + json.dumps(arch['config']) if arch else 'custom'}, weights {meta['model_digest']}")
     if meta["state"]:
         state = Table(title="Streaming state (zero at the start of a stream)", title_justify="left")
-        for column in ("layer", "module", "past (in)", "present (out)", "mean shape"):
+        for column in ("layer", "module", "past (in)", "present (out)", "shapes", "within a chunk"):
             state.add_column(column)
         for s in meta["state"]:
             state.add_row(str(s["index"]), s["module"] or "(the model)", f"{s['past_mean']}, {s['past_count']}",
-                          f"{s['present_mean']}, {s['present_count']}", f"(batch, 1, {s['channels']}) float32; count (batch,) int64")
+                          f"{s['present_mean']}, {s['present_count']}",
+                          f"(batch, 1, {s['channels']}) float32; count {shape_text(s['count_shape'])} int64",
+                          s.get("within_chunk", "whole-chunk"))
         console.print(state)
     ranges = [(t["name"], t["min_shape"], t["opt_shape"], t["max_shape"]) for t in meta["inputs"] if t.get("min_shape")]
     if ranges:

@@ -21,7 +21,8 @@ def register(commands) -> None:
                                           "(pom-export --step), carrying each layer's state between chunks.")
     run.add_argument("model", type=Path, help="step graph (.onnx) or TensorRT engine")
     run.add_argument("--input", type=Path, required=True, help=".npy file of tokens")
-    run.add_argument("--chunk", type=int, help="tokens per step (default: the model's frame size, else the graph's typical chunk)")
+    run.add_argument("--chunk", type=int, help="tokens per step, whole frames for a block-causal model "
+                                                "(default: one frame, else the graph's typical chunk)")
     run.add_argument("-o", "--output", type=Path, help="write the outputs here (.npy)")
     run.add_argument("--device", help="cpu, cuda or tensorrt (default: best available)")
     run.add_argument("--require-ops", action="store_true",
@@ -43,6 +44,10 @@ def run_command(args) -> int:
     tokens = _read_tokens(args.input, session)
     chunk = args.chunk or _default_chunk(session)
     total = tokens.shape[1]
+    frame = session.chunk_multiple
+    if chunk % frame or total % frame:
+        what = f"--chunk {chunk}" if chunk % frame else f"{args.input} holds {total} tokens, which"
+        raise RuntimeInputError(f"{what} splits a frame: this model streams whole frames of {frame} tokens")
     console = stderr_console(args.quiet)
     outputs = []
     start = time.perf_counter()
@@ -85,6 +90,9 @@ def _read_tokens(path: Path, session) -> np.ndarray:
 
 
 def _default_chunk(session) -> int:
+    """One frame of a block-causal model, else the model's own frame size, else the typical chunk."""
+    if session.chunk_multiple > 1:
+        return session.chunk_multiple
     arch = session.spec.architecture
     if arch and "frame_tokens" in arch["config"]:
         return int(arch["config"]["frame_tokens"])

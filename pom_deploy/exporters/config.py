@@ -61,9 +61,6 @@ class ExportConfig:
     stream_dim: str | None = None  # the dim that chunks split in step graphs ("tokens")
     verify_sizes: list[dict[str, int]] = field(default_factory=list)  # dim values besides opt
     dim_aliases: dict[str, str] = field(default_factory=dict)  # exporter's dim name -> the name users see
-    # (model, inputs, mask) -> output: the full forward under a given block-causal mask, what a step
-    # graph is verified against; None: the model is stepped in eager PyTorch instead
-    masked_call: Callable[..., Any] | None = None
     step_omits: tuple[str, ...] = ()  # inputs a step graph does without (1-D positions follow the count)
 
     def dim_values(self, which: str = "opt") -> dict[str, int]:

@@ -5,6 +5,7 @@ written into the file. Verification of each kind is in ``verify``."""
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import replace
 
@@ -18,9 +19,10 @@ from ..dtypes import name_of
 from ..errors import ArchitectureError, ExportError, PomDeployError, first_line
 from ..ops import fused_ops
 from ..spec import GraphSpec, LayerStateSpec, TensorSpec
-from ..streaming import find_pom_layers, stream_layers
+from ..streaming import find_pom_layers, stream_layers, within_chunk
 from ..version import __version__
 from . import config as cfg
+from .frames import frame_multiple, probe_masks
 from .tracing import as_tuple, exporter_error, quiet_exporter
 
 CHUNK_DIM = "chunk"
@@ -89,8 +91,12 @@ class GraphBuilder:
     def input_ranges(self, name: str) -> tuple[list[int], list[int], list[int]] | None:
         raise NotImplementedError
 
+    def shape_config(self) -> cfg.ExportConfig:
+        """The config whose dims the graph's inputs have."""
+        return self.config
+
     def graph_spec(self, program, reference: nn.Module, dtype: str, fused: bool) -> GraphSpec:
-        rename_dims(program, self.config)
+        rename_dims(program, self.shape_config())
         graph = program.model.graph
         inputs = []
         for value in graph.inputs:
@@ -103,6 +109,7 @@ class GraphBuilder:
             architecture = None
         return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, dtype=dtype,
                          state=self.state_specs(), fused_ops=fused, decomposed_layers=self.decomposed_layers,
+                         dim_multiples={k: d.multiple_of for k, d in self.shape_config().dims.items() if d.multiple_of != 1},
                          pom_deploy_version=__version__,
                          model_digest=tensors_sha256(reference.state_dict())[:16])
 
@@ -143,99 +150,119 @@ class FullGraph(GraphBuilder):
         return tuple(self.config.shape(spec, self.config.dim_values(w)) for w in ("min", "opt", "max"))
 
 class StepModule(nn.Module):
-    """forward(*data, *past states) -> (*outputs, *present states)."""
+    """forward(*data, *past states) -> (*outputs, *present states), states in ``state`` order."""
 
-    def __init__(self, model: nn.Module, config: cfg.ExportConfig, layers):
+    def __init__(self, model: nn.Module, config: cfg.ExportConfig, layers, state: list[LayerStateSpec]):
         super().__init__()
-        self.model, self.config, self.layers = model, config, layers
+        self.model, self.config, self.layers, self.state = model, config, layers, state
         self.names = [spec.name for spec in config.inputs]
 
     def forward(self, *tensors):
         data = dict(zip(self.names, tensors[: len(self.names)]))
-        flat = tensors[len(self.names):]
-        states = [{"mean": flat[2 * i], "count": flat[2 * i + 1]} for i in range(len(self.layers))]
+        flat = iter(tensors[len(self.names):])
+        states = [{key: next(flat) for key in layer.past} for layer in self.state]
         with stream_layers(self.layers, states) as streams:
             outputs = as_tuple(self.config.run(self.model, data))
-        missing = [i for i, s in enumerate(streams) if s.new_state is None]
-        if missing:
-            raise ExportError(f"PoM layer {missing[0]} is not called by the model's forward; step export needs every layer used once")
-        return (*outputs, *[t for s in streams for t in (s.new_state["mean"], s.new_state["count"])])
+        return (*outputs, *[s.new_state[key] for s, layer in zip(streams, self.state) for key in layer.present])
 
 
 class StepGraph(GraphBuilder):
+    """A step graph: each PoM layer mixes a chunk as the model's own mask for it does (token- or
+    frame-causal), so that any chunking equals the model; a layer without such a mask (whole
+    sequence) is refused unless ``chunks_as_blocks`` opts in to streaming each chunk as one block."""
+
     kind = "step"
 
-    def __init__(self, model, config, dtype):
+    def __init__(self, model, config, dtype, chunks_as_blocks: bool = False):
         super().__init__(model, config, dtype)
         if getattr(model, "exported_program", None) is not None:
             raise ExportError("step export needs the model's modules (its PoM layers); a torch.export program has none: "
                               "export the original model, or a pom-deploy checkpoint")
         if config.stream_dim is None:
-            raise ExportError(f"{config.name} has no token dim to stream over: step export needs a block-causal model "
-                              "(or a bare layer with no mask and self-mixing)")
+            raise ExportError(f"{config.name} has no token dim to stream over: step export needs self-mixing layers over "
+                              "tokens (no padding or (B, T, N) mask, no cross-mixing)")
         if config.step_omits:
             config = replace(config, inputs=[s for s in config.inputs if s.name not in config.step_omits])
             self.config = config
-        self.layers = [layer for _, layer in find_pom_layers(model)]
-        self.layer_paths = [name for name, _ in find_pom_layers(model)]
+        found = find_pom_layers(model)
+        self.layers = [layer for _, layer in found]
         if not self.layers:
             raise ExportError(f"{type(model).__name__} has no PoM layer: nothing to carry state for")
+        masks = self._layer_masks(model, config, dtype, [path for path, _ in found], chunks_as_blocks)
+        self.frame_tokens = frame_multiple(masks)
+        self.state = [LayerStateSpec.for_layer(i, path, layer.state_channels, within_chunk(seen[0]))
+                      for i, ((path, layer), seen) in enumerate(zip(found, masks))]
         self.data_names = [spec.name for spec in config.inputs]
-        self.input_names = self.data_names + [n for i in range(len(self.layers)) for n in (f"past.{i}.mean", f"past.{i}.count")]
-        self.output_names = list(config.outputs) + [n for i in range(len(self.layers)) for n in (f"present.{i}.mean", f"present.{i}.count")]
+        self.input_names = self.data_names + [n for layer in self.state for n in layer.past.values()]
+        self.output_names = list(config.outputs) + [n for layer in self.state for n in layer.present.values()]
+
+    @staticmethod
+    def _layer_masks(model, config, dtype, paths, chunks_as_blocks) -> list[list]:
+        """The mask the model gives each layer, refusing what no stream can equal."""
+        masks = probe_masks(model, config, dtype)
+        for path, seen in zip(paths, masks):
+            where = f"PoM layer {path!r}" if path else "the PoM layer"
+            if len(seen) != 1:
+                raise ExportError(f"{where} is called {len(seen)} times by the model's forward; step export needs every layer used once")
+            if isinstance(seen[0], torch.Tensor):
+                raise ExportError(f"{where} gets a mask tensor {tuple(seen[0].shape)}: its mean takes the whole sequence, "
+                                  "which no step graph can equal (streams keep causal and block-causal masks)")
+        if not chunks_as_blocks and any(seen[0] is None for seen in masks):
+            path = next(p for p, seen in zip(paths, masks) if seen[0] is None)
+            raise ExportError(f"PoM layer {path or '(the exported layer)'!r} sees the whole sequence (no causal or block-causal "
+                              "mask): no step graph can equal the model; --chunks-as-blocks streams each chunk as one block")
+        return masks
 
     def _chunk_dims(self) -> dict[str, cfg.DimSpec]:
+        """The chunk: whole frames of the model's block-causal masks, up to 4,096 tokens."""
         dims = {k: v for k, v in self.config.dims.items() if k != self.config.stream_dim}
-        opt = self.config.dims[self.config.stream_dim].sizes()[1]
-        dims[CHUNK_DIM] = cfg.DimSpec(1, max(2, min(opt, 64)), 4096)
+        multiple = math.lcm(self.config.dims[self.config.stream_dim].multiple_of, self.frame_tokens)
+        opt = max(2, min(self.config.dims[self.config.stream_dim].sizes()[1], 64))
+        dims[CHUNK_DIM] = cfg.DimSpec(1, max(1, opt // multiple), max(1, 4096 // multiple), multiple)
         return dims
 
     def _data_specs(self) -> list[cfg.InputSpec]:
         rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d  # noqa: E731
         return [cfg.InputSpec(s.name, tuple(rename(d) for d in s.dims), s.dtype, s.kind, s.high) for s in self.config.inputs]
 
-    def _chunk_config(self) -> cfg.ExportConfig:
+    def shape_config(self) -> cfg.ExportConfig:
         return cfg.ExportConfig(self.config.name, self._data_specs(), self.config.outputs, self._chunk_dims(), self.config.call)
 
     def module(self):
-        return StepModule(self.model, self.config, self.layers)
+        return StepModule(self.model, self.config, self.layers, self.state)
 
     def example_inputs(self):
         generator = torch.Generator().manual_seed(0)
-        chunk = self._chunk_config()
+        chunk = self.shape_config()
         # a short chunk after a few tokens: within any RoPE table, and not a 0/1 size the tracer would specialise
-        inputs = chunk.dummy_inputs({CHUNK_DIM: min(chunk.dim_values()[CHUNK_DIM], 16)}, dtype=self.dtype, generator=generator)
+        multiple = chunk.dims[CHUNK_DIM].multiple_of
+        inputs = chunk.dummy_inputs({CHUNK_DIM: multiple * max(2, 16 // multiple)}, dtype=self.dtype, generator=generator)
         batch = chunk.dim_values()["batch"]
-        for i, layer in enumerate(self.layers):
-            inputs[f"past.{i}.mean"] = torch.randn(batch, 1, layer.state_channels, generator=generator)
-            inputs[f"past.{i}.count"] = torch.randint(2, 8, (batch,), generator=generator)
+        for layer in self.state:
+            inputs[layer.past_mean] = torch.randn(batch, 1, layer.channels, generator=generator)
+            inputs[layer.past_count] = torch.randint(2, 8, (batch, 1), generator=generator) * multiple
         return inputs
 
     def dynamic_shapes(self):
-        chunk = self._chunk_config()
+        chunk = self.shape_config()
         shapes = chunk.dynamic_shapes()
         batch = shapes[self.data_names[0]][0] if 0 in shapes[self.data_names[0]] else chunk.torch_dim("batch")
-        for i in range(len(self.layers)):
-            shapes[f"past.{i}.mean"] = {0: batch}
-            shapes[f"past.{i}.count"] = {0: batch}
+        for name in [n for layer in self.state for n in layer.past.values()]:
+            shapes[name] = {0: batch}
         return tuple(shapes[name] for name in self.input_names)
 
     def input_ranges(self, name):
-        chunk = self._chunk_config()
+        chunk = self.shape_config()
         values = [chunk.dim_values(w) for w in ("min", "opt", "max")]
         if name in self.data_names:
             spec = next(s for s in chunk.inputs if s.name == name)
             return tuple(chunk.shape(spec, v) for v in values)
-        index = int(name.split(".")[1])
-        tail = [1, self.layers[index].state_channels] if name.endswith(".mean") else []
-        return tuple([v["batch"], *tail] for v in values)
+        layer = next(layer for layer in self.state if name in layer.past.values())
+        key = "mean" if name == layer.past_mean else "count"
+        return tuple(list(layer.shapes(v["batch"])[key]) for v in values)
 
     def state_specs(self):
-        return [
-            LayerStateSpec(i, path, layer.state_channels, f"past.{i}.mean", f"past.{i}.count", f"present.{i}.mean",
-                           f"present.{i}.count", mean_shape=["batch", 1, layer.state_channels])
-            for i, (path, layer) in enumerate(zip(self.layer_paths, self.layers))
-        ]
+        return self.state
 
 
 def rename_dims(program, config: cfg.ExportConfig) -> None:

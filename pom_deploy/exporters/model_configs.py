@@ -62,19 +62,11 @@ def layer_config(layer: PoMLayer, mask: str = "none", cross: bool = False) -> tu
     rope_1d = isinstance(layer, PoMv2RoPE) and not layer.rope_2d
     config = ExportConfig(
         name=f"{type(layer).__name__}[mask={mask}{',cross' if cross else ''}]", inputs=inputs, outputs=["y"], dims=dims,
-        stream_dim=None if cross or mask != "none" else "tokens",
+        stream_dim=None if cross or mask not in ("none", "causal") else "tokens",
         verify_sizes=[{"batch": 3, "tokens": 37, ctx: 29}, {"batch": 1, "tokens": 1, ctx: 5}],
-        masked_call=_layer_with_mask, step_omits=("positions",) if rope_1d else (),
+        step_omits=("positions",) if rope_1d else (),
     )
     return config, LayerCall(layer, mask, cross)
-
-
-def _layer_with_mask(call: LayerCall, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """The bare layer under ``mask``; streamed 1-D positions are 0..N-1, 2-D ones are inputs."""
-    layer, positions = call.layer, {}
-    if isinstance(layer, PoMv2RoPE):
-        positions = {"positions_hw": inputs["positions_hw"]} if layer.rope_2d else {"positions": torch.arange(inputs["xq"].shape[1])}
-    return layer(inputs["xq"], mask=mask, **positions)
 
 
 @register_export_config(BlockCausalVideoPoM)
@@ -85,7 +77,6 @@ def video_config(model: BlockCausalVideoPoM) -> ExportConfig:
         name="video_pom", inputs=[InputSpec("tokens", ("batch", "tokens", in_dim))], outputs=["output"],
         dims={"batch": BATCH, "tokens": frames}, stream_dim="tokens",
         verify_sizes=[{"batch": 3, "tokens": 5 * model.frame_tokens}, {"batch": 1, "tokens": model.frame_tokens}],
-        masked_call=lambda video, inputs, mask: video(inputs["tokens"], mask=mask),
     )
 
 

@@ -27,6 +27,7 @@ from ..spec import METADATA_KEY, GraphSpec
 from ..tolerances import tolerances
 from . import onnx_file
 from .config import ExportConfig
+from .frames import fit_frames
 from .function_bodies import add_function_bodies
 from .graphs import FullGraph, StepGraph
 from .model_configs import resolve
@@ -63,6 +64,7 @@ def export_onnx(
     opset: int | None = None,
     step: bool = False,
     fused_ops_enabled: bool = False,
+    chunks_as_blocks: bool = False,
     mask: str = "none",
     cross: bool = False,
     verify: bool = True,
@@ -72,6 +74,10 @@ def export_onnx(
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model`` (a module or any file ``load_model`` reads) to ``output``.
+
+    A step graph mixes each chunk as the model's own masks do (token- or frame-causal), so that
+    any chunking equals the model; ``chunks_as_blocks`` opts in to streaming layers that see the
+    whole sequence with each chunk as one block (recorded per layer in the metadata).
 
     Raises ``ExportError`` for bad options or models, ``VerificationError`` when onnxruntime
     disagrees with PyTorch beyond tolerance; in both cases nothing is written.
@@ -91,13 +97,14 @@ def export_onnx(
         model = model.module()
     reference = model if getattr(model, "exported_program", None) is not None else model.eval()  # (.eval() is refused there)
     export_config, target = resolve(reference, config, mask, cross)
+    export_config = fit_frames(export_config, target)
     torch_dtype = by_precision(dtype).torch()
     exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
     seconds["load"] = time.perf_counter() - clock
 
     stage("trace")
     clock = time.perf_counter()
-    builder = (StepGraph if step else FullGraph)(exported, export_config, torch_dtype)
+    builder = StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
     program = builder.export(opset, fused_ops_enabled)
     seconds["trace"] = time.perf_counter() - clock
 

@@ -1,12 +1,13 @@
 """Validation of an export, apart from the export itself: run the staged file in onnxruntime
 (CPU) and compare it with PyTorch (figures from ``pom_deploy.comparator``, default tolerances
-from ``pom_deploy.tolerances``). Full graphs at several sizes; step graphs chunk by chunk
-against the block-causal full forward. A graph with fused ops is verified as any onnxruntime
+from ``pom_deploy.tolerances``). Full graphs at several sizes; step graphs through several
+chunkings against the model's own full forward with its own masks, and its final state. A graph with fused ops is verified as any onnxruntime
 runs it (the nodes' function bodies) and, where the PolyAggregate custom-op library is found,
 also as pom-deploy's onnxruntime backend runs it (the op's CPU kernel)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from ..comparator import OutputComparison, compare_outputs
 from ..dtypes import to_numpy
 from ..errors import ExportError, PomDeployError, first_line
 from ..ops.ort_ops import register_ort_ops
+from ..spec import GraphSpec
 from ..streaming import find_pom_layers, initial_states, stream_layers
 from .config import ExportConfig
-from .graphs import FullGraph, GraphBuilder, StepGraph
+from ..models import PoMv2RoPE
+from .graphs import CHUNK_DIM, FullGraph, GraphBuilder, StepGraph
 from .tracing import as_tuple
 
 
@@ -73,21 +76,84 @@ def verify_full(builder: FullGraph, session, reference: nn.Module, atol: float, 
     return report
 
 
+def step_chunkings(unit: int) -> list[list[int]]:
+    """The chunkings a step graph is verified at, in units of its chunk multiple (a token or a
+    frame): one unit per step, several, the whole sequence at once, and unequal sizes."""
+    return [[unit] * 12, [4 * unit] * 3, [12 * unit], [unit, 5 * unit, 2 * unit, 4 * unit]]
+
+
 def verify_step(builder: StepGraph, session, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
-    """Stepping through chunks in onnxruntime == the whole sequence in PyTorch with the
-    block-causal mask of those chunks (equal and unequal chunk sizes)."""
+    """Stepping through several chunkings in onnxruntime == the model's own full forward with its
+    own masks (outputs) and the whole sequence's state (each layer's feature mean and count),
+    taken from that forward. Layers opted in to ``--chunks-as-blocks`` have no such equal: a graph
+    with them is compared with eager PyTorch stepping through the same chunks."""
     report = VerificationReport(atol, rtol)
-    unit = builder.config.dims[builder.config.stream_dim].multiple_of
-    for index, chunks in enumerate(([2 * unit] * 3, [unit, 3 * unit, 1, 2 * unit + 1])):
-        batch = 2 + index
-        full = builder.config.dummy_inputs({"batch": batch, builder.config.stream_dim: sum(chunks)}, dtype=torch.float32,
-                                           generator=torch.Generator().manual_seed(200 + index))
-        expected = _block_causal_reference(reference, builder.config, full, chunks)
-        actual = _run_steps(session, builder.config, builder.layers, full, chunks, builder.dtype)
-        case = f"chunks={chunks} batch={batch}"
-        report.errors += compare_outputs({builder.config.outputs[0]: _float_numpy(expected)}, {builder.config.outputs[0]: actual},
-                                         atol, rtol, names=("torch", "onnxruntime"), case=case)
+    config, unit = builder.config, builder.shape_config().dims[CHUNK_DIM].multiple_of
+    whole_chunks = any(layer.within_chunk == "whole-chunk" for layer in builder.state)
+    for index, chunks in enumerate(step_chunkings(unit)):
+        inputs = config.dummy_inputs({"batch": 2, config.stream_dim: sum(chunks)}, dtype=torch.float32,
+                                     generator=torch.Generator().manual_seed(200 + index))
+        if whole_chunks:
+            expected, states = _eager_steps(reference, config, inputs, chunks)
+        else:
+            expected, states = _model_forward_and_states(reference, config, inputs)
+        actual, final = _run_steps(session, builder, inputs, chunks)
+        names = ("torch", "onnxruntime")
+        case = f"chunks={chunks} batch=2"
+        report.errors += compare_outputs({config.outputs[0]: _float_numpy(expected)}, {config.outputs[0]: actual},
+                                         atol, rtol, names=names, case=case)
+        for layer, state in zip(builder.state, states):
+            report.errors += compare_outputs({layer.present_mean: state["mean"].numpy()}, {layer.present_mean: final[layer.past_mean]},
+                                             atol, rtol, names=names, case=case)
+            report.errors += compare_outputs({layer.present_count: state["count"].numpy()},
+                                             {layer.present_count: final[layer.past_count]}, 0, 0, names=names, case=case)
     return report
+
+
+def _model_forward_and_states(model: nn.Module, config: ExportConfig, inputs):
+    """The model's full forward with its own masks, and each PoM layer's state after the whole
+    sequence: the mean of its features over every token (the layer's own unmasked aggregation
+    of the input that forward gave it) and the token count."""
+    layers = [layer for _, layer in find_pom_layers(model)]
+    calls: dict[int, inspect.BoundArguments] = {}
+
+    def record(index: int):
+        def hook(module, args, kwargs):
+            calls.setdefault(index, inspect.signature(module.forward).bind(*args, **kwargs))
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            output = as_tuple(config.run(model, inputs))[0]
+            states = [_whole_sequence_state(layer, calls[i].arguments) for i, layer in enumerate(layers)]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return output, states
+
+
+def _whole_sequence_state(layer, arguments: dict) -> dict[str, torch.Tensor]:
+    xq = arguments["xq"]
+    xc = arguments.get("xc")
+    h, _ = layer._projections(xq, xq if xc is None else xc)
+    if isinstance(layer, PoMv2RoPE):
+        mean = layer._rotated_aggregate(h, None, arguments.get("positions"), arguments.get("positions_hw"))
+    else:
+        mean = layer._aggregate(h, None)
+    return {"mean": mean.float(), "count": torch.full((h.shape[0], 1), h.shape[1], dtype=torch.int64)}
+
+
+def _eager_steps(model: nn.Module, config: ExportConfig, inputs, chunks):
+    """The model stepped in eager PyTorch through ``chunks``: (outputs, final states)."""
+    layers = [layer for _, layer in find_pom_layers(model)]
+    states, outputs = initial_states(layers, next(iter(inputs.values())).shape[0]), []
+    with torch.no_grad():
+        for piece in _split(config, inputs, chunks):
+            with stream_layers(layers, states) as streams:
+                outputs.append(as_tuple(config.run(model, piece))[0])
+            states = [s.new_state for s in streams]
+    return torch.cat(outputs, dim=_stream_axis(config)), states
 
 
 def _verification_sessions(path: Path, fused: bool):
@@ -132,43 +198,29 @@ def _split(config: ExportConfig, inputs: dict[str, torch.Tensor], chunks: list[i
     return out
 
 
-def _run_steps(session, config, layers, inputs, chunks, dtype) -> np.ndarray:
-    batch = next(iter(inputs.values())).shape[0]
-    state = {}
-    for i, s in enumerate(initial_states(layers, batch)):
-        state[f"past.{i}.mean"], state[f"past.{i}.count"] = s["mean"].numpy(), s["count"].numpy()
+def _run_steps(session, builder: StepGraph, inputs, chunks) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The step graph run through ``chunks`` from zero state: (outputs, final state by past name)."""
+    spec = GraphSpec("step", [], [], state=builder.state)
+    state = spec.zero_state(next(iter(inputs.values())).shape[0])
     outputs = []
     names = [o.name for o in session.get_outputs()]
-    for piece in _split(config, inputs, chunks):
-        feeds = {k: _feed(v, dtype if v.is_floating_point() else v.dtype) for k, v in piece.items()}
+    for piece in _split(builder.config, inputs, chunks):
+        feeds = {k: _feed(v, builder.dtype if v.is_floating_point() else v.dtype) for k, v in piece.items()}
         result = dict(zip(names, session.run(None, {**feeds, **state})))
-        outputs.append(result[config.outputs[0]])
-        state = {k.replace("present.", "past."): v for k, v in result.items() if k.startswith("present.")}
-    axis = [a for a, d in enumerate(config.inputs[0].dims) if d == config.stream_dim][0]
-    return np.concatenate(outputs, axis=axis)
+        outputs.append(result[builder.config.outputs[0]])
+        state = {spec.past_of[name]: result[name] for name in spec.state_output_names}
+    return np.concatenate(outputs, axis=_stream_axis(builder.config)), state
+
+
+def _stream_axis(config: ExportConfig) -> int:
+    return [a for a, d in enumerate(config.inputs[0].dims) if d == config.stream_dim][0]
 
 
 def block_causal_mask(chunks: list[int], batch: int) -> torch.Tensor:
-    """(B, N, N) 0/1 mask: token i sees token j when j's chunk is not after i's."""
+    """(B, N, N) 0/1 mask: token i sees token j when j's chunk is not after i's (what a layer
+    streamed with ``--chunks-as-blocks`` computes)."""
     ids = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(chunks))
     return (ids.unsqueeze(0) <= ids.unsqueeze(1)).float().expand(batch, -1, -1)
-
-
-def _block_causal_reference(model: nn.Module, config: ExportConfig, inputs, chunks) -> torch.Tensor:
-    """The full forward with the block-causal mask of ``chunks`` when the config knows how to
-    give one (bare layers, block-causal models), else eager PyTorch stepping with the same chunks."""
-    batch = next(iter(inputs.values())).shape[0]
-    with torch.no_grad():
-        if config.masked_call is not None:
-            return config.masked_call(model, inputs, block_causal_mask(chunks, batch))
-        layers = [layer for _, layer in find_pom_layers(model)]
-        state, outputs = initial_states(layers, batch), []
-        for piece in _split(config, inputs, chunks):
-            with stream_layers(layers, state) as streams:
-                outputs.append(as_tuple(config.run(model, piece))[0])
-            state = [s.new_state for s in streams]
-        axis = [a for a, d in enumerate(config.inputs[0].dims) if d == config.stream_dim][0]
-        return torch.cat(outputs, dim=axis)
 
 
 def _feed(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:

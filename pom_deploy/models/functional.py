@@ -178,22 +178,36 @@ def _block_causal_mean(f: torch.Tensor, frame_tokens: int) -> torch.Tensor:
     return means.repeat_interleave(frame_tokens, dim=1)
 
 
-def running_mean_update(
-    mean: torch.Tensor, count: torch.Tensor, chunk_mean: torch.Tensor, chunk_tokens: int | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold a chunk's mean into a token-weighted running mean.
+def chunk_token_counts(mask, tokens: int, device=None) -> torch.Tensor:
+    """(1, rows) float32: how many of a chunk's tokens each row of ``aggregate(f, mask)`` of that
+    chunk averages (mask None: one row, the whole chunk; "causal": t + 1; ``BlockCausalMask``:
+    the tokens of the frames up to the row's own)."""
+    if mask is None:
+        return torch.full((1, 1), tokens, dtype=ACCUM_DTYPE, device=device)
+    index = torch.arange(tokens, device=device)
+    if isinstance(mask, BlockCausalMask):
+        counts = (torch.div(index, mask.frame_tokens, rounding_mode="floor") + 1) * mask.frame_tokens
+    else:
+        counts = index + 1
+    return counts.to(ACCUM_DTYPE).unsqueeze(0)
 
-    mean (B, 1, C) float32, count (B,) int64 tokens seen. Written as an increment
-    (mean + w * (chunk - mean)) so that it stays accurate over very long streams.
+
+def merge_running_mean(mean: torch.Tensor, count: torch.Tensor, chunk_means: torch.Tensor,
+                       chunk_counts: torch.Tensor) -> torch.Tensor:
+    """Each row of a chunk's aggregate folded into the running mean of the stream before it.
+
+    mean (B, 1, C) float32 over ``count`` (B, 1) int64 tokens seen; chunk_means (B, R, C) means
+    over ``chunk_counts`` (1, R) of the chunk's tokens. Row r: the token-weighted mean of both,
+    written as an increment (mean + w (chunk - mean)) so that it stays accurate over very long
+    streams; the last row (the whole chunk) is the next state.
     """
-    new_count = count + chunk_tokens
-    weight = (chunk_tokens / new_count.to(ACCUM_DTYPE)).view(-1, 1, 1)
-    return mean + weight * (chunk_mean - mean), new_count
+    weight = chunk_counts / (count.to(ACCUM_DTYPE) + chunk_counts)  # (B, R)
+    return mean + weight.unsqueeze(-1) * (chunk_means - mean)
 
 
 def initial_state(batch: int, channels: int, device=None) -> dict[str, torch.Tensor]:
     """The zero state of one PoM layer: nothing seen yet."""
     return {
         "mean": torch.zeros(batch, 1, channels, dtype=ACCUM_DTYPE, device=device),
-        "count": torch.zeros(batch, dtype=torch.int64, device=device),
+        "count": torch.zeros(batch, 1, dtype=torch.int64, device=device),
     }

@@ -64,7 +64,7 @@ class PoMLayer(nn.Module):
 
     def forward(self, xq: torch.Tensor, xc: torch.Tensor | None = None, mask=None) -> torch.Tensor:
         if self._stream is not None:
-            return self._stream.step(self, xq, xc)
+            return self._stream.step(self, xq, xc, mask=mask)
         h, s = self._projections(xq, xq if xc is None else xc)
         return self._output(s, self._aggregate(h, mask).to(s.dtype), P.single_context(mask))
 
@@ -74,25 +74,43 @@ class PoMLayer(nn.Module):
 
     def state_forward(
         self, xq: torch.Tensor, xc: torch.Tensor | None = None, state: dict[str, torch.Tensor] | None = None,
-        **positions,
+        mask=None, **positions,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One block-causal step: the chunk sees itself and every token seen before.
+        """One streaming step that keeps the layer's own masking inside the chunk.
 
-        ``state`` is ``{"mean": (B, 1, C) float32, "count": (B,) int64}`` or None for a new
-        stream. Feeding frames one by one equals ``forward`` with the block-causal mask.
+        ``mask`` as ``forward`` takes it: "causal", each token sees the past and the chunk's
+        tokens up to itself; ``BlockCausalMask(F)``, the chunk is whole frames, each seeing the
+        past, itself and the chunk's earlier frames; None, the chunk is one block (upstream's
+        frame loop). With a causal or block-causal mask, any chunking of a sequence gives
+        ``forward(x, mask=mask)`` of the whole and the same final state, up to float32 rounding.
+        ``state`` is ``{"mean": (B, 1, C) float32, "count": (B, 1) int64}`` or None for a new stream.
         """
         xc = xq if xc is None else xc
+        check_stream_mask(mask, xc.shape[1])
         if state is None:
             state = P.initial_state(xc.shape[0], self.state_channels, xc.device)
-        chunk_mean, s = self._stream_chunk(xq, xc, state["count"], **positions)
-        mean, count = P.running_mean_update(state["mean"], state["count"], chunk_mean, xc.shape[1])
-        return self._output(s, mean.to(s.dtype), True), {"mean": mean, "count": count}
+        chunk_means, s = self._stream_chunk(xq, xc, state["count"], mask, **positions)
+        counts = P.chunk_token_counts(mask, xc.shape[1], xc.device)
+        means = P.merge_running_mean(state["mean"], state["count"], chunk_means, counts)
+        new_state = {"mean": means[:, -1:], "count": state["count"] + xc.shape[1]}
+        return self._output(s, means.to(s.dtype), mask is None), new_state
 
-    def _stream_chunk(self, xq, xc, count):
-        """(mean of the chunk's features in float32, selection signal); ``count`` (B,) is
-        the number of tokens already seen."""
+    def _stream_chunk(self, xq, xc, count, mask):
+        """(the chunk's features aggregated under ``mask`` in float32, selection signal);
+        ``count`` (B, 1) is the number of tokens already seen."""
         h, s = self._projections(xq, xc)
-        return self._aggregate(h, None), s
+        return self._aggregate(h, mask), s
+
+
+def check_stream_mask(mask, tokens) -> None:
+    """Masks a stream can keep exactly: none, token-causal, or block-causal over whole frames."""
+    if isinstance(mask, P.BlockCausalMask):
+        if tokens % mask.frame_tokens:
+            raise ArchitectureError(f"a chunk of {tokens} tokens splits a frame: block-causal streams take whole "
+                                    f"frames of {mask.frame_tokens} tokens")
+    elif mask is not None and not (isinstance(mask, str) and mask == "causal"):
+        raise ArchitectureError(f"a layer called with a {type(mask).__name__} mask cannot stream: its mean takes the "
+                                "whole sequence (streams keep causal and block-causal masks)")
 
 
 class PoMv1(PoMLayer):

@@ -117,17 +117,17 @@ class PoMv2RoPE(PoMv2):
         if ctx_positions_hw is None and self_mixing:
             ctx_positions_hw = positions_hw
         if self._stream is not None:
-            return self._stream.step(self, xq, xc, positions_hw=positions_hw)
+            return self._stream.step(self, xq, xc, mask=mask, positions_hw=positions_hw)
         h, s = self._projections(xq, xc)
         h = self._rotated_aggregate(h, mask, ctx_positions, ctx_positions_hw).to(s.dtype)
         s = self._rope(s, positions, positions_hw)
         return self._output(s, h, P.single_context(mask))
 
-    def _stream_chunk(self, xq, xc, count, positions_hw=None):
+    def _stream_chunk(self, xq, xc, count, mask, positions_hw=None):
         """1-D positions continue from the tokens seen; 2-D ones are given per chunk."""
         h, s = self._projections(xq, xc)
         ctx_positions = query_positions = None
         if not self.rope_2d:
-            ctx_positions = count.unsqueeze(1) + torch.arange(xc.shape[1], device=xc.device)
-            query_positions = count.unsqueeze(1) + torch.arange(xq.shape[1], device=xq.device)
-        return self._rotated_aggregate(h, None, ctx_positions, positions_hw), self._rope(s, query_positions, positions_hw)
+            ctx_positions = count + torch.arange(xc.shape[1], device=xc.device)
+            query_positions = count + torch.arange(xq.shape[1], device=xq.device)
+        return self._rotated_aggregate(h, mask, ctx_positions, positions_hw), self._rope(s, query_positions, positions_hw)

@@ -60,11 +60,12 @@ def backend_class(path, kind: str | None, default: str) -> type[Backend]:
     return next((cls for cls in BACKENDS.values() if path.suffix in cls.suffixes), BACKENDS[default])
 
 
-def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> None:
+def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multiples: dict[str, int] | None = None) -> None:
     """Raise one clear error when an array does not fit an input spec.
 
     ``bound`` collects the sizes of symbolic dims across the inputs of one call, so that
-    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it.
+    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it;
+    ``multiples`` (the metadata's ``dim_multiples``) are sizes a dim must be a multiple of.
     """
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
@@ -78,3 +79,7 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
             raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got} but {want} is {bound[want]} in another input")
         else:
             bound[want] = got
+            multiple = (multiples or {}).get(want, 1)
+            if got % multiple:
+                raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got}, not a multiple of {multiple} "
+                                        f"(the model takes {want} in whole frames of {multiple})")

@@ -35,7 +35,7 @@ class Session:
         return self.spec.outputs if self.spec else self.backend.output_specs
 
     def run(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        _check_inputs(self.inputs, inputs)
+        _check_inputs(self.inputs, inputs, self.spec.dim_multiples if self.spec else {})
         return self.backend.run(inputs)
 
 
@@ -60,6 +60,8 @@ class StreamingSession:
             raise RuntimeInputError(f"{getattr(backend, 'path', 'this graph')} is not a pom-deploy step graph (export it with --step)")
         self.backend, self.spec = backend, spec
         self.chunk_input = spec.data_inputs[0]
+        # chunks of whole frames (a block-causal model's frame size; 1: any number of tokens)
+        self.chunk_multiple = next((spec.dim_multiples[d] for d in self.chunk_input.shape if d in spec.dim_multiples), 1)
         self.output_name = spec.outputs[0].name
         self._state: dict[str, Any] | None = None
         self.batch: int | None = None
@@ -71,7 +73,7 @@ class StreamingSession:
         """Tokens consumed so far by each stream (batch row)."""
         if self._state is None:
             return np.zeros((0,), np.int64)
-        return _host(self._state[self.spec.state[0].past_count])
+        return _host(self._state[self.spec.state[0].past_count]).reshape(-1)
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -133,6 +135,12 @@ class StreamingSession:
 
     # -- stepping ----------------------------------------------------------------------
 
+    def _check_whole_frames(self, chunk: np.ndarray) -> None:
+        axis = next((a for a, d in enumerate(self.chunk_input.shape) if isinstance(d, str) and d != "batch"), None)
+        if self.chunk_multiple > 1 and axis is not None and chunk.ndim > axis and chunk.shape[axis] % self.chunk_multiple:
+            raise RuntimeInputError(f"a chunk of {chunk.shape[axis]} tokens splits a frame: this model streams whole frames "
+                                    f"of {self.chunk_multiple} tokens")
+
     def step(self, chunk: np.ndarray, **extra: np.ndarray) -> np.ndarray:
         if 0 in np.shape(chunk):  # the state's mean would become 0/0: NaN for the rest of the stream
             raise RuntimeInputError(f"chunk has shape {tuple(np.shape(chunk))}: a step needs at least one token of at least one stream")
@@ -142,10 +150,10 @@ class StreamingSession:
         elif batch != self.batch:
             raise RuntimeInputError(f"chunk has batch {batch} but the session carries {self.batch} streams; reset() to change it")
         feeds = {self.chunk_input.name: chunk, **extra}
-        _check_inputs(self.spec.data_inputs, feeds)
-        names = [s.present_mean for s in self.spec.state] + [s.present_count for s in self.spec.state]
-        outputs, kept = self.backend.run_keep_on_device({**feeds, **self._state}, names)
-        self._state = {name.replace("present.", "past.", 1): value for name, value in kept.items()}
+        self._check_whole_frames(chunk)
+        _check_inputs(self.spec.data_inputs, feeds, self.spec.dim_multiples)
+        outputs, kept = self.backend.run_keep_on_device({**feeds, **self._state}, self.spec.state_output_names)
+        self._state = {self.spec.past_of[name]: value for name, value in kept.items()}
         return outputs[self.output_name]
 
 
@@ -153,7 +161,7 @@ def _host(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.numpy()
 
 
-def _check_inputs(specs: list[TensorSpec], feeds: dict[str, Any]) -> None:
+def _check_inputs(specs: list[TensorSpec], feeds: dict[str, Any], multiples: dict[str, int]) -> None:
     names = {s.name for s in specs}
     unknown = [k for k in feeds if k not in names]
     if unknown:
@@ -165,4 +173,4 @@ def _check_inputs(specs: list[TensorSpec], feeds: dict[str, Any]) -> None:
         value = feeds[spec.name]
         if not isinstance(value, np.ndarray):
             raise RuntimeInputError(f"input {spec.name!r} must be a numpy array, got {type(value).__name__}")
-        check_feed(spec, value, bound)
+        check_feed(spec, value, bound, multiples)

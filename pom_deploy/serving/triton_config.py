@@ -148,7 +148,7 @@ def build_config(spec: GraphSpec, options: RepoOptions, model_file: str, profile
     config.max_batch_size = max_batch_size(spec, options, profile_max_batch)
     batched = config.max_batch_size > 0
     states = spec.state if options.backend != "python" else []  # the python model keeps the state itself
-    state_names = {n for s in spec.state for n in (s.past_mean, s.past_count, s.present_mean, s.present_count)}
+    state_names = spec.state_input_names | set(spec.state_output_names)
     for tensor in spec.inputs:
         if tensor.name not in state_names:
             config.input.add(name=tensor.name, data_type=TRITON_DTYPES[tensor.dtype], dims=triton_dims(tensor.shape, batched))
@@ -188,7 +188,7 @@ def _sequence_batching(config, spec: GraphSpec, options: RepoOptions, states, ba
             control.int32_false_true.extend([0, 1])
     shapes = {t.name: t for t in spec.inputs}
     for layer in states:
-        for past, present in ((layer.past_mean, layer.present_mean), (layer.past_count, layer.present_count)):
+        for past, present in ((layer.past[key], layer.present[key]) for key in ("mean", "count")):
             tensor = shapes[past]
             dims = triton_dims(tensor.shape, batched)
             state = seq.state.add(input_name=past, output_name=present, data_type=TRITON_DTYPES[tensor.dtype], dims=dims)
@@ -265,14 +265,13 @@ def _check_step(config, spec: GraphSpec, python: bool, controls: set[str]) -> No
     if python:
         if set(CONTROL_INPUTS) - controls:
             raise ServingError(f"the python model needs the control inputs {', '.join(CONTROL_INPUTS)}")
-        exposed = sorted({t.name for t in [*config.input, *config.output]} & {n for s in spec.state for n in (
-            s.past_mean, s.past_count, s.present_mean, s.present_count)})
+        exposed = sorted({t.name for t in [*config.input, *config.output]} & (spec.state_input_names | set(spec.state_output_names)))
         if exposed:
             raise ServingError(f"state tensor {exposed[0]!r} is a config input/output; the python model keeps the state itself")
         return
     pairs = {(s.input_name, s.output_name) for s in config.sequence_batching.state}
     for layer in spec.state:
-        for pair in ((layer.past_mean, layer.present_mean), (layer.past_count, layer.present_count)):
+        for pair in ((layer.past[key], layer.present[key]) for key in ("mean", "count")):
             if pair not in pairs:
                 raise ServingError(f"state {pair[0]} -> {pair[1]} of layer {layer.index} is not an implicit state of the config")
 

@@ -100,7 +100,7 @@ class TritonPythonModel:
         if self.spec is None:
             raise RuntimeError(f"pom-deploy: {path.name} has no pom-deploy metadata (export it with pom-export)")
         self.inputs = [t.name for t in self.spec.data_inputs]
-        self.next_state = {s.present_mean: s.past_mean for s in self.spec.state} | {s.present_count: s.past_count for s in self.spec.state}
+        self.next_state = self.spec.past_of
         self.outputs = [t.name for t in self.spec.outputs if t.name not in self.next_state]
         self.chunk = self.spec.data_inputs[0]
         self.max_chunk = int(params["max_chunk"]) if "max_chunk" in params else None
