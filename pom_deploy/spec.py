@@ -21,7 +21,10 @@ class TensorSpec:
 
     ``shape`` mixes ints and symbolic dim names (e.g. ``["batch", "tokens", 32]``);
     ``min/opt/max_shape`` are concrete shapes for inputs: the range the export config
-    supports, which becomes the default TensorRT optimization profile.
+    supports, which becomes the default TensorRT optimization profile. ``value_range``
+    ([low, high)) bounds an integer input that indexes a table (token ids, class labels);
+    ``multiples`` (one per axis) says which sizes an axis takes (an image side: the patch).
+    Runtimes check both before running.
     """
 
     name: str
@@ -30,6 +33,8 @@ class TensorSpec:
     min_shape: list[int] | None = None
     opt_shape: list[int] | None = None
     max_shape: list[int] | None = None
+    value_range: list[int] | None = None
+    multiples: list[int] | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..spec import GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, stream_layers
 from ..version import __version__
 from . import config as cfg
+from .programs import PROGRAM_MODULE, UNFUSED_REASON
 from .tracing import as_tuple, exporter_error, quiet_exporter
 
 CHUNK_DIM = "chunk"
@@ -55,7 +56,9 @@ class GraphBuilder:
         module = self.module()
         with torch.no_grad(), (fused_ops.fused_ops_export() if fused else contextlib.nullcontext()) as left:
             program = self._trace(module, inputs, opset, fused)
-        if fused:
+        if fused and getattr(self.model, "exported_program", None) is not None:
+            self.decomposed_layers = [{"module": PROGRAM_MODULE, "reason": UNFUSED_REASON}]
+        elif fused:
             paths = {id(m): name for name, m in self.model.named_modules()}
             self.decomposed_layers = [{"module": paths.get(id(layer), type(layer).__name__), "reason": reason}
                                       for layer, reason in left.items()]
@@ -89,13 +92,26 @@ class GraphBuilder:
     def input_ranges(self, name: str) -> tuple[list[int], list[int], list[int]] | None:
         raise NotImplementedError
 
+    def data_config(self) -> cfg.ExportConfig:
+        """The config whose inputs and dims are the graph's data inputs (not its state)."""
+        return self.config
+
+    def _input_spec(self, value) -> TensorSpec:
+        """A graph input's metadata: shape, dtype, profile ranges and what the runtime checks
+        before running: integer values in their range, dims that must be multiples."""
+        ranges = self.input_ranges(value.name) or (None, None, None)
+        config = self.data_config()
+        data = next((s for s in config.inputs if s.name == value.name), None)
+        if data is None:
+            return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges)
+        multiples = [config.dims[d].multiple_of if isinstance(d, str) and d in config.dims else 1 for d in data.dims]
+        return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges, value_range=data.integer_range,
+                          multiples=multiples if any(m != 1 for m in multiples) else None)
+
     def graph_spec(self, program, reference: nn.Module, dtype: str, fused: bool) -> GraphSpec:
         rename_dims(program, self.config)
         graph = program.model.graph
-        inputs = []
-        for value in graph.inputs:
-            ranges = self.input_ranges(value.name)
-            inputs.append(TensorSpec(value.name, _shape(value), _dtype_name(value), *(ranges if ranges else (None, None, None))))
+        inputs = [self._input_spec(value) for value in graph.inputs]
         outputs = [TensorSpec(v.name, _shape(v), _dtype_name(v)) for v in graph.outputs]
         try:
             architecture = describe(reference)
@@ -192,10 +208,13 @@ class StepGraph(GraphBuilder):
 
     def _data_specs(self) -> list[cfg.InputSpec]:
         rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d  # noqa: E731
-        return [cfg.InputSpec(s.name, tuple(rename(d) for d in s.dims), s.dtype, s.kind, s.high) for s in self.config.inputs]
+        return [replace(s, dims=tuple(rename(d) for d in s.dims)) for s in self.config.inputs]
 
     def _chunk_config(self) -> cfg.ExportConfig:
         return cfg.ExportConfig(self.config.name, self._data_specs(), self.config.outputs, self._chunk_dims(), self.config.call)
+
+    def data_config(self):
+        return self._chunk_config()
 
     def module(self):
         return StepModule(self.model, self.config, self.layers)

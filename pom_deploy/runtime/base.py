@@ -64,7 +64,10 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
     """Raise one clear error when an array does not fit an input spec.
 
     ``bound`` collects the sizes of symbolic dims across the inputs of one call, so that
-    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it.
+    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it. What
+    the graph cannot take as the model does is caught too: a size that is not a multiple the
+    model needs (an image side the patch does not divide: PyTorch crops, the graph fails in a
+    Reshape) and integers outside their table (a class label of -1: ONNX Gather wraps it).
     """
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
@@ -78,3 +81,12 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
             raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got} but {want} is {bound[want]} in another input")
         else:
             bound[want] = got
+        multiple = spec.multiples[axis] if spec.multiples else 1
+        if got % multiple:
+            raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) must be a multiple of {multiple}, got {got}")
+    if spec.value_range and value.size:
+        low, high = spec.value_range
+        smallest, largest = value.min(), value.max()
+        if smallest < low or largest >= high:
+            bad = smallest if smallest < low else largest
+            raise RuntimeInputError(f"input {spec.name!r} holds {bad}, outside its range [{low}, {high}) (the model indexes a table of that size)")
