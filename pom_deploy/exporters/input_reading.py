@@ -97,21 +97,35 @@ def required_inputs(model: nn.Module) -> list[str]:
 
 
 class _LayerTracer(fx.Tracer):
-    """Stops at layers: what matters is which layer takes each input, not what it does inside."""
+    """Stops at layers (``torch.nn`` modules, PoM layers): what matters is which layer takes
+    each input, not what it does inside. ``shallow``: every child module is a leaf, for a model
+    whose own forward traces although some of its modules do not."""
+
+    def __init__(self, shallow: bool):
+        super().__init__()
+        self.shallow = shallow
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, PoMLayer) or super().is_leaf_module(module, qualified_name)
+        return self.shallow or _is_layer(module) or super().is_leaf_module(module, qualified_name)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, PoMLayer) or type(module).__module__.startswith("torch.nn.modules")
 
 
 def first_consumers(model: nn.Module, names: list[str]) -> tuple[dict[str, nn.Module | None], str | None]:
     """{input name: the first layer its data reaches (None: none reached)}, and why fx could not
-    trace the model (None when it could)."""
+    trace the model (None when it could). A model module that takes the data first (a block of
+    the user's) is read in turn, through the name its own ``forward`` gives that argument."""
     parameters = inspect.signature(model.forward).parameters
     concrete = {n: p.default for n, p in parameters.items() if n not in names and p.default is not inspect.Parameter.empty}
     try:
-        graph = _LayerTracer().trace(model, concrete_args=concrete)
-    except Exception as exc:
-        return dict.fromkeys(names), first_line(exc)
+        graph = _LayerTracer(shallow=False).trace(model, concrete_args=concrete)
+    except Exception:
+        try:
+            graph = _LayerTracer(shallow=True).trace(model, concrete_args=concrete)
+        except Exception as exc:
+            return dict.fromkeys(names), first_line(exc)
     consumers: dict[str, nn.Module | None] = dict.fromkeys(names)
     derived: dict[fx.Node, str] = {}  # node -> the input whose data it still is
     for node in graph.nodes:
@@ -124,10 +138,20 @@ def first_consumers(model: nn.Module, names: list[str]) -> tuple[dict[str, nn.Mo
         if node.op == "call_module":
             for source in sources:
                 if consumers[source] is None:
-                    consumers[source] = model.get_submodule(node.target)
+                    consumers[source] = _layer_taking(model.get_submodule(node.target), node, source, derived)
         elif len(sources) == 1:
             derived[node] = sources.pop()
     return consumers, None
+
+
+def _layer_taking(module: nn.Module, call: fx.Node, source: str, derived: dict[fx.Node, str]) -> nn.Module | None:
+    """The layer that takes ``source``'s data first inside ``module`` (called by ``call``)."""
+    if _is_layer(module):
+        return module
+    names = list(inspect.signature(module.forward).parameters)
+    arguments = {**dict(zip(names, call.args)), **call.kwargs}
+    inner = [name for name, arg in arguments.items() if isinstance(arg, fx.Node) and derived.get(arg) == source]
+    return first_consumers(module, inner[:1])[0].get(inner[0]) if inner else None
 
 
 def _reads_size(node: fx.Node) -> bool:
