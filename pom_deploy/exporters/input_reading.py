@@ -83,9 +83,10 @@ def parse_range(text: str) -> tuple[str, tuple[float, float]]:
     parts = text.split(":")
     try:
         name, low, high = parts[0], float(parts[1]), float(parts[2])
-        assert len(parts) == 3 and name and low < high
-    except (IndexError, ValueError, AssertionError):
-        raise ExportError(f"--input-range {text!r} must be NAME:LOW:HIGH with LOW < HIGH, e.g. --input-range ids:0:50257") from None
+    except (IndexError, ValueError):
+        name, low, high = "", 0.0, 0.0
+    if len(parts) != 3 or not name or not low < high:
+        raise ExportError(f"--input-range {text!r} must be NAME:LOW:HIGH with LOW < HIGH, e.g. --input-range ids:0:50257")
     return name, (low, high)
 
 

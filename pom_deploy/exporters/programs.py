@@ -10,6 +10,7 @@ like a mask -> 0/1 verification data, as a mask must be).
 
 from __future__ import annotations
 
+import sympy
 import torch
 
 from ..errors import ExportError
@@ -34,7 +35,20 @@ def exportable(program: torch.export.ExportedProgram) -> torch.export.ExportedPr
         node.args = (node.args[0], *(float(a) if type(a) is int else a for a in node.args[1:]))
     if rewritten:
         program.graph_module.recompile()
+    _forget_derived_ranges(program)
     return program
+
+
+def _forget_derived_ranges(program: torch.export.ExportedProgram) -> None:
+    """A loaded program with a dim traced as a multiple (``4 * rows``: image sides) keeps that
+    expression as a key of its shape environment's ranges, which the exporter's decomposition
+    asserts to be symbols (torch 2.13); the base symbol's range says the same, so drop it."""
+    from torch._export.utils import _get_shape_env_from_gm
+
+    environment = _get_shape_env_from_gm(program.graph_module)
+    if environment is not None:
+        for key in [k for k in environment.var_to_range if not isinstance(k, sympy.Symbol)]:
+            del environment.var_to_range[key]
 
 
 def check_program_options(dtype: str) -> None:
@@ -65,20 +79,47 @@ def program_config(program: torch.export.ExportedProgram, ranges: dict[str, tupl
                 continue
             symbol = str(size.node.expr)
             if symbol not in names:
-                name = {0: "batch", 1: "tokens"}.get(axis, f"{node.name}_{axis}")
+                name = _axis_name(value.dim(), axis) or f"{node.name}_{axis}"
                 names[symbol] = name if name not in dims else f"{node.name}_{axis}"
-                bounds = next((r for k, r in program.range_constraints.items() if str(k) == symbol), None)
-                low = max(1, int(bounds.lower)) if bounds is not None else 1
-                high = 16384 if bounds is None or "oo" in str(bounds.upper) else int(bounds.upper)
-                hint = size.node.hint or max(low, 2)
-                cap = BATCH.max if names[symbol] == "batch" else TOKENS.max  # a sensible default profile
-                dims[names[symbol]] = DimSpec(low, max(low, min(int(hint), high)), max(low, min(high, cap)))
+                dims[names[symbol]] = _dim_spec(program, size, names[symbol])
             shape.append(names[symbol])
         inputs.append(_input_spec(program, node, tuple(shape), ranges.get(node.name)))
     outputs = [f"output_{i}" if i else "output" for i in range(len(program.graph_signature.user_outputs))]
-    other_sizes = {name: min(spec.max, spec.opt + 3) for name, spec in dims.items()}
+    other_sizes = {name: spec.multiple_of * min(spec.max, spec.opt + 3) for name, spec in dims.items()}
     return ExportConfig(name="torch.export program", inputs=inputs, outputs=outputs, dims=dims,
-                        verify_sizes=[other_sizes] if dims else [], dim_aliases=names)
+                        verify_sizes=[other_sizes] if dims else [], dim_aliases=names, call=_program_call(program))
+
+
+def _program_call(program: torch.export.ExportedProgram):
+    """How the program's module is called: the inputs it was traced with as keywords go as
+    keywords (a program traced from kwargs refuses them positionally)."""
+    keywords = set(program.call_spec.in_spec.children()[1].context or ())
+    if not keywords:
+        return None
+
+    def call(module, **inputs):
+        return module(*[v for k, v in inputs.items() if k not in keywords], **{k: v for k, v in inputs.items() if k in keywords})
+
+    return call
+
+
+def _axis_name(rank: int, axis: int) -> str | None:
+    """batch, tokens for sequences; batch, height, width for images (frames for video)."""
+    if axis == 0:
+        return "batch"
+    spatial = {4: (None, None, "height", "width"), 5: (None, None, "frames", "height", "width")}
+    return spatial[rank][axis] if rank in spatial else ("tokens" if axis == 1 else None)
+
+
+def _dim_spec(program, size, name: str) -> DimSpec:
+    """The range of a symbolic dim, in units of its multiple (a dim traced as ``4 * rows``)."""
+    multiple, base = size.node.expr.as_coeff_Mul()
+    bounds = next((r for k, r in program.range_constraints.items() if str(k) == str(base)), None)
+    low = max(1, int(bounds.lower)) if bounds is not None else 1
+    high = 16384 if bounds is None or "oo" in str(bounds.upper) else int(bounds.upper)
+    hint = (size.node.hint or max(low, 2) * int(multiple)) // int(multiple)
+    cap = BATCH.max if name == "batch" else TOKENS.max  # a sensible default profile
+    return DimSpec(low, max(low, min(int(hint), high)), max(low, min(high, cap)), multiple_of=int(multiple))
 
 
 def _input_spec(program, node, shape: tuple, value_range) -> InputSpec:
