@@ -171,6 +171,9 @@ def read_inputs(model: nn.Module, declared: dict[str, InputDeclaration] | None =
     if unknown:
         raise ExportError(f"{type(model).__name__}.forward has no input {unknown[0]!r} "
                           f"(it takes {', '.join(inspect.signature(model.forward).parameters)})")
+    if not names:
+        raise ExportError(f"{type(model).__name__}.forward names no input (only *args/**kwargs) to read or declare: "
+                          "give an export config (--config)")
     consumers, untraceable = first_consumers(model, [n for n in names if n not in declared])
     dims: dict[str, DimSpec] = {"batch": BATCH}
     inputs = []
@@ -224,7 +227,7 @@ def _features(consumer: nn.Module | None) -> int | None:
 
 
 def _undecided(model: nn.Module, name: str, position: int, consumer: nn.Module | None, untraceable: str | None) -> str:
-    example = "ids:int64:batch,tokens" if position == 0 else f"{name}:float32:batch,8"
+    example = f"{name}:float32:batch,tokens,64" if position == 0 else f"{name}:float32:batch,8"
     if untraceable is not None:
         why = f"torch.fx cannot trace {type(model).__name__}.forward ({untraceable})"
     elif consumer is None:
