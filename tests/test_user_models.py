@@ -19,7 +19,7 @@ from pom_deploy.models import PoMv2
 
 from conftest import spread_coefficients
 from tolerances import USER_MODEL_RELATIVE_TO_PEAK
-from user_models import CondNet, ImageClassifier, ScaledNet, TokenLM
+from user_models import CondNet, ContextNet, ImageClassifier, ScaledNet, TokenLM
 
 KINDS = ("lm", "image", "cond")
 
@@ -166,6 +166,14 @@ def test_undecided_input_fails_in_one_line_naming_the_flag(tmp_path, capsys):
                             "--input", "gain:float32:batch,1,1"]) == 0
     inputs = pom_deploy.load(tmp_path / "s.onnx").spec.inputs
     assert [(t.name, t.shape) for t in inputs] == [("x", ["batch", "tokens", 8]), ("gain", ["batch", 1, 1])]
+
+
+def test_wrongly_read_input_fails_in_one_line_naming_the_flag(tmp_path):
+    with pytest.raises(ExportError, match=r"read from the model: x \(batch, tokens, 8\), context \(batch, 8\); "
+                                          r"declare any that is not so with --input NAME:DTYPE:DIMS$"):
+        torch.save(ContextNet().eval(), tmp_path / "c.pt")
+        export_onnx(tmp_path / "c.pt", tmp_path / "c.onnx", trust_pickle=True)
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]
 
 
 def test_reader_takes_declarations_ranges_and_examples():

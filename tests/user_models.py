@@ -122,3 +122,14 @@ class ScaledNet(nn.Module):
 
     def forward(self, x, gain):
         return self.mixer(x) * gain
+
+
+class ContextNet(nn.Module):
+    """A second input that is a token sequence, not a vector: read as (batch, features), wrongly."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.proj, self.mixer = nn.Linear(dim, dim), PoM(dim, 2, 1)
+
+    def forward(self, x, context):
+        return self.mixer(x + self.proj(context).flatten(1).unflatten(1, x.shape[1:]))

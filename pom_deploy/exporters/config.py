@@ -73,6 +73,7 @@ class ExportConfig:
     # graph is verified against; None: the model is stepped in eager PyTorch instead
     masked_call: Callable[..., Any] | None = None
     step_omits: tuple[str, ...] = ()  # inputs a step graph does without (1-D positions follow the count)
+    failure_hint: str = ""  # added to "the model's forward fails on the dummy input": how to give other inputs
 
     def dim_values(self, which: str = "opt") -> dict[str, int]:
         index = {"min": 0, "opt": 1, "max": 2}[which]

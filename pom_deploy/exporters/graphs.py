@@ -71,7 +71,8 @@ class GraphBuilder:
             raise
         except Exception as exc:
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
+            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}"
+                              f"{self.config.failure_hint}") from None
         program = getattr(self.model, "exported_program", None)
         if program is not None and self.kind == "full":
             traced, args, dynamic_shapes = program, None, None  # already traced, dims and all

@@ -198,8 +198,10 @@ def read_inputs(model: nn.Module, declared: dict[str, InputDeclaration] | None =
             if isinstance(dim, str) and dim not in dims:
                 dims[dim] = _default_dim(dim, strides.get(dim, 1))
     stream = next((d for d in ("tokens", "frames") if d in dims and d in inputs[0].dims), None)
+    read = [f"{s.name} ({', '.join(map(str, s.dims))})" for s in inputs if s.name not in declared and s.name not in examples]
+    hint = f"; read from the model: {', '.join(read)}; declare any that is not so with --input NAME:DTYPE:DIMS" if read else ""
     return ExportConfig(name=type(model).__name__, inputs=inputs, outputs=["output"], dims=dims, stream_dim=stream,
-                        verify_sizes=_verify_sizes(dims))
+                        verify_sizes=_verify_sizes(dims), failure_hint=hint)
 
 
 def _read_spec(name: str, position: int, consumer: nn.Module | None) -> InputSpec | None:
