@@ -24,7 +24,9 @@ class TensorSpec:
 
     ``shape`` mixes ints and symbolic dim names (e.g. ``["batch", "tokens", 32]``);
     ``min/opt/max_shape`` are concrete shapes for inputs: the range the export config
-    supports, which becomes the default TensorRT optimization profile.
+    supports, which becomes the default TensorRT optimization profile. ``value_range``
+    ([low, high)) bounds an integer input that indexes a table (token ids, class labels);
+    runtimes check it before running, with the graph's ``dim_multiples``.
     """
 
     name: str
@@ -33,6 +35,7 @@ class TensorSpec:
     min_shape: list[int] | None = None
     opt_shape: list[int] | None = None
     max_shape: list[int] | None = None
+    value_range: list[int] | None = None
 
 
 @dataclass
@@ -99,7 +102,8 @@ class GraphSpec:
     fused_ops: bool = False
     # With fused ops, the PoM layers left as standard ops: [{"module": path, "reason": why}].
     decomposed_layers: list[dict[str, str]] = field(default_factory=list)
-    # Dims whose sizes must be multiples, e.g. {"chunk": 8}: a block-causal model's frame size.
+    # Dims whose sizes must be multiples, e.g. {"chunk": 8} (a block-causal model's frame size),
+    # {"height": 4, "width": 4} (an image side: the patch).
     dim_multiples: dict[str, int] = field(default_factory=dict)
     pom_deploy_version: str = ""
     model_digest: str = ""  # sha256 of the weights: tells a state saved from another model

@@ -12,10 +12,11 @@ import torch.nn as nn
 
 from conftest import spread_coefficients
 from tolerances import FP16_RELATIVE_TO_PEAK, LAYER_ATOL, MODEL_ATOL
+import pom_deploy
 from pom_deploy import save_checkpoint
 from pom_deploy.cli import deploy as deploy_cli
 from pom_deploy.cli import export as export_cli
-from pom_deploy.errors import ExportError, VerificationError
+from pom_deploy.errors import ExportError, RuntimeInputError, VerificationError
 from pom_deploy.exporters import export_onnx
 from pom_deploy.models import PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import create_zoo_model
@@ -57,6 +58,21 @@ def test_dit_runs_at_other_sizes(exported_dit):
         with torch.no_grad():
             expected = model(image, t, label).numpy()
         np.testing.assert_allclose(_run(session, image=image, timestep=t, class_label=label), expected, atol=MODEL_ATOL, rtol=0)
+
+
+def test_dit_runtime_refuses_inputs_the_graph_cannot_take_as_pytorch_does(exported_dit):
+    """A side the patch does not divide (PyTorch crops, the graph fails in a Reshape) and a class
+    label outside [0, classes) (PyTorch raises, ONNX Gather wraps -1 to the last class): one
+    line each, before onnxruntime runs."""
+    _, result = exported_dit
+    session = pom_deploy.load(result.path)
+    image, timestep, label = np.zeros((1, 4, 8, 8), np.float32), np.zeros((1,), np.float32), np.zeros((1,), np.int64)
+    with pytest.raises(RuntimeInputError, match=r"'image' axis 2 \(height\) is 7, not a multiple of 2"):
+        session.run(image=np.zeros((1, 4, 7, 8), np.float32), timestep=timestep, class_label=label)
+    for bad in (-1, 10):
+        with pytest.raises(RuntimeInputError, match=rf"'class_label' holds {bad}, outside its range \[0, 10\)"):
+            session.run(image=image, timestep=timestep, class_label=np.array([bad], np.int64))
+    assert session.run(image=image, timestep=timestep, class_label=np.array([9], np.int64))["noise"].shape == (1, 4, 8, 8)
 
 
 LAYERS = {

@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "MODEL is a pom-deploy checkpoint, a state_dict (with --arch/--arch-file), a pickled module "
                     "(with --trust-pickle) or a torch.export .pt2 archive.",
         epilog="examples:\n  pom-export model.pt --onnx\n  pom-export model.pt --onnx --step -o model.step.onnx\n"
+               "  pom-export lm.pt --trust-pickle --input ids:int64:batch,tokens --input-range ids:0:50257\n"
                "  pom-export weights.pt --arch-file arch.json --dtype fp16 --fused-ops",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -53,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     loading.add_argument("--arch-file", type=Path, help="architecture as a JSON/YAML file ({name, config} or upstream {generation, class, ctor})")
     loading.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (unpickling runs code from the file)")
     graph = parser.add_argument_group("graph")
-    graph.add_argument("--config", type=Path, help="export config file (JSON/YAML) for a model pom-deploy has no config for")
+    graph.add_argument("--input", action="append", default=[], metavar="NAME:DTYPE:DIMS", dest="inputs",
+                       help="declare an input the model's layers do not tell, e.g. ids:int64:batch,tokens or cond:float32:batch,8 "
+                            "(repeatable; dims are sizes or names)")
+    graph.add_argument("--input-range", action="append", default=[], metavar="NAME:LOW:HIGH", dest="input_ranges",
+                       help="values of an input in [LOW, HIGH), e.g. ids:0:50257 (verification data; integer ranges are checked at run time)")
+    graph.add_argument("--config", type=Path, help="export config file (JSON/YAML); overrides what is read from the model and --input")
     graph.add_argument("--mask", default="none", help=f"mask input of a bare PoM layer: {', '.join(MASK_KINDS)} (default none)")
     graph.add_argument("--cross", action="store_true", help="bare PoM layer: separate context input xc (cross-mixing)")
     out = parser.add_argument_group("output")
@@ -90,7 +96,8 @@ def export_command(args: argparse.Namespace) -> int:
     with console.status("Starting") as status:  # transient: an error leaves just its one line
         result = export_onnx(
             args.model, output, architecture=_architecture(args), trust_pickle=args.trust_pickle, config=args.config,
-            dtype=args.dtype, opset=args.opset, step=args.step, fused_ops_enabled=args.fused_ops, chunks_as_blocks=args.chunks_as_blocks, mask=args.mask,
+            inputs=args.inputs, input_ranges=args.input_ranges, dtype=args.dtype, opset=args.opset, step=args.step,
+            fused_ops_enabled=args.fused_ops, chunks_as_blocks=args.chunks_as_blocks, mask=args.mask,
             cross=args.cross, verify=args.verify, atol=args.atol, rtol=args.rtol, force=args.force,
             progress=lambda stage: status.update(STAGES[stage] + "..."),
         )

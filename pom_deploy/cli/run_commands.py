@@ -17,7 +17,8 @@ from .common import stderr_console
 
 def register(commands) -> None:
     run = commands.add_parser("run", help="stream a file of tokens through a step graph, chunk by chunk",
-                              description="Stream INPUT (.npy, (batch, tokens, dim) or (tokens, dim)) through a step graph "
+                              description="Stream INPUT (.npy, (batch, tokens, dim) or (tokens, dim); int token ids (batch, tokens) or (tokens,) "
+                                          "for a token LM) through a step graph "
                                           "(pom-export --step), carrying each layer's state between chunks.")
     run.add_argument("model", type=Path, help="step graph (.onnx) or TensorRT engine")
     run.add_argument("--input", type=Path, required=True, help=".npy file of tokens")
@@ -84,8 +85,9 @@ def _read_tokens(path: Path, session) -> np.ndarray:
         raise RuntimeInputError(f"{path} has shape {tokens.shape}; the graph streams {spec.name} {shape_text(spec.shape)}")
     if 0 in tokens.shape:
         raise RuntimeInputError(f"{path} has shape {tokens.shape}: no tokens to stream")
-    if str(tokens.dtype) != spec.dtype:
-        tokens = tokens.astype(spec.dtype) if np.issubdtype(tokens.dtype, np.floating) else tokens
+    integer_graph = spec.dtype.startswith(("int", "uint"))
+    if str(tokens.dtype) != spec.dtype and np.issubdtype(tokens.dtype, np.integer if integer_graph else np.floating):
+        tokens = tokens.astype(spec.dtype)  # int32 token ids for an int64 graph, float64 for float32; other kinds are refused
     return tokens
 
 

@@ -40,15 +40,23 @@ class InputSpec:
     """A graph input. ``dims`` mixes ints and names of ``ExportConfig.dims``.
 
     ``kind`` says how dummy values are drawn: ``float`` (normal), ``index`` (ints in
-    [0, high)), ``timestep`` (uniform in [0, high)), ``mask`` (0/1, no all-zero row),
-    ``positions`` (ints in [0, high)).
+    [low, high): token ids, class labels), ``uniform`` (floats in [low, high): timesteps;
+    ``timestep`` in older config files), ``mask`` (0/1, no all-zero row), ``positions`` (ints in
+    [low, high)). The range of ``index`` and ``positions`` inputs is written into the metadata
+    and checked by the runtime.
     """
 
     name: str
     dims: tuple[int | str, ...]
     dtype: str = "float"  # "float" follows the export dtype; or a torch dtype name
     kind: str = "float"
-    high: int = 1000
+    high: float | None = 1000
+    low: float = 0
+
+    @property
+    def integer_range(self) -> list[int] | None:
+        """[low, high) of an integer input whose values index something, else None."""
+        return [int(self.low), int(self.high)] if self.kind in ("index", "positions") and self.high is not None else None
 
 
 @dataclass
@@ -62,6 +70,7 @@ class ExportConfig:
     verify_sizes: list[dict[str, int]] = field(default_factory=list)  # dim values besides opt
     dim_aliases: dict[str, str] = field(default_factory=dict)  # exporter's dim name -> the name users see
     step_omits: tuple[str, ...] = ()  # inputs a step graph does without (1-D positions follow the count)
+    failure_hint: str = ""  # added to "the model's forward fails on the dummy input": how to give other inputs
 
     def dim_values(self, which: str = "opt") -> dict[str, int]:
         index = {"min": 0, "opt": 1, "max": 2}[which]
@@ -99,12 +108,16 @@ class ExportConfig:
 
 def _draw(spec: InputSpec, shape: list[int], dtype: torch.dtype, generator) -> torch.Tensor:
     if spec.kind in ("index", "positions"):
-        return torch.randint(0, spec.high, shape, generator=generator, dtype=torch.int64)
+        values = torch.randint(int(spec.low), int(spec.high), shape, generator=generator, dtype=torch.int64)
+        return values if spec.dtype == "float" else values.to(getattr(torch, spec.dtype))
     if spec.kind == "mask":
         mask = (torch.rand(shape, generator=generator) < 0.7).to(dtype)
         mask[..., 0] = 1  # no row fully masked
         return mask
-    value = torch.rand(shape, generator=generator) * spec.high if spec.kind == "timestep" else torch.randn(shape, generator=generator)
+    if spec.kind in ("uniform", "timestep"):
+        value = spec.low + torch.rand(shape, generator=generator) * (spec.high - spec.low)
+    else:
+        value = torch.randn(shape, generator=generator)
     return value.to(dtype if spec.dtype == "float" else getattr(torch, spec.dtype))
 
 
@@ -148,8 +161,8 @@ def config_from_file(path: str | Path) -> ExportConfig:
         else:
             data = json.loads(text)
         dims = {name: DimSpec(**spec) for name, spec in data["dims"].items()}
-        inputs = [InputSpec(i["name"], tuple(i["shape"]), i.get("dtype", "float"), i.get("kind", "float"), i.get("high", 1000))
-                  for i in data["inputs"]]
+        inputs = [InputSpec(i["name"], tuple(i["shape"]), i.get("dtype", "float"), i.get("kind", "float"), i.get("high", 1000),
+                            i.get("low", 0)) for i in data["inputs"]]
         config = ExportConfig(name=data.get("name", path.stem), inputs=inputs, outputs=list(data["outputs"]), dims=dims,
                               stream_dim=data.get("stream_dim"))
     except OSError as exc:

@@ -23,6 +23,7 @@ from ..streaming import find_pom_layers, stream_layers, within_chunk
 from ..version import __version__
 from . import config as cfg
 from .frames import frame_multiple, probe_masks
+from .programs import PROGRAM_MODULE, UNFUSED_REASON
 from .tracing import as_tuple, exporter_error, quiet_exporter
 
 CHUNK_DIM = "chunk"
@@ -57,7 +58,9 @@ class GraphBuilder:
         module = self.module()
         with torch.no_grad(), (fused_ops.fused_ops_export() if fused else contextlib.nullcontext()) as left:
             program = self._trace(module, inputs, opset, fused)
-        if fused:
+        if fused and getattr(self.model, "exported_program", None) is not None:
+            self.decomposed_layers = [{"module": PROGRAM_MODULE, "reason": UNFUSED_REASON}]
+        elif fused:
             paths = {id(m): name for name, m in self.model.named_modules()}
             self.decomposed_layers = [{"module": paths.get(id(layer), type(layer).__name__), "reason": reason}
                                       for layer, reason in left.items()]
@@ -70,7 +73,8 @@ class GraphBuilder:
             raise
         except Exception as exc:
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
+            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}"
+                              f"{self.config.failure_hint}") from None
         program = getattr(self.model, "exported_program", None)
         if program is not None and self.kind == "full":
             traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
@@ -92,16 +96,23 @@ class GraphBuilder:
         raise NotImplementedError
 
     def shape_config(self) -> cfg.ExportConfig:
-        """The config whose dims the graph's inputs have."""
+        """The config whose inputs and dims are the graph's data inputs (not its state)."""
         return self.config
+
+    def _input_spec(self, value) -> TensorSpec:
+        """A graph input's metadata: shape, dtype, profile ranges and the range of integer values
+        the runtime checks before running (dims that must be multiples are the graph's ``dim_multiples``)."""
+        ranges = self.input_ranges(value.name) or (None, None, None)
+        config = self.shape_config()
+        data = next((s for s in config.inputs if s.name == value.name), None)
+        if data is None:
+            return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges)
+        return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges, value_range=data.integer_range)
 
     def graph_spec(self, program, reference: nn.Module, dtype: str, fused: bool) -> GraphSpec:
         rename_dims(program, self.shape_config())
         graph = program.model.graph
-        inputs = []
-        for value in graph.inputs:
-            ranges = self.input_ranges(value.name)
-            inputs.append(TensorSpec(value.name, _shape(value), _dtype_name(value), *(ranges if ranges else (None, None, None))))
+        inputs = [self._input_spec(value) for value in graph.inputs]
         outputs = [TensorSpec(v.name, _shape(v), _dtype_name(v)) for v in graph.outputs]
         try:
             architecture = describe(reference)
@@ -223,7 +234,7 @@ class StepGraph(GraphBuilder):
 
     def _data_specs(self) -> list[cfg.InputSpec]:
         rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d  # noqa: E731
-        return [cfg.InputSpec(s.name, tuple(rename(d) for d in s.dims), s.dtype, s.kind, s.high) for s in self.config.inputs]
+        return [replace(s, dims=tuple(rename(d) for d in s.dims)) for s in self.config.inputs]
 
     def shape_config(self) -> cfg.ExportConfig:
         return cfg.ExportConfig(self.config.name, self._data_specs(), self.config.outputs, self._chunk_dims(), self.config.call)

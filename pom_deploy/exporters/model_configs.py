@@ -1,6 +1,6 @@
 """The export configs pom-deploy ships: one per zoo architecture (registered by decorator),
-bare PoM layers (with a mask kind and cross-mixing), a generic one for any model holding PoM
-layers, one read off a ``torch.export`` program; and ``resolve``, which picks among them."""
+bare PoM layers (with a mask kind and cross-mixing); and ``resolve``, which picks among them,
+a program's own (``programs``) and the one read from any other model (``input_reading``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ..models.zoo import BlockCausalVideoPoM, ClassConditionalDiTPoM
 from .config import (
     BATCH, MASK_KINDS, TOKENS, DimSpec, ExportConfig, InputSpec, config_from_file, register_export_config, registered_config,
 )
+from .input_reading import InputChoices, read_inputs
+from .programs import program_config
 
 
 class LayerCall(nn.Module):
@@ -89,7 +91,7 @@ def dit_config(model: ClassConditionalDiTPoM) -> ExportConfig:
         name="dit_pom",
         inputs=[
             InputSpec("image", ("batch", model.in_channels, "height", "width")),
-            InputSpec("timestep", ("batch",), kind="timestep", high=1000),
+            InputSpec("timestep", ("batch",), kind="uniform", high=1000),
             InputSpec("class_label", ("batch",), dtype="int64", kind="index", high=num_classes),
         ],
         outputs=["noise"], dims={"batch": BATCH, "height": side, "width": side},
@@ -97,81 +99,35 @@ def dit_config(model: ClassConditionalDiTPoM) -> ExportConfig:
     )
 
 
-def generic_config(model: nn.Module) -> ExportConfig:
-    """For a model that holds PoM layers but has no config: one input (batch, tokens, width),
-    the width read from the first layer that consumes the input."""
-    width = _input_width(model)
-    return ExportConfig(
-        name=type(model).__name__, inputs=[InputSpec("x", ("batch", "tokens", width))], outputs=["output"],
-        dims={"batch": BATCH, "tokens": TOKENS}, stream_dim="tokens",
-        verify_sizes=[{"batch": 3, "tokens": 37}],
-    )
-
-
-def _input_width(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            return module.in_features
-        if isinstance(module, nn.LayerNorm):
-            return module.normalized_shape[-1]
-        if isinstance(module, PoMLayer):
-            return module.dim
-    raise ExportError(f"cannot tell the input width of {type(model).__name__}: give an export config")
-
-
-def exported_program_config(program: "torch.export.ExportedProgram") -> ExportConfig:
-    """A config read off a ``torch.export`` program: its user inputs, example shapes and the
-    ranges of its symbolic dims (axis 0 is called ``batch``, axis 1 ``tokens``)."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
-    names: dict[str, str] = {}
-    dims: dict[str, DimSpec] = {}
-    inputs = []
-    for node in placeholders:
-        value = node.meta["val"]
-        shape: list[int | str] = []
-        for axis, size in enumerate(value.shape):
-            if isinstance(size, int):
-                shape.append(size)
-                continue
-            symbol = str(size.node.expr)
-            if symbol not in names:
-                name = {0: "batch", 1: "tokens"}.get(axis, f"{node.name}_{axis}")
-                names[symbol] = name if name not in dims else f"{node.name}_{axis}"
-                bounds = next((r for k, r in program.range_constraints.items() if str(k) == symbol), None)
-                low = max(1, int(bounds.lower)) if bounds is not None else 1
-                high = 16384 if bounds is None or "oo" in str(bounds.upper) else int(bounds.upper)
-                hint = size.node.hint or max(low, 2)
-                cap = BATCH.max if names[symbol] == "batch" else TOKENS.max  # a sensible default profile
-                dims[names[symbol]] = DimSpec(low, max(low, min(int(hint), high)), max(low, min(high, cap)))
-            shape.append(names[symbol])
-        kind = "float" if value.dtype.is_floating_point else "index"
-        inputs.append(InputSpec(node.name, tuple(shape), "float" if kind == "float" else str(value.dtype).split(".")[-1], kind, high=2))
-    outputs = [f"output_{i}" if i else "output" for i in range(len(program.graph_signature.user_outputs))]
-    other_sizes = {name: min(spec.max, spec.opt + 3) for name, spec in dims.items()}
-    return ExportConfig(name="torch.export program", inputs=inputs, outputs=outputs, dims=dims,
-                        verify_sizes=[other_sizes] if dims else [], dim_aliases=names)
-
-
 def resolve(model: nn.Module, config: ExportConfig | str | Path | None = None, mask: str = "none",
-            cross: bool = False) -> tuple[ExportConfig, nn.Module]:
-    """The config for ``model`` and the module to export (a bare layer gets a call wrapper)."""
+            cross: bool = False, choices: InputChoices = InputChoices()) -> tuple[ExportConfig, nn.Module]:
+    """The config for ``model`` and the module to export (a bare layer gets a call wrapper).
+    A config (file) wins over everything; then a program's own inputs, a bare layer's, a
+    registered config, and last the inputs read from the model (``input_reading``)."""
     if isinstance(config, (str, Path)):
         config = config_from_file(config)
     if config is not None:
         return config, model
+    bare = "--mask and --cross apply to a bare PoM layer; {} calls its layers itself"
     program = getattr(model, "exported_program", None)
     if program is not None:
         if mask != "none" or cross:
-            raise ExportError("--mask and --cross apply to a bare PoM layer, not to a torch.export program")
-        return exported_program_config(program), model
+            raise ExportError(bare.format("a torch.export program"))
+        if choices.declared or choices.examples:
+            raise ExportError("--input cannot change a torch.export program's inputs (its trace fixed them); --input-range can")
+        return program_config(program, choices.ranges), model
     if isinstance(model, PoMLayer):
+        if choices:
+            raise ExportError("--input and --input-range apply to models without an export config; a bare PoM layer has one")
         return layer_config(model, mask, cross)
     if mask != "none" or cross:
-        raise ExportError("--mask and --cross apply to a bare PoM layer; a model calls its layers itself")
+        raise ExportError(bare.format("a model"))
     registered = registered_config(model)
     if registered is not None:
+        if choices:
+            raise ExportError(f"{type(model).__name__} has a built-in export config; --input and --input-range apply to "
+                              "models without one (give --config to change it)")
         return registered, model
     if any(isinstance(m, PoMLayer) for m in model.modules()):
-        return generic_config(model), model
+        return read_inputs(model, choices.declared, choices.ranges, choices.examples), model
     raise ExportError(f"unsupported model {type(model).__name__}: it has no PoM layer and no export config was given")

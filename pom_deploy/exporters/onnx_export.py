@@ -3,11 +3,13 @@
 Load -> resolve the export config (``config``) -> trace (``graphs``) with
 ``torch.onnx.export(dynamo=True)`` -> optimize (``optimize``) -> add fused-op function bodies
 (``function_bodies``) and pom-deploy metadata -> save and check (``onnx_file``) -> verify in
-onnxruntime (``verify``) -> move into place. Each phase is timed (``ExportResult.seconds``). The output appears only when all of that succeeded.
+onnxruntime (``verify``) -> move into place. Each stage is timed (``ExportResult.seconds``); the
+output appears only when all of that succeeded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
@@ -30,7 +32,9 @@ from .config import ExportConfig
 from .frames import fit_frames
 from .function_bodies import add_function_bodies
 from .graphs import FullGraph, StepGraph
+from .input_reading import InputDeclaration, input_choices
 from .model_configs import resolve
+from .programs import check_program_options, exportable
 from .optimize import optimize
 from .verify import VerificationReport, verify as verify_graph
 
@@ -58,6 +62,9 @@ def export_onnx(
     output: str | Path,
     *,
     config: ExportConfig | str | Path | None = None,
+    inputs: list[str | InputDeclaration] | None = None,
+    input_ranges: list[str] | dict[str, tuple[float, float]] | None = None,
+    example_inputs: Any = None,
     architecture: dict | str | Path | None = None,
     trust_pickle: bool = False,
     dtype: str = "fp32",
@@ -75,6 +82,12 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` (a module or any file ``load_model`` reads) to ``output``.
 
+    A model without an export config gets its inputs read from it (``input_reading``);
+    ``inputs`` (``"ids:int64:batch,tokens"``, as ``--input``), ``input_ranges``
+    (``"ids:0:50257"`` or {name: (low, high)}, as ``--input-range``) and ``example_inputs``
+    (a tensor, tuple or dict of tensors, as ``torch.onnx.export`` takes them) decide or override
+    what reading cannot; ``config`` overrides everything.
+
     A step graph mixes each chunk as the model's own masks do (token- or frame-causal), so that
     any chunking equals the model; ``chunks_as_blocks`` opts in to streaming layers that see the
     whole sequence with each chunk as one block (recorded per layer in the metadata).
@@ -82,75 +95,98 @@ def export_onnx(
     Raises ``ExportError`` for bad options or models, ``VerificationError`` when onnxruntime
     disagrees with PyTorch beyond tolerance; in both cases nothing is written.
     """
-    stage = progress or (lambda name: None)
     output = Path(output)
     if opset is None:
         opset = BF16_MIN_OPSET if dtype == "bf16" else DEFAULT_OPSET
     _check_options(output, dtype, opset, force)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    stages = _Stages(progress)
 
-    stage("load")
+    with stages("load"):
+        reference = _load(model, architecture, trust_pickle, dtype)
+        choices = input_choices(reference, inputs, input_ranges, example_inputs)
+        export_config, target = resolve(reference, config, mask, cross, choices)
+        export_config = fit_frames(export_config, target)
+        torch_dtype = by_precision(dtype).torch()
+        exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
+
+    with stages("trace"):
+        builder = StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
+        program = builder.export(opset, fused_ops_enabled)
+
+    with stages("optimize"):
+        optimize(program.model)
+        fused_nodes = add_function_bodies(program, opset, dtype) if fused_ops_enabled else 0
+        spec = builder.graph_spec(program, reference, dtype, fused_nodes > 0)
+        program.model.metadata_props[METADATA_KEY] = spec.to_json()
+
+    with _staging_directory(output) as staging:
+        staged = staging / output.name
+        with stages("save"):
+            external = onnx_file.save(program, staged)
+        del program  # the graph is on disk: what verification needs in memory is onnxruntime's copy
+        with stages("check"):
+            onnx_file.check(staged)
+        report = None
+        if verify:
+            with stages("verify"):
+                report = _verified(builder, staged, target, dtype, atol, rtol, spec.fused_ops)
+        external_path = output.parent / external if external else None
+        if external:
+            os.replace(staging / external, external_path)
+        os.replace(staged, output)
+    return ExportResult(output, output.stat().st_size, spec, opset, report, stages.seconds, external_path)
+
+
+class _Stages:
+    """``with stages(name):`` reports the stage as it starts and times it into ``seconds``."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress or (lambda name: None)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.progress(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - start
+
+
+def _load(model: nn.Module | str | Path, architecture, trust_pickle: bool, dtype: str) -> nn.Module:
+    """The float32 reference module in eval mode; a ``torch.export`` program (file or object)
+    comes back as its module, the program rewritten where the torch exporter needs it."""
     if isinstance(model, (str, Path)):
         model = load_model(model, architecture=architecture, trust_pickle=trust_pickle)
     elif isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
-    reference = model if getattr(model, "exported_program", None) is not None else model.eval()  # (.eval() is refused there)
-    export_config, target = resolve(reference, config, mask, cross)
-    export_config = fit_frames(export_config, target)
-    torch_dtype = by_precision(dtype).torch()
-    exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
-    seconds["load"] = time.perf_counter() - clock
+        program, model = model, model.module()
+        model.exported_program = program
+    program = getattr(model, "exported_program", None)
+    if program is None:
+        return model.eval()
+    check_program_options(dtype)
+    exportable(program)
+    return model  # (.eval() is refused by a program's module; it is inference-only already)
 
-    stage("trace")
-    clock = time.perf_counter()
-    builder = StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
-    program = builder.export(opset, fused_ops_enabled)
-    seconds["trace"] = time.perf_counter() - clock
-
-    stage("optimize")
-    clock = time.perf_counter()
-    optimize(program.model)
-    fused_nodes = add_function_bodies(program, opset, dtype) if fused_ops_enabled else 0
-    spec = builder.graph_spec(program, reference, dtype, fused_nodes > 0)
-    program.model.metadata_props[METADATA_KEY] = spec.to_json()
-    seconds["optimize"] = time.perf_counter() - clock
-
+@contextlib.contextmanager
+def _staging_directory(output: Path):
+    """A temporary directory beside ``output``: the files are moved into place only at the end."""
     try:
-        staging_dir = tempfile.TemporaryDirectory(prefix=".pom-export-", dir=output.parent)
+        staging = tempfile.TemporaryDirectory(prefix=".pom-export-", dir=output.parent)
     except OSError as exc:
         raise ExportError(f"cannot write in {output.parent}: {exc.strerror}") from None
-    with staging_dir as staging:
-        staged = Path(staging) / output.name
-        stage("save")
-        clock = time.perf_counter()
-        external = onnx_file.save(program, staged)
-        seconds["save"] = time.perf_counter() - clock
-        del program  # the graph is on disk: what verification needs in memory is onnxruntime's copy
+    with staging as path:
+        yield Path(path)
 
-        stage("check")
-        clock = time.perf_counter()
-        onnx_file.check(staged)
-        seconds["check"] = time.perf_counter() - clock
 
-        report = None
-        if verify:
-            stage("verify")
-            clock = time.perf_counter()
-            report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=spec.fused_ops)
-            seconds["verify"] = time.perf_counter() - clock
-            if not report.passed:
-                worst = max(report.failures(), key=lambda e: e.max_absdiff)
-                raise VerificationError(
-                    f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g}, "
-                    f"max rel {worst.max_reldiff:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
-                )
-        external_path = None
-        if external:
-            external_path = output.parent / external
-            os.replace(Path(staging) / external, external_path)
-        os.replace(staged, output)
-    return ExportResult(output, output.stat().st_size, spec, opset, report, seconds, external_path)
+def _verified(builder, staged: Path, target: nn.Module, dtype: str, atol, rtol, fused: bool) -> VerificationReport:
+    report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=fused)
+    if not report.passed:
+        worst = max(report.failures(), key=lambda e: e.max_absdiff)
+        raise VerificationError(
+            f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g}, "
+            f"max rel {worst.max_reldiff:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
+        )
+    return report
 
 
 def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:

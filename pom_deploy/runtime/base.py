@@ -64,8 +64,11 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multi
     """Raise one clear error when an array does not fit an input spec.
 
     ``bound`` collects the sizes of symbolic dims across the inputs of one call, so that
-    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it;
-    ``multiples`` (the metadata's ``dim_multiples``) are sizes a dim must be a multiple of.
+    e.g. a batch of 2 in one input and 3 in another is caught before the runtime sees it. What
+    the graph cannot take as the model does is caught too: a size that is not a multiple the
+    model needs (an image side the patch does not divide: PyTorch crops, the graph fails in a
+    Reshape; a chunk that splits a block-causal model's frame) and integers outside their table
+    (a class label of -1: ONNX Gather wraps it). ``multiples`` is the metadata's ``dim_multiples``.
     """
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
@@ -81,5 +84,10 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multi
             bound[want] = got
             multiple = (multiples or {}).get(want, 1)
             if got % multiple:
-                raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got}, not a multiple of {multiple} "
-                                        f"(the model takes {want} in whole frames of {multiple})")
+                raise RuntimeInputError(f"input {spec.name!r} axis {axis} ({want}) is {got}, not a multiple of {multiple}")
+    if spec.value_range and value.size:
+        low, high = spec.value_range
+        smallest, largest = value.min(), value.max()
+        if smallest < low or largest >= high:
+            bad = smallest if smallest < low else largest
+            raise RuntimeInputError(f"input {spec.name!r} holds {bad}, outside its range [{low}, {high}) (the model indexes a table of that size)")
