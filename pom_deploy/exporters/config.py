@@ -72,6 +72,11 @@ class ExportConfig:
     step_omits: tuple[str, ...] = ()  # inputs a step graph does without (1-D positions follow the count)
     failure_hint: str = ""  # added to "the model's forward fails on the dummy input": how to give other inputs
 
+    def forward_failure(self, inputs: dict[str, torch.Tensor], exc: BaseException) -> ExportError:
+        """The one-line error for a model whose forward fails on this config's dummy inputs."""
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
+        return ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}{self.failure_hint}")
+
     def dim_values(self, which: str = "opt") -> dict[str, int]:
         index = {"min": 0, "opt": 1, "max": 2}[which]
         return {name: spec.sizes()[index] for name, spec in self.dims.items()}

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from ..errors import ExportError, PomDeployError, first_line
+from ..errors import ExportError, PomDeployError
 from ..models import functional as P
 from ..streaming import find_pom_layers, layer_masks
 from .config import DimSpec, ExportConfig
@@ -28,8 +28,7 @@ def probe_masks(model: nn.Module, config: ExportConfig, dtype: torch.dtype = tor
     except PomDeployError:
         raise
     except Exception as exc:
-        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-        raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}") from None
+        raise config.forward_failure(inputs, exc) from None
 
 
 def frame_multiple(masks: list[list]) -> int:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..architectures import describe
 from ..digests import tensors_sha256
 from ..dtypes import name_of
-from ..errors import ArchitectureError, ExportError, PomDeployError, first_line
+from ..errors import ArchitectureError, ExportError, PomDeployError
 from ..ops import fused_ops
 from ..spec import GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, stream_layers, within_chunk
@@ -72,9 +72,7 @@ class GraphBuilder:
         except PomDeployError:
             raise
         except Exception as exc:
-            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
-            raise ExportError(f"the model's forward fails on the dummy input ({shapes}): {first_line(exc)}"
-                              f"{self.config.failure_hint}") from None
+            raise self.config.forward_failure(inputs, exc) from None
         program = getattr(self.model, "exported_program", None)
         if program is not None and self.kind == "full":
             traced, args, dynamic_shapes = program, None, None  # already traced, dims and all
