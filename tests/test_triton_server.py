@@ -80,8 +80,8 @@ def test_interleaved_streams_over_http_and_grpc_equal_streaming_session(served):
     server, step_path, _ = served
     rng = np.random.default_rng(7)
     # unequal chunks of whole 8-token frames (the video model streams frame-causally: a split frame is refused)
-    sizes = {201: [8, 24, 16, 8, 40], 202: [8, 8, 16, 24, 40], 203: [8, 24, 16, 24, 8],  # HTTP
-             204: [8, 24, 16, 8, 40], 205: [16, 72, 16, 8, 40], 206: [8, 8, 8, 8, 8]}     # gRPC
+    sizes = {201: [8, 24, 16, 8, 32], 202: [8, 8, 16, 24, 32], 203: [8, 24, 16, 24, 8],  # HTTP
+             204: [8, 24, 16, 8, 32], 205: [16, 32, 16, 8, 24], 206: [8, 8, 8, 8, 8]}     # gRPC (at most MAX_CHUNK)
     chunks = {sid: [rng.standard_normal((1, n, 16)).astype(np.float32) for n in ns] for sid, ns in sizes.items()}
     results = {sid: [] for sid in sizes}
     failures: list[str] = []
@@ -106,8 +106,8 @@ def test_interleaved_streams_over_http_and_grpc_equal_streaming_session(served):
         wrong_dim.set_data_from_numpy(np.zeros((1, 4, 17), np.float32))
         wrong_type = httpclient.InferInput("tokens", [1, 4, 16], "FP64")
         wrong_type.set_data_from_numpy(np.zeros((1, 4, 16), np.float64))
-        never_started = httpclient.InferInput("tokens", [1, 4, 16], "FP32")
-        never_started.set_data_from_numpy(np.zeros((1, 4, 16), np.float32))
+        never_started = httpclient.InferInput("tokens", [1, 8, 16], "FP32")
+        never_started.set_data_from_numpy(np.zeros((1, 8, 16), np.float32))
         for call in (lambda: grpc.infer("video_step", [wrong_dim], sequence_id=299, sequence_start=True, client_timeout=CLIENT_TIMEOUT_S),
                      lambda: http.infer("video_step", [wrong_type], sequence_id=298, sequence_start=True),
                      lambda: http.infer("video_step", [never_started], sequence_id=297)):
@@ -145,7 +145,7 @@ def test_string_and_large_integer_ids_are_separate_streams_over_http_and_grpc(se
     ids = ["cam-1", "cam-2", "stream_000001", "stream_000002", 424242, "424242", 2**64 - 1, 2**64 - 2]
     steps = 4
     rng = np.random.default_rng(11)
-    chunks = {sid: [rng.standard_normal((1, 4, 16)).astype(np.float32) for _ in range(steps)] for sid in ids}
+    chunks = {sid: [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(steps)] for sid in ids}
     http = make_client("http", server.http_url, CLIENT_TIMEOUT_S)[1]
     grpc = make_client("grpc", server.grpc_url, CLIENT_TIMEOUT_S)[1]
     results = {sid: [] for sid in ids}
@@ -174,11 +174,12 @@ def _tokens(module, chunk):
 def test_empty_and_oversized_chunks_are_refused_alone_and_leave_the_stream_untouched(served):
     server, step_path, _ = served
     rng = np.random.default_rng(5)
-    chunks = [rng.standard_normal((1, n, 16)).astype(np.float32) for n in (3, 5, 2)]
+    chunks = [rng.standard_normal((1, n, 16)).astype(np.float32) for n in (8, 24, 16)]
     for protocol, url, sid in (("http", server.http_url, 601), ("grpc", server.grpc_url, 602)):
         send = make_client(protocol, url, CLIENT_TIMEOUT_S)[1]
         outputs = [send("video_step", chunks[0], sid, True, False)]
         for bad, message in ((np.zeros((1, 0, 16), np.float32), "a chunk needs at least one token"),
+                             (np.ones((1, 12, 16), np.float32), "a chunk of 12 tokens splits a frame: this model streams whole frames of 8"),
                              (np.ones((1, MAX_CHUNK + 1, 16), np.float32), f"more than this model takes in one request ({MAX_CHUNK}")):
             with pytest.raises(InferenceServerException, match=re.escape(message)):
                 send("video_step", bad, sid, False, False)
@@ -196,7 +197,7 @@ def test_a_timed_out_or_repeated_step_is_applied_once_and_gaps_and_second_writer
     step is applied; its retry (same step number) is answered from the stored result, not applied again."""
     server, step_path, _ = served
     rng = np.random.default_rng(9)
-    chunks = [rng.standard_normal((1, 6, 16)).astype(np.float32) for _ in range(4)]
+    chunks = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(4)]
     expected = reference_stream(step_path, chunks)
     for protocol, url, sid in (("grpc", server.grpc_url, 701), ("http", server.http_url, 702)):
         send = make_client(protocol, url, CLIENT_TIMEOUT_S)[1]
@@ -221,7 +222,7 @@ def test_a_second_start_on_a_live_id_restarts_the_stream(served):
     """Triton hands a START for an open id to the model as a START: the stream begins again (documented)."""
     server, step_path, _ = served
     rng = np.random.default_rng(13)
-    chunks = [rng.standard_normal((1, 4, 16)).astype(np.float32) for _ in range(2)]
+    chunks = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(2)]
     send = make_client("grpc", server.grpc_url, CLIENT_TIMEOUT_S)[1]
     send("video_step", chunks[0], 801, True, False)
     restarted = send("video_step", chunks[1], 801, True, True)
@@ -306,7 +307,7 @@ def test_starts_admitted_from_the_backlog_are_never_refused(cli_server):
     _, grpc_url, step_path = cli_server
     send = make_client("grpc", grpc_url, CLIENT_TIMEOUT_S)[1]
     rng = np.random.default_rng(17)
-    chunks = [rng.standard_normal((1, 4, 16)).astype(np.float32) for _ in range(3)]
+    chunks = [rng.standard_normal((1, 8, 16)).astype(np.float32) for _ in range(3)]
     for sid in (901, 902):
         send("video_step", chunks[0], sid, True, False)  # left open: Triton times them out
     time.sleep(0.5)  # Triton ages a START from its arrival: one that waited past the idle timeout would be timed out in turn

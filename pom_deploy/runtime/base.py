@@ -60,6 +60,20 @@ def backend_class(path, kind: str | None, default: str) -> type[Backend]:
     return next((cls for cls in BACKENDS.values() if path.suffix in cls.suffixes), BACKENDS[default])
 
 
+def chunk_multiple(spec: GraphSpec) -> int:
+    """A step graph's chunks are whole frames of this many tokens (a block-causal model's frame; 1: any)."""
+    return next((spec.dim_multiples[d] for d in spec.data_inputs[0].shape if d in spec.dim_multiples), 1)
+
+
+def check_whole_frames(spec: GraphSpec, chunk: np.ndarray) -> None:
+    """Refuse a chunk that splits a frame: no step of it can equal the model's block-causal forward."""
+    multiple = chunk_multiple(spec)
+    axis = next((a for a, d in enumerate(spec.data_inputs[0].shape) if isinstance(d, str) and d != "batch"), None)
+    if multiple > 1 and axis is not None and chunk.ndim > axis and chunk.shape[axis] % multiple:
+        raise RuntimeInputError(f"a chunk of {chunk.shape[axis]} tokens splits a frame: this model streams whole frames "
+                                f"of {multiple} tokens")
+
+
 def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multiples: dict[str, int] | None = None) -> None:
     """Raise one clear error when an array does not fit an input spec.
 

@@ -13,7 +13,7 @@ from ..digests import tensors_sha256
 from ..errors import PomDeployWarning, RuntimeInputError, first_line
 from ..outputs import atomic_output
 from ..spec import GraphSpec, TensorSpec
-from .base import Backend, check_feed
+from .base import Backend, check_feed, check_whole_frames, chunk_multiple
 
 STATE_FINGERPRINT_KEY = "__pom_deploy_model__"
 STATE_DIGEST_KEY = "__pom_deploy_state_sha256__"  # in state files: the digest of every other array
@@ -60,8 +60,7 @@ class StreamingSession:
             raise RuntimeInputError(f"{getattr(backend, 'path', 'this graph')} is not a pom-deploy step graph (export it with --step)")
         self.backend, self.spec = backend, spec
         self.chunk_input = spec.data_inputs[0]
-        # chunks of whole frames (a block-causal model's frame size; 1: any number of tokens)
-        self.chunk_multiple = next((spec.dim_multiples[d] for d in self.chunk_input.shape if d in spec.dim_multiples), 1)
+        self.chunk_multiple = chunk_multiple(spec)
         self.output_name = spec.outputs[0].name
         self._state: dict[str, Any] | None = None
         self.batch: int | None = None
@@ -135,12 +134,6 @@ class StreamingSession:
 
     # -- stepping ----------------------------------------------------------------------
 
-    def _check_whole_frames(self, chunk: np.ndarray) -> None:
-        axis = next((a for a, d in enumerate(self.chunk_input.shape) if isinstance(d, str) and d != "batch"), None)
-        if self.chunk_multiple > 1 and axis is not None and chunk.ndim > axis and chunk.shape[axis] % self.chunk_multiple:
-            raise RuntimeInputError(f"a chunk of {chunk.shape[axis]} tokens splits a frame: this model streams whole frames "
-                                    f"of {self.chunk_multiple} tokens")
-
     def step(self, chunk: np.ndarray, **extra: np.ndarray) -> np.ndarray:
         if 0 in np.shape(chunk):  # the state's mean would become 0/0: NaN for the rest of the stream
             raise RuntimeInputError(f"chunk has shape {tuple(np.shape(chunk))}: a step needs at least one token of at least one stream")
@@ -150,7 +143,7 @@ class StreamingSession:
         elif batch != self.batch:
             raise RuntimeInputError(f"chunk has batch {batch} but the session carries {self.batch} streams; reset() to change it")
         feeds = {self.chunk_input.name: chunk, **extra}
-        self._check_whole_frames(chunk)
+        check_whole_frames(self.spec, chunk)
         _check_inputs(self.spec.data_inputs, feeds, self.spec.dim_multiples)
         outputs, kept = self.backend.run_keep_on_device({**feeds, **self._state}, self.spec.state_output_names)
         self._state = {self.spec.past_of[name]: value for name, value in kept.items()}

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..digests import tensors_sha256
 from ..errors import PomDeployError, RuntimeInputError, first_line
+from ..runtime.base import check_whole_frames
 from ..spec import GraphSpec, TensorSpec
 from .sequences import SequenceError, SequenceStore, Stream, step_number
 
@@ -131,6 +132,7 @@ class TritonPythonModel:
         check_chunk(self.chunk, inputs[self.chunk.name], self.max_chunk)
         if self.spec.kind != "step":
             return Request(request, inputs)
+        check_whole_frames(self.spec, inputs[self.chunk.name])
         if request.is_cancelled():
             raise CancelledError(CANCELLED)
         control = {name: bool(self.pb.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)[0]) for name in ("START", "END")}
