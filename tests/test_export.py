@@ -110,6 +110,8 @@ def test_layer_mask_kinds_match_torch(tmp_path, kind, mask, cross):
         with torch.no_grad():
             expected = _call_layer(layer, mask, feeds).numpy()
         np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
+    # docs/tensorrt.md's CumSum table: one for a token-causal layer (with or without RoPE), none otherwise
+    assert _ops(result.path).count("CumSum") == (1 if mask == "causal" else 0)
 
 
 def _relative_to_peak(actual, expected):
@@ -221,6 +223,7 @@ def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path
     onnx.checker.check_model(str(result.path), full_check=True)
     ops = _ops(result.path)
     assert ops.count("PolyAggregate") == len(find_pom_layers(model)) == 2 and "CumSum" not in ops
+    assert set(_function_cumsums(result.path).values()) == {0}  # nor do their function bodies
     assert result.spec.fused_ops and result.spec.decomposed_layers == []
     nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "PolyAggregate"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
@@ -244,7 +247,8 @@ def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path
             assert _relative_to_peak(_run(session, tokens=x.half()), expected) <= FP16_RELATIVE_TO_PEAK
 
 
-@pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "padding")])
+@pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "causal"),
+                                          (True, "padding")])
 def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
     """Against PyTorch (and so, within twice the tolerance, against the decomposed export, which
     test_layer_mask_kinds_match_torch checks against PyTorch for the same RoPE layers)."""
@@ -266,6 +270,39 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
         with torch.no_grad():
             expected = layer(x, mask="causal" if mask == "causal" else call.pop("mask", None), **call).numpy()
         np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
+
+
+class _TwoTokenCausalLayers(nn.Module):
+    """Two token-causal PoM layers, the second with 1-D RoPE (positions 0..N-1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.plain = spread_coefficients(PoMv2(16, 2, 2, 1, 4))
+        self.rotary = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4))
+
+    def forward(self, x):
+        x = x + self.plain(x, mask="causal")
+        return x + self.rotary(x, mask="causal")
+
+
+def _function_cumsums(path) -> dict[str, int]:
+    return {f.overload: [n.op_type for n in f.node].count("CumSum") for f in onnx.load(str(path)).functions}
+
+
+def test_cumsum_counts_are_those_of_the_tensorrt_docs(tmp_path, exported_video, exported_dit):
+    """docs/tensorrt.md's CumSum table. Without fused ops: none in block-causal frames (video full),
+    step graphs or the DiT, one per token-causal PoM layer with or without RoPE (and none in the
+    mean and masked modes: test_layer_mask_kinds_match_torch). With fused ops: none in the graph;
+    the token-causal function bodies have one each (block-causal ones none:
+    test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum)."""
+    full, step = exported_video
+    assert "CumSum" not in _ops(full.path) + _ops(step.path) + _ops(exported_dit[1].path)
+    model = _TwoTokenCausalLayers().eval()
+    plain = export_onnx(model, tmp_path / "causal.onnx", verify=False)  # the values: test_layer_mask_kinds_match_torch
+    assert _ops(plain.path).count("CumSum") == 2
+    fused = export_onnx(model, tmp_path / "causal.fused.onnx", fused_ops_enabled=True, verify=False)
+    assert _ops(fused.path).count("PolyAggregate") == 2 and "CumSum" not in _ops(fused.path)
+    assert _function_cumsums(fused.path) == {"v2_causal_k2_fp32": 1, "v2_causal_rope1d_k2_fp32": 1}
 
 
 def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
