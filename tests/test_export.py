@@ -207,12 +207,18 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
         assert {(f.name, f.overload) for f in model.functions} == {("PolyAggregate", nodes[0].overload)}
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
         assert attrs["plugin_version"] == b"1" and attrs["degree"] == 3 and attrs["variant"] == b"v2"
+        assert "CumSum" not in _ops(fused.path) and _function_cumsums(fused.path) == {nodes[0].overload: int(kind == "causal")}
         feeds = {"xq": x} if kind != "padding" else {"xq": x, "mask": mask}
         np.testing.assert_allclose(_run(_ort(fused.path), **feeds), _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
 
 
 def _ops(path):
     return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def _function_cumsums(path) -> dict[str, int]:
+    """CumSum nodes in each function body (by overload) of an exported file."""
+    return {f.overload: [n.op_type for n in f.node].count("CumSum") for f in onnx.load(str(path)).functions}
 
 
 @pytest.mark.parametrize("name,step", [("video_pom", False), ("video_pom", True), ("dit_pom", False)])
@@ -256,6 +262,7 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
     fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops_enabled=True)
     onnx.checker.check_model(str(fused.path), full_check=True)
     assert _ops(fused.path).count("PolyAggregate") == 1 and fused.spec.decomposed_layers == []
+    assert "CumSum" not in _ops(fused.path) and list(_function_cumsums(fused.path).values()) == [int(mask == "causal")]
     key = "positions_hw" if rope_2d else "positions"
     session = _ort(fused.path)
     for batch, tokens in ((1, 3), (2, 21), (3, 40)):
@@ -272,37 +279,15 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
         np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
 
 
-class _TwoTokenCausalLayers(nn.Module):
-    """Two token-causal PoM layers, the second with 1-D RoPE (positions 0..N-1)."""
-
-    def __init__(self):
-        super().__init__()
-        self.plain = spread_coefficients(PoMv2(16, 2, 2, 1, 4))
-        self.rotary = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4))
-
-    def forward(self, x):
-        x = x + self.plain(x, mask="causal")
-        return x + self.rotary(x, mask="causal")
-
-
-def _function_cumsums(path) -> dict[str, int]:
-    return {f.overload: [n.op_type for n in f.node].count("CumSum") for f in onnx.load(str(path)).functions}
-
-
-def test_cumsum_counts_are_those_of_the_tensorrt_docs(tmp_path, exported_video, exported_dit):
-    """docs/tensorrt.md's CumSum table. Without fused ops: none in block-causal frames (video full),
-    step graphs or the DiT, one per token-causal PoM layer with or without RoPE (and none in the
-    mean and masked modes: test_layer_mask_kinds_match_torch). With fused ops: none in the graph;
-    the token-causal function bodies have one each (block-causal ones none:
-    test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum)."""
+def test_cumsum_counts_are_those_of_the_tensorrt_docs(exported_video, exported_dit):
+    """docs/tensorrt.md's CumSum table, without fused ops: none in block-causal frames (video full),
+    step graphs or the DiT. The rest of the table is checked where those graphs are exported: one
+    per token-causal layer, with or without RoPE, and none in the other modes
+    (test_layer_mask_kinds_match_torch); with fused ops none in any graph, one in the token-causal
+    function bodies and none in the others (test_fused_and_decomposed_exports_agree,
+    test_fused_rope_layers_match_pytorch, test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum)."""
     full, step = exported_video
     assert "CumSum" not in _ops(full.path) + _ops(step.path) + _ops(exported_dit[1].path)
-    model = _TwoTokenCausalLayers().eval()
-    plain = export_onnx(model, tmp_path / "causal.onnx", verify=False)  # the values: test_layer_mask_kinds_match_torch
-    assert _ops(plain.path).count("CumSum") == 2
-    fused = export_onnx(model, tmp_path / "causal.fused.onnx", fused_ops_enabled=True, verify=False)
-    assert _ops(fused.path).count("PolyAggregate") == 2 and "CumSum" not in _ops(fused.path)
-    assert _function_cumsums(fused.path) == {"v2_causal_k2_fp32": 1, "v2_causal_rope1d_k2_fp32": 1}
 
 
 def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
