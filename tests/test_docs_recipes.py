@@ -11,9 +11,10 @@ export command that an earlier page ran with the same inputs has its files copie
 exporting again (the test's cost). Synopsis lines run without their ``[optional]`` parts.
 
 Not run, with the reason printed: installs, the test suite itself, benchmarks, and what needs
-TensorRT, Docker or a GPU. ``pom-deploy serve`` starts once per run, in docs/serving.md's opening
-recipe (on free ports on 127.0.0.1, stopped with SIGTERM as its docs say, killed if it does not
-stop); the README's ``serve`` serves a subset of that repository's kinds of model.
+TensorRT, Docker or a GPU. The commands run through their entry points' ``main()`` in this
+process, except ``pom-deploy serve``: it starts once per run, as a process, in docs/serving.md's
+opening recipe (on free ports on 127.0.0.1, stopped with SIGTERM as its docs say, killed if it does
+not stop); the README's ``serve`` serves a subset of that repository's kinds of model.
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def without_optional(words: list[str]) -> list[str]:
     return kept
 
 
+def chained(words: list[str]) -> list[list[str]]:
+    """The commands of ``a && b``, run in turn."""
+    parts = [[]]
+    for word in words:
+        if word == "&&":
+            parts.append([])
+        else:
+            parts[-1].append(word)
+    return parts
+
+
 def promised_files(comment: str) -> list[str]:
     """The files a comment says the command writes (``-> model.onnx``)."""
     return [m.rstrip(",;)") for m in re.findall(r"->\s*(\S+)", comment)]
@@ -112,6 +124,7 @@ class RecipeRunner:
         self.exports: dict[tuple[str, ...], dict[str, Path]] = {}  # pom-export command -> the files it wrote
         self.pages: dict[str, list[tuple[str, str]]] = {}  # page -> (command, what happened)
         self.failed: dict[str, str] = {}  # page -> why its recipes failed
+        # for the one command run as a process (serve): this checkout's package, one thread per onnxruntime session
         self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
                     "OMP_NUM_THREADS": "1"}
 
@@ -143,8 +156,7 @@ class RecipeRunner:
                 log.append((text, f"not run: {reason}"))
                 continue
             ran.add(text)
-            parts = " ".join(words).split(" && ")  # a chain runs its commands in turn
-            log.append((text, "; ".join(self._run(shlex.split(part), folder) for part in parts)))
+            log.append((text, "; ".join(self._run(part, folder) for part in chained(words))))
             for name in promised_files(comment):
                 assert (folder / name).exists(), f"{page}: `{text}` says it writes {name}; it did not"
         return log
@@ -158,12 +170,20 @@ class RecipeRunner:
             for name, source in self.exports[key].items():
                 shutil.copy(source, folder / name)
             return "its files copied from the same export on an earlier page"
-        command = [sys.executable, "-c", f"import sys; from pom_deploy.cli.{CLI[words[0]]} import main; sys.exit(main())", *words[1:]]
         if words[:2] == ["pom-deploy", "serve"]:
+            command = [sys.executable, "-c", "import sys; from pom_deploy.cli.deploy import main; sys.exit(main())", *words[1:]]
             return serve_once(command, folder, self.env)
         before = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
-        result = subprocess.run(command, cwd=folder, env=self.env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"`{shlex.join(words)}` failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        # The entry point's own main() in this process (its printed output is in pytest's report):
+        # the same code as the installed command, without a new interpreter and imports per command.
+        main = importlib.import_module(f"pom_deploy.cli.{CLI[words[0]]}").main
+        cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            code = main(words[1:])
+        finally:
+            os.chdir(cwd)
+        assert code == 0, f"`{shlex.join(words)}` failed with exit code {code} (its output is in the captured stdout/stderr)"
         new = {p for p in folder.rglob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns}
         for path in new:
             self.written.setdefault(str(path.relative_to(folder)), path)
