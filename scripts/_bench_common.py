@@ -223,6 +223,27 @@ def ms_or_na(seconds: float | None) -> str:
     return "n/a" if seconds is None else ms(seconds)
 
 
+def plot_path(requested: str | None, quick: bool, work: Path, figure: str) -> Path | None:
+    """Where a run's PNG plot goes: ``requested`` ('' for none); else, for a full run, the docs'
+    own figure docs/img/<figure>, and for a ``--quick`` run the run's work dir: a smoke run's
+    numbers are not for the docs, so it never overwrites the page's figures."""
+    if requested is not None:
+        return Path(requested) if requested else None
+    return (work if quick else REPO / "docs" / "img") / figure
+
+
+def require_matplotlib(plot_requested: bool) -> None:
+    """Stop with one line, before minutes of measuring, when a plot is asked for and
+    matplotlib (the ``bench`` extra) is not installed."""
+    if not plot_requested:
+        return
+    try:
+        import matplotlib  # noqa: F401  (only whether it imports)
+    except ModuleNotFoundError:
+        raise SystemExit("error: the plot needs matplotlib, the 'bench' extra: pip install -e '.[bench]' "
+                         "(or --plot '' for no plot)") from None
+
+
 def save_figure(fig, path) -> None:
     """Lay out and write a matplotlib figure as the docs' PNGs are written (110 dpi)."""
     fig.tight_layout()

@@ -63,8 +63,9 @@ def parse_args():
                    "contender (default: find_ort_ops_library(): $POM_DEPLOY_ORT_OPS, the user folder, pom_deploy/lib/, build/plugins/)")
     p.add_argument("--no-ort-ops", action="store_true", help="no ort+kernel contender, even if the library is found")
     p.add_argument("--json", default=None, help="results JSON (default: <work-dir>/bench_export.json)")
-    p.add_argument("--plot", default=None, help="PNG plot path ('' for none; default: docs/img/bench_export_latency.png, "
-                   "none with --quick, whose numbers are not for the docs)")
+    p.add_argument("--plot", default=None, help="PNG plot path ('' for none; needs matplotlib, the 'bench' extra; default: "
+                   "docs/img/bench_export_latency.png, with --quick <work-dir>/bench_export_latency.png: a smoke run's "
+                   "numbers are not for the docs)")
     p.add_argument("--spin", action="store_true", help="keep the runtimes' spin-waiting idle threads (default: both block; "
                    "onnxruntime session.intra_op.allow_spinning=0 and OMP_WAIT_POLICY=PASSIVE for torch)")
     p.add_argument("--work-dir", default=None, help="where ONNX files and profiles go (default: a temporary directory)")
@@ -76,6 +77,7 @@ def parse_args():
 
 def main():
     args = parse_args()
+    C.require_matplotlib(args.plot != "" and not args.variants)  # --variants draws no plot
     C.configure_waiting(args.spin)
     C.set_threads(args.threads)  # before torch is imported (the steps below import it)
     settings = QUICK if args.quick else FULL
@@ -108,13 +110,10 @@ def main():
     json_path = Path(args.json) if args.json else work / "bench_export.json"
     C.write_json(json_path, results)
     out.print(f"results: {json_path}")
-    plot_path = args.plot if args.plot is not None else "" if args.quick else str(C.REPO / "docs" / "img" / "bench_export_latency.png")
+    plot_path = C.plot_path(args.plot, args.quick, work, "bench_export_latency.png")
     if plot_path:
-        try:
-            plot(results, plot_path)
-            out.print(f"plot: {plot_path}")
-        except ModuleNotFoundError as exc:  # matplotlib is the "bench" extra
-            out.print(f"plot skipped: {exc} (pip install -e '.[bench]')")
+        plot(results, plot_path)
+        out.print(f"plot: {plot_path}")
 
 
 def ort_ops_library(args, out) -> Path | None:

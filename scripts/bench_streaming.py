@@ -52,7 +52,9 @@ def parse_args():
     p.add_argument("--numerics-steps", type=int, default=None, help="running-mean steps for the numerics check (default 100000)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", default=None, help="results JSON (default: <work-dir>/bench_streaming.json)")
-    p.add_argument("--plot", default=str(C.REPO / "docs" / "img" / "bench_streaming.png"), help="PNG plot path ('' for none)")
+    p.add_argument("--plot", default=None, help="PNG plot path ('' for none; needs matplotlib, the 'bench' extra; default: "
+                   "docs/img/bench_streaming.png, with --quick <work-dir>/bench_streaming.png: a smoke run's numbers are not "
+                   "for the docs)")
     p.add_argument("--spin", action="store_true", help="keep the runtimes' spin-waiting idle threads (default: both block; "
                    "onnxruntime session.intra_op.allow_spinning=0 and OMP_WAIT_POLICY=PASSIVE for torch)")
     p.add_argument("--work-dir", default=None)
@@ -245,6 +247,7 @@ def numerics_step_graph(steps: int, work: Path, threads: int, seed: int = 0) -> 
 
 def main():
     args = parse_args()
+    C.require_matplotlib(args.plot != "")
     C.configure_waiting(args.spin)
     C.set_threads(args.threads)  # before torch is imported (the steps below import it)
     import numpy as np
@@ -283,9 +286,10 @@ def main():
     json_path = Path(args.json) if args.json else work / "bench_streaming.json"
     C.write_json(json_path, results)
     out.print(f"results: {json_path}; total {results['total_seconds']:.0f} s")
-    if args.plot:
-        plot(results, args.plot)
-        out.print(f"plot: {args.plot}")
+    plot_path = C.plot_path(args.plot, args.quick, work, "bench_streaming.png")
+    if plot_path:
+        plot(results, plot_path)
+        out.print(f"plot: {plot_path}")
 
 
 def random_frame(rng):

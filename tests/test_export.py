@@ -126,6 +126,8 @@ def test_layer_mask_kinds_match_torch(tmp_path, kind, mask, cross):
         with torch.no_grad():
             expected = _call_layer(layer, mask, feeds).numpy()
         np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
+    # docs/tensorrt.md's CumSum table: one for a token-causal layer (with or without RoPE), none otherwise
+    assert _ops(result.path).count("CumSum") == (1 if mask == "causal" else 0)
 
 
 def _relative_to_peak(actual, expected):
@@ -221,12 +223,18 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
         assert {(f.name, f.overload) for f in model.functions} == {("PolyAggregate", nodes[0].overload)}
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
         assert attrs["plugin_version"] == b"1" and attrs["degree"] == 3 and attrs["variant"] == b"v2"
+        assert "CumSum" not in _ops(fused.path) and _function_cumsums(fused.path) == {nodes[0].overload: int(kind == "causal")}
         feeds = {"xq": x} if kind != "padding" else {"xq": x, "mask": mask}
         np.testing.assert_allclose(_run(_ort(fused.path), **feeds), _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
 
 
 def _ops(path):
     return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def _function_cumsums(path) -> dict[str, int]:
+    """CumSum nodes in each function body (by overload) of an exported file."""
+    return {f.overload: [n.op_type for n in f.node].count("CumSum") for f in onnx.load(str(path)).functions}
 
 
 @pytest.mark.parametrize("name,step", [("video_pom", False), ("video_pom", True), ("dit_pom", False)])
@@ -237,6 +245,7 @@ def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path
     onnx.checker.check_model(str(result.path), full_check=True)
     ops = _ops(result.path)
     assert ops.count("PolyAggregate") == len(find_pom_layers(model)) == 2 and "CumSum" not in ops
+    assert set(_function_cumsums(result.path).values()) == {0}  # nor do their function bodies
     assert result.spec.fused_ops and result.spec.decomposed_layers == []
     nodes = [n for n in onnx.load(str(result.path)).graph.node if n.op_type == "PolyAggregate"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
@@ -260,7 +269,8 @@ def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path
             assert _relative_to_peak(_run(session, tokens=x.half()), expected) <= FP16_RELATIVE_TO_PEAK
 
 
-@pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "padding")])
+@pytest.mark.parametrize("rope_2d,mask", [(False, "none"), (False, "causal"), (False, "padding"), (True, "none"), (True, "causal"),
+                                          (True, "padding")])
 def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
     """Against PyTorch (and so, within twice the tolerance, against the decomposed export, which
     test_layer_mask_kinds_match_torch checks against PyTorch for the same RoPE layers)."""
@@ -268,6 +278,7 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
     fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops_enabled=True)
     onnx.checker.check_model(str(fused.path), full_check=True)
     assert _ops(fused.path).count("PolyAggregate") == 1 and fused.spec.decomposed_layers == []
+    assert "CumSum" not in _ops(fused.path) and list(_function_cumsums(fused.path).values()) == [int(mask == "causal")]
     key = "positions_hw" if rope_2d else "positions"
     session = _ort(fused.path)
     for batch, tokens in ((1, 3), (2, 21), (3, 40)):
@@ -282,6 +293,17 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
         with torch.no_grad():
             expected = layer(x, mask="causal" if mask == "causal" else call.pop("mask", None), **call).numpy()
         np.testing.assert_allclose(_run(session, **feeds), expected, atol=LAYER_ATOL, rtol=0)
+
+
+def test_cumsum_counts_are_those_of_the_tensorrt_docs(exported_video, exported_dit):
+    """docs/tensorrt.md's CumSum table, without fused ops: none in block-causal frames (video full),
+    step graphs or the DiT. The rest of the table is checked where those graphs are exported: one
+    per token-causal layer, with or without RoPE, and none in the other modes
+    (test_layer_mask_kinds_match_torch); with fused ops none in any graph, one in the token-causal
+    function bodies and none in the others (test_fused_and_decomposed_exports_agree,
+    test_fused_rope_layers_match_pytorch, test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum)."""
+    full, step = exported_video
+    assert "CumSum" not in _ops(full.path) + _ops(step.path) + _ops(exported_dit[1].path)
 
 
 def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):

@@ -4,6 +4,7 @@ code), so that onnxruntime runs a fused file without any plugin."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -58,6 +59,15 @@ def add_function_bodies(program, opset: int, dtype: str) -> int:
 
 
 def _function_body(key: tuple, dtype: torch.dtype, opset: int, overload: str) -> onnx.FunctionProto:
+    """The body for these arguments, a copy the caller may change: a trace takes seconds, and the
+    body depends on nothing else, so each is traced once per process (repeated and test exports)."""
+    body = onnx.FunctionProto()
+    body.CopyFrom(_traced_function_body(key, dtype, opset, overload))
+    return body
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_function_body(key: tuple, dtype: torch.dtype, opset: int, overload: str) -> onnx.FunctionProto:
     """Trace the decomposed op with the torch exporter and wrap its graph as a FunctionProto."""
     variant, degree, mode, frame_tokens, rope = key
     channel_multiple = degree if variant == "v1" else {"none": 1, "1d": 2, "2d": 4}[rope]
