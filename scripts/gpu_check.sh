@@ -95,6 +95,9 @@ else
     nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" \
         ${INCLUDES[@]+"${INCLUDES[@]}"} "${SOURCES[@]}" -ldl -o "${BUILD}/libpom_deploy_plugins.so"
     if [[ "${WITH_TRT}" == ON ]]; then
+        nvcc -std=c++17 -O2 -shared -Xcompiler -fPIC,-fvisibility=hidden -I "${ROOT}/plugins/poly_aggregate" \
+            "${INCLUDES[@]}" "${ROOT}/plugins/poly_aggregate/polyAggregateAutoRegister.cpp" -L"${BUILD}" \
+            -lpom_deploy_plugins -ldl -Xlinker -rpath,'$ORIGIN' -o "${BUILD}/libpom_deploy_plugins_autoregister.so"
         nvcc -std=c++17 -O2 -I "${ROOT}/plugins/poly_aggregate" "${INCLUDES[@]}" \
             "${ROOT}/plugins/tests/polyAggregatePluginHostTest.cpp" -L"${BUILD}" -lpom_deploy_plugins \
             -Xlinker -rpath,"${BUILD}" -o "${BUILD}/poly_aggregate_plugin_host_test"

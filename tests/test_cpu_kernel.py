@@ -38,7 +38,9 @@ from pom_deploy.ops import ort_ops
 from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.runtime import load
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
-from test_plugin_poly_aggregate import CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation
+from test_plugin_poly_aggregate import (
+    CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation, nan_propagates_as_in_the_oracle,
+)
 from tolerances import FP16_RELATIVE_TO_PEAK, MODEL_ATOL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +85,13 @@ def test_kernel_matches_oracle(kernel_lib, shape, variant, mode, dtype):
 def test_kernel_rope_and_frames_match_oracle(kernel_lib, case):
     y, check = _run_extended(kernel_lib, case, abi.run_cpu_kernel)
     check(y)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+def test_kernel_propagates_nan_as_the_oracle(kernel_lib, variant, mode, dtype):
+    nan_propagates_as_in_the_oracle(kernel_lib, abi.run_cpu_kernel, variant, mode, dtype)
 
 
 def test_masked_fractional_weights_empty_mask_and_no_tokens(kernel_lib):

@@ -8,7 +8,6 @@ has 10.3) the function is removed from the model before parsing when the plugin 
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 
@@ -93,26 +92,21 @@ def strip_local_function(model: onnx.ModelProto) -> bool:
 def load_plugin_library(path: str | Path, trt) -> str:
     """Load the library so that TensorRT finds ``PolyAggregate``; returns how it was loaded.
 
-    A library that registers its creators when loaded (``REGISTER_TENSORRT_PLUGIN``) works with
-    a plain dlopen; one that exports ``getCreators`` needs the registry's ``load_library``.
-    Both are tried, dlopen first.
+    Through the registry's ``load_library`` (``IPluginRegistry::loadLibrary``), the one way the
+    pom library hands out its creator (``getCreators``), so that the registry owns it and a
+    version-compatible engine's lean runtime can load its embedded copy the same way.
     """
     path = str(Path(path).resolve())
     registry = trt.get_plugin_registry()
     if _registered(registry):
         return "already loaded"
-    try:
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as exc:
-        raise PluginError(f"cannot load plugin library {path}: {exc} (built for another TensorRT/CUDA?)") from None
-    if _registered(registry):
-        return "dlopen"
     handle = registry.load_library(path)
     if handle is not None and _registered(registry):
         return "load_library"
     raise PluginError(
         f"{path} loaded but registers no {PLUGIN_NAME} plugin (version {PLUGIN_VERSION}, namespace {PLUGIN_NAMESPACE!r}); "
-        "is it the pom plugin library built with TensorRT's headers (cmake -DPOM_WITH_TENSORRT=ON) for this TensorRT?"
+        "is it the pom plugin library built with TensorRT's headers (cmake -DPOM_WITH_TENSORRT=ON) for this TensorRT, "
+        "and are its CUDA runtime and TensorRT versions the ones installed here?"
     )
 
 
