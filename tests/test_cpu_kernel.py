@@ -175,7 +175,7 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     junk = tmp_path / ort_ops.LIBRARY_NAME
     junk.write_bytes(b"not a shared library")
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
-    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops=True, verify=False)
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "plain.onnx")
@@ -187,8 +187,8 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
         OnnxRuntimeBackend(fused.path)
     with pytest.raises(ExportError, match="cannot verify with the PolyAggregate CPU kernel"):
-        _verification_sessions(fused.path, fused=True)
-    assert len(_verification_sessions(fused.path, fused=False)) == 1  # not fused: the library is not looked for
+        _verification_sessions(fused.path, fused_ops=True)
+    assert len(_verification_sessions(fused.path, fused_ops=False)) == 1  # not fused: the library is not looked for
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, "none")
     with pytest.raises(ModelLoadError, match="no PolyAggregate custom-op library found"):
         OnnxRuntimeBackend(fused.path, ort_ops=True)
@@ -227,7 +227,7 @@ def test_layer_runs_the_kernel_and_matches_pytorch(tmp_path, ort_ops_library):
     layer = PoMv2(64, 3, 2, 1, 8).eval()
     with torch.no_grad():
         layer.po_coeff.uniform_(-0.5, 0.5)
-    result = export_onnx(layer, tmp_path / "layer.onnx", fused_ops_enabled=True)
+    result = export_onnx(layer, tmp_path / "layer.onnx", fused_ops=True)
     session = _session(result.path, ort_ops_library, profile=True)
     x = torch.randn(2, 300, 64)
     actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -242,7 +242,7 @@ def test_masked_and_causal_layers_run_the_kernel(tmp_path, ort_ops_library, mask
     layer = PoMv2(32, 2, 2, 1, 4).eval()
     with torch.no_grad():
         layer.po_coeff.uniform_(-0.5, 0.5)
-    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, fused_ops_enabled=True, verify=False)
+    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, fused_ops=True, verify=False)
     session = _session(result.path, ort_ops_library, profile=True)
     x = torch.randn(3, 40, 32)
     feeds = {"xq": x.numpy()}
@@ -260,7 +260,7 @@ def test_masked_and_causal_layers_run_the_kernel(tmp_path, ort_ops_library, mask
 def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, monkeypatch):
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(ort_ops_library))
     video = create_zoo_model("video_pom", frame_tokens=8, degree=3).eval()
-    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)  # verified with the bodies and the kernel
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops=True)  # verified with the bodies and the kernel
     assert any("PolyAggregate CPU kernel" in e.case for e in full.verification.errors)
     x = torch.randn(1, 32, video.in_proj.in_features)
     profiled = _session(full.path, ort_ops_library, profile=True)
@@ -273,7 +273,7 @@ def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, mo
         expected = video(x).numpy()
     np.testing.assert_allclose(session.run(**{full.spec.inputs[0].name: x.numpy()})[full.spec.outputs[0].name], expected,
                                atol=MODEL_ATOL, rtol=0)
-    step = export_onnx(video, tmp_path / "v.step.onnx", step=True, fused_ops_enabled=True)
+    step = export_onnx(video, tmp_path / "v.step.onnx", step=True, fused_ops=True)
     stream = load(step.path, device="cpu")
     assert "PolyAggregate CPU kernel" in stream.backend.name
     chunks = [stream.step(x[:, i:i + 8].numpy()) for i in range(0, 32, 8)]
@@ -282,7 +282,7 @@ def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, mo
 
 def test_dit_rope_fp16_graph_runs_the_kernel(tmp_path, ort_ops_library):
     dit = create_zoo_model("dit_pom")
-    result = export_onnx(dit, tmp_path / "dit.onnx", dtype="fp16", fused_ops_enabled=True, verify=False)
+    result = export_onnx(dit, tmp_path / "dit.onnx", precision="fp16", fused_ops=True, verify=False)
     session = _session(result.path, ort_ops_library, profile=True)
     image, t, label = torch.randn(3, 4, 10, 6), torch.rand(3) * 1000, torch.randint(0, 10, (3,))
     actual = session.run(None, {"image": image.half().numpy(), "timestep": t.half().numpy(), "class_label": label.numpy()})[0]

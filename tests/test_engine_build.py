@@ -3,6 +3,7 @@ checks, plugin discovery, the model-local function rule, the comparison, and the
 errors. Uses tiny ONNX files made here with pom-deploy metadata (no exporter needed)."""
 
 import argparse
+import json
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ from onnx import TensorProto, helper
 from pom_deploy.tensorrt.cli import build_options, register, report_table
 from pom_deploy.tensorrt import plugins
 from pom_deploy.tensorrt.build import (
-    BuildOptions, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing,
+    BuildOptions, EngineBuildError, build_engine, graph_precision, parse_size, plan_build, resolve_typing,
 )
 from pom_deploy.tensorrt.compare import ComparisonError, compare_backends, compare_outputs, example_feeds
 from pom_deploy.tensorrt.environment import INSTALL_HINT, tensorrt_available
@@ -24,6 +25,8 @@ from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from pom_deploy.tensorrt.backend import TensorRTBackend
+from pom_deploy.dtypes import by_name, by_precision
+from pom_deploy.onnx_graph import spec_of
 from pom_deploy.spec import METADATA_KEY, GraphSpec, TensorSpec
 
 no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the behaviour without TensorRT")
@@ -46,7 +49,7 @@ def tiny_onnx(path, fused=False, dtype="float32"):
         opsets.append(helper.make_opsetid(OP_DOMAIN, 1))
     model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y]), opset_imports=opsets, functions=functions)
     model.ir_version = 9
-    spec = GraphSpec(kind="full", dtype=dtype, fused_ops=fused,
+    spec = GraphSpec(kind="full", precision=by_name(dtype).precision, fused_ops=fused,
                      inputs=[TensorSpec("x", ["batch", "tokens", 16], dtype, [1, 1, 16], [1, 32, 16], [2, 128, 16])],
                      outputs=[TensorSpec("y", ["batch", "tokens", 16], dtype)])
     helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
@@ -139,6 +142,29 @@ def test_fp16_flag_on_tensorrt_11_asks_for_an_fp16_export():
 
 def test_fp16_graph_precision_is_read(tmp_path):
     assert plan_build(tiny_onnx(tmp_path / "h.onnx", dtype="float16")).graph_precision == "fp16"
+
+
+def test_graph_precision_comes_from_what_an_export_writes(tmp_path):
+    """The metadata of a real export decides, even beside a graph whose inputs say float32 (where
+    the fallback that reads input types would give fp32); format-1 files (key ``dtype``, as
+    exports wrote it, or a NumPy name) still read."""
+    import torch
+
+    from pom_deploy import export_onnx
+    from pom_deploy.models.layers import PoMv2
+
+    torch.manual_seed(0)
+    precision = "fp16"
+    result = export_onnx(PoMv2(8, 2, 1, 1, 2), tmp_path / "l.onnx", precision=precision, verify=False)
+    exported = spec_of(onnx.load(str(result.path)))
+    assert exported.precision == precision and json.loads(exported.to_json())["format_version"] == 2
+    assert plan_build(result.path).graph_precision == precision
+    fp32_inputs = onnx.load(str(tiny_onnx(tmp_path / "f.onnx")))
+    assert graph_precision(fp32_inputs, exported) == precision
+    for format_1_value in (precision, by_precision(precision).name):
+        format_1 = {**json.loads(exported.to_json()), "format_version": 1, "dtype": format_1_value}
+        del format_1["precision"]
+        assert GraphSpec.from_json(json.dumps(format_1)).precision == precision
 
 
 # ---- plugin library and the model-local function -----------------------------------------
@@ -330,6 +356,38 @@ def test_example_feeds_dtypes_and_zero_state():
 
 
 # ---- build orchestration with TensorRT faked (what build_engine does around Polygraphy) -----
+
+def test_engine_bytes_are_saved_as_built_never_deserialized(tmp_path, monkeypatch):
+    """Polygraphy's EngineBytesFromNetwork + SaveBytes (as its own convert does): the serialized
+    engine goes to the file as built. The engine-object loaders (EngineFromNetwork, SaveEngine)
+    are made to fail, so a build that deserialized would fail here."""
+    from types import SimpleNamespace
+
+    import polygraphy.backend.trt as polygraphy_trt
+
+    from pom_deploy.tensorrt import build as build_module
+
+    built = {}
+
+    class FakeEngineBytes:
+        def __init__(self, network, config=None, save_timing_cache=None):
+            built.update(network=network, config=config)
+
+        def __call__(self):
+            return b"serialized engine"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the engine was deserialized")
+
+    monkeypatch.setattr(polygraphy_trt, "EngineBytesFromNetwork", FakeEngineBytes)
+    monkeypatch.setattr(polygraphy_trt, "EngineFromNetwork", refuse)
+    monkeypatch.setattr(polygraphy_trt, "SaveEngine", refuse)
+    plan = plan_build(tiny_onnx(tmp_path / "f.onnx"), tmp_path / "f.engine", BuildOptions(version_compatible=True))
+    trt = SimpleNamespace(__version__="11.1.0.5", MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"))
+    build_module._build_with_polygraphy(plan, str(plan.onnx_path), tmp_path / "f.engine", True, None, trt)
+    assert (tmp_path / "f.engine").read_bytes() == b"serialized engine"
+    assert built["network"] is not None and built["config"] is not None
+
 
 @pytest.mark.parametrize("version, stripped", [("10.3.0.30", True), ("10.13.3.9", False)])
 def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch, version, stripped):

@@ -79,7 +79,7 @@ def test_any_block_causal_model_gets_state_io(tmp_path):
 
 def test_fused_step_graph_agrees(tmp_path, video_model, exported_video):
     _, plain = exported_video
-    fused = export_onnx(video_model, tmp_path / "fused.step.onnx", step=True, fused_ops_enabled=True)
+    fused = export_onnx(video_model, tmp_path / "fused.step.onnx", step=True, fused_ops=True)
     assert fused.spec.fused_ops
     x = np.random.default_rng(0).standard_normal((2, 24, 16)).astype(np.float32)
     np.testing.assert_allclose(_stream(load(fused.path), x, [8, 8, 8]), _stream(load(plain.path), x, [8, 8, 8]), atol=MODEL_ATOL, rtol=0)

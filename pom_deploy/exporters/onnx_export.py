@@ -59,10 +59,10 @@ def export_onnx(
     config: ExportConfig | str | Path | None = None,
     architecture: dict | str | Path | None = None,
     trust_pickle: bool = False,
-    dtype: str = "fp32",
+    precision: str = "fp32",
     opset: int | None = None,
     step: bool = False,
-    fused_ops_enabled: bool = False,
+    fused_ops: bool = False,
     mask: str = "none",
     cross: bool = False,
     verify: bool = True,
@@ -70,17 +70,24 @@ def export_onnx(
     rtol: float | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    dtype: str | None = None,
+    fused_ops_enabled: bool | None = None,
 ) -> ExportResult:
     """Export ``model`` (a module or any file ``load_model`` reads) to ``output``.
+
+    ``precision`` (fp32, fp16, bf16) and ``fused_ops`` are also accepted under their former
+    names, ``dtype`` and ``fused_ops_enabled``.
 
     Raises ``ExportError`` for bad options or models, ``VerificationError`` when onnxruntime
     disagrees with PyTorch beyond tolerance; in both cases nothing is written.
     """
+    precision = dtype if dtype is not None else precision
+    fused_ops = fused_ops_enabled if fused_ops_enabled is not None else fused_ops
     stage = progress or (lambda name: None)
     output = Path(output)
     if opset is None:
-        opset = BF16_MIN_OPSET if dtype == "bf16" else DEFAULT_OPSET
-    _check_options(output, dtype, opset, force)
+        opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
+    _check_options(output, precision, opset, force)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -91,21 +98,21 @@ def export_onnx(
         model = model.module()
     reference = model if getattr(model, "exported_program", None) is not None else model.eval()  # (.eval() is refused there)
     export_config, target = resolve(reference, config, mask, cross)
-    torch_dtype = by_precision(dtype).torch()
+    torch_dtype = by_precision(precision).torch()
     exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
     seconds["load"] = time.perf_counter() - clock
 
     stage("trace")
     clock = time.perf_counter()
     builder = (StepGraph if step else FullGraph)(exported, export_config, torch_dtype)
-    program = builder.export(opset, fused_ops_enabled)
+    program = builder.export(opset, fused_ops)
     seconds["trace"] = time.perf_counter() - clock
 
     stage("optimize")
     clock = time.perf_counter()
     optimize(program.model)
-    fused_nodes = add_function_bodies(program, opset, dtype) if fused_ops_enabled else 0
-    spec = builder.graph_spec(program, reference, dtype, fused_nodes > 0)
+    fused_nodes = add_function_bodies(program, opset, precision) if fused_ops else 0
+    spec = builder.graph_spec(program, reference, precision, fused_nodes > 0)
     program.model.metadata_props[METADATA_KEY] = spec.to_json()
     seconds["optimize"] = time.perf_counter() - clock
 
@@ -130,7 +137,8 @@ def export_onnx(
         if verify:
             stage("verify")
             clock = time.perf_counter()
-            report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=spec.fused_ops)
+            report = verify_graph(builder, staged, target, *tolerances(precision, atol, rtol, ExportError),
+                                  fused_ops=spec.fused_ops)
             seconds["verify"] = time.perf_counter() - clock
             if not report.passed:
                 worst = max(report.failures(), key=lambda e: e.max_absdiff)
@@ -146,11 +154,11 @@ def export_onnx(
     return ExportResult(output, output.stat().st_size, spec, opset, report, seconds, external_path)
 
 
-def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:
-    if dtype not in PRECISIONS:
-        raise ExportError(f"unknown dtype {dtype!r}; expected one of {', '.join(PRECISIONS)}")
+def _check_options(output: Path, precision: str, opset: int, force: bool) -> None:
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
-    if dtype == "bf16" and opset < BF16_MIN_OPSET:
+    if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise ExportError(f"bf16 needs opset {BF16_MIN_OPSET} or newer (bfloat16 HardSigmoid); got --opset {opset}")
     check_output_path(output, force, ExportError)

@@ -19,7 +19,7 @@ def repository_readme(spec: GraphSpec, config, options: RepoOptions, model_path:
         f"# {options.name}: PoM {spec.kind} graph on Triton's {options.backend} backend",
         "",
         f"Written by `pom-deploy triton-repo` (pom-deploy {__version__}) from `{model_path.name}` "
-        f"(weights {spec.model_digest}, {spec.dtype}). max_batch_size {facts['max_batch_size']}, batching: "
+        f"(weights {spec.model_digest}, {spec.precision}). max_batch_size {facts['max_batch_size']}, batching: "
         f"{facts['batching']}, {facts['instances']} instance(s). The config was parsed with Triton's ModelConfig "
         "schema and checked against the model file's inputs and outputs before it was written.",
         "",

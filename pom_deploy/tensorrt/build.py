@@ -2,8 +2,12 @@
 
 The build is planned first (``plan_build``: files, profiles, precision, plugin), which is pure
 Python and runs without TensorRT; then ``build_engine`` hands the plan to Polygraphy
-(``NetworkFromOnnxPath`` -> ``CreateConfig`` with ``Profile``s -> ``EngineFromNetwork`` ->
-``SaveEngine``) and writes the engine and its sidecar atomically.
+(``NetworkFromOnnxPath`` -> ``CreateConfig`` with ``Profile``s -> ``EngineBytesFromNetwork`` ->
+``SaveBytes``, as Polygraphy's own ``convert`` does) and writes the engine and its sidecar
+atomically. The serialized engine is written as built, never deserialized here: that would hold
+the engine twice (Jetson's memory is shared with the GPU) and, for a version-compatible engine,
+load its embedded plugin copy beside the registered one; TensorRT 11 builds such engines only
+with ``buildSerializedNetwork``.
 """
 
 from __future__ import annotations
@@ -91,8 +95,8 @@ def parse_size(text: str | int) -> int:
 
 def graph_precision(model: onnx.ModelProto, spec: GraphSpec | None) -> str:
     """The float precision the graph carries: the metadata's, else the narrowest float input's."""
-    if spec is not None and lookup("name", spec.dtype) in FLOAT_TYPES:
-        return lookup("name", spec.dtype).precision
+    if spec is not None and spec.precision in PRECISIONS:
+        return spec.precision
     types = {t.precision for v in model.graph.input if (t := lookup("onnx", v.type.tensor_type.elem_type)) in FLOAT_TYPES}
     return next((p for p in ("bf16", "fp16") if p in types), "fp32")
 
@@ -218,8 +222,9 @@ def _parse_source(onnx_path: Path, strip: bool):
 
 
 def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, strong: bool, flag: str | None, trt) -> None:
+    from polygraphy.backend.common import SaveBytes  # noqa: PLC0415
     from polygraphy.backend.trt import (  # noqa: PLC0415
-        CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine,
+        CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile,
     )
     from polygraphy.exception import PolygraphyException  # noqa: PLC0415
 
@@ -259,10 +264,10 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
             cfg.plugins_to_serialize = [str(library.resolve())]  # the engine carries the plugin
 
     network = NetworkFromOnnxPath(parse_path, strongly_typed=strong or None)
-    engine = EngineFromNetwork(network, config=PostprocessConfig(config, finish_config),
-                               save_timing_cache=str(options.timing_cache) if options.timing_cache else None)
+    engine_bytes = EngineBytesFromNetwork(network, config=PostprocessConfig(config, finish_config),
+                                          save_timing_cache=str(options.timing_cache) if options.timing_cache else None)
     try:
-        SaveEngine(engine, str(destination))()
+        SaveBytes(engine_bytes, str(destination))()
     except PolygraphyException as exc:
         raise EngineBuildError(f"TensorRT could not build {plan.onnx_path}: {_last_line(exc)}") from None
 
