@@ -389,6 +389,81 @@ def test_engine_bytes_are_saved_as_built_never_deserialized(tmp_path, monkeypatc
     assert built["network"] is not None and built["config"] is not None
 
 
+def two_configurations_onnx(path):
+    """Two PolyAggregate nodes of different configurations, each with its own overload of the
+    model-local function, as an export writes them: y = -(x + x) through bodies Identity and Neg."""
+    elem = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", elem, ["batch", "tokens", 16])
+    y = helper.make_tensor_value_info("y", elem, ["batch", "tokens", 16])
+    attributes = ["variant", "degree", "mode", "plugin_version", "plugin_namespace"]
+    nodes, functions = [helper.make_node("Add", ["x", "x"], ["h0"])], []
+    for index, (degree, body) in enumerate([(2, "Identity"), (3, "Neg")]):
+        overload = f"v2_mean_k{degree}_fp32"
+        node = helper.make_node(OP_TYPE, [f"h{index}"], ["y" if index else "h1"], domain=OP_DOMAIN, variant="v2",
+                                degree=degree, mode="mean", plugin_version="1", plugin_namespace=OP_DOMAIN)
+        node.overload = overload
+        nodes.append(node)
+        function = helper.make_function(OP_DOMAIN, OP_TYPE, ["X"], ["Y"], [helper.make_node(body, ["X"], ["Y"])],
+                                        [helper.make_opsetid("", 18)], attributes=attributes)
+        function.overload = overload
+        functions.append(function)
+    model = helper.make_model(helper.make_graph(nodes, "two", [x], [y]), functions=functions,
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(OP_DOMAIN, 1)])
+    model.ir_version = 10
+    spec = GraphSpec(kind="full", precision="fp32", fused_ops=True,
+                     inputs=[TensorSpec("x", ["batch", "tokens", 16], "float32", [1, 1, 16], [1, 32, 16], [2, 128, 16])],
+                     outputs=[TensorSpec("y", ["batch", "tokens", 16], "float32")])
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def bodies_as_tensorrt_picks_them(model) -> list[str]:
+    """The body onnx-tensorrt's ModelImporter gives each node: its table of model-local
+    functions is keyed by name only (``localFunctions().insert({name, ...})``, the first of a
+    name stays), looked up by ``node.op_type()``; None for a node that is no function call."""
+    table = {}
+    for function in model.functions:
+        table.setdefault(function.name, function)
+    return [table[n.op_type].overload if n.op_type in table else None for n in model.graph.node]
+
+
+def test_build_from_function_bodies_gives_each_node_its_own(tmp_path, monkeypatch):
+    """--no-plugin: TensorRT would give both nodes the first body (the degree-2 one); the model it
+    parses has the bodies inlined, each node its own, and computes what onnxruntime (which
+    resolves overloads) computes on the export."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from pom_deploy.tensorrt import build as build_module
+
+    source = two_configurations_onnx(tmp_path / "two.onnx")
+    exported = onnx.load(str(source))
+    assert bodies_as_tensorrt_picks_them(exported) == [None, "v2_mean_k2_fp32", "v2_mean_k2_fp32"]  # the bug
+    parsed = {}
+
+    def fake_build(plan, parse_path, destination, strong, flag, trt):
+        parsed["model"] = onnx.load(parse_path)
+        destination.write_bytes(b"serialized engine")
+
+    monkeypatch.setattr(build_module, "require_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(build_module, "current_environment",
+                        lambda: {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setattr(build_module, "_build_with_polygraphy", fake_build)
+    result = build_engine(source, tmp_path / "two.engine", plugin=False)
+    model = parsed["model"]
+    assert not model.functions and fused_nodes(model) == 0
+    assert set(bodies_as_tensorrt_picks_them(model)) == {None}
+    assert [n.op_type for n in model.graph.node] == ["Add", "Identity", "Neg"]
+    x = np.linspace(-1, 1, 2 * 3 * 16, dtype=np.float32).reshape(2, 3, 16)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(model), run(exported))
+    np.testing.assert_array_equal(run(model), -(x + x))
+    assert result.sidecar["plugin"]["function_bodies_inlined"] is True and result.warnings
+
+
 @pytest.mark.parametrize("version, stripped", [("10.3.0.30", True), ("10.13.3.9", False)])
 def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch, version, stripped):
     from types import SimpleNamespace
@@ -409,7 +484,7 @@ def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch
     monkeypatch.setattr(build_module, "require_tensorrt", lambda: SimpleNamespace(__version__=version))
     monkeypatch.setattr(build_module, "current_environment",
                         lambda: {"tensorrt_version": version, "gpu_name": "Orin", "compute_capability": "8.7"})
-    monkeypatch.setattr(build_module, "load_plugin_library", lambda path, trt: "dlopen")
+    monkeypatch.setattr(build_module, "load_plugin_library", lambda path, trt: "load_library")
     monkeypatch.setattr(build_module, "_build_with_polygraphy", fake_build)
     result = build_engine(source, tmp_path / "f.engine", precision="fp16", plugin=str(library), workspace=1 << 30)
     assert (tmp_path / "f.engine").read_bytes() == b"serialized engine"
@@ -419,7 +494,8 @@ def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch
     assert sidecar == result.sidecar
     assert (sidecar["tensorrt_version"], sidecar["gpu_name"], sidecar["compute_capability"]) == (version, "Orin", "8.7")
     assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] is False
-    assert sidecar["plugin"] == {"fused_nodes": 1, "library": str(library.resolve()), "loaded_by": "dlopen", "function_stripped": stripped}
+    assert sidecar["plugin"] == {"fused_nodes": 1, "library": str(library.resolve()), "loaded_by": "load_library",
+                                 "function_stripped": stripped, "function_bodies_inlined": False}
     assert sidecar["profiles"] == [{"x": {"min": [1, 1, 16], "opt": [1, 32, 16], "max": [2, 128, 16]}}]
     assert sidecar["options"]["workspace"] == 1 << 30 and len(sidecar["source_onnx"]["sha256"]) == 64
     assert spec_from_sidecar(sidecar).fused_ops is True

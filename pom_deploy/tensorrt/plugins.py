@@ -1,9 +1,12 @@
-"""Finding and loading the pom TensorRT plugin library, and the model-local function rule.
+"""Finding and loading the pom TensorRT plugin library, and the model-local function rules.
 
-``PolyAggregate`` nodes (domain ``pom_deploy``) come with a model-local ONNX function of
-the same name, their unfused body. TensorRT's ONNX parser tries the function before the
-plugin fallback up to 10.6; from 10.7 a registered plugin wins. So on older TensorRT (JetPack 6
-has 10.3) the function is removed from the model before parsing when the plugin is to be used.
+``PolyAggregate`` nodes (domain ``pom_deploy``) come with model-local ONNX functions of the
+same name, their unfused bodies: one overload per configuration (degree, mode, ...). TensorRT's
+ONNX parser tries the function before the plugin fallback up to 10.6; from 10.7 a registered
+plugin wins. So on older TensorRT (JetPack 6 has 10.3) the functions are removed from the model
+before parsing when the plugin is to be used. And the parser keys model-local functions by name
+only (onnx-tensorrt's ``ModelImporter``), so it would give every node the first overload: where
+TensorRT is to build from the bodies, they are inlined first, each node its own.
 """
 
 from __future__ import annotations
@@ -87,6 +90,15 @@ def strip_local_function(model: onnx.ModelProto) -> bool:
         del model.functions[:]
         model.functions.extend(keep)
     return removed
+
+
+def inline_function_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every call of a model-local function replaced by that call's own body
+    (the ONNX inliner resolves domain, name and overload), for a parser that keys functions by
+    name only."""
+    from onnx.inliner import inline_local_functions  # noqa: PLC0415
+
+    return inline_local_functions(model)
 
 
 def load_plugin_library(path: str | Path, trt) -> str:
