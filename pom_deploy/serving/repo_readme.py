@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..version import __version__
 from ..spec import GraphSpec
+from ..tensorrt.plugins import AUTOREGISTER_LIBRARY
 from .triton_config import RepoOptions, model_config_schema, summary
 
 _NGC = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
@@ -81,10 +82,10 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
     if plugin_library is not None:
         lines += [
             f"The engine uses the pom plugin (`PolyAggregate`): `plugins/{plugin_library.name}` here, built against the same "
-            "TensorRT. Load it into the server, either way:",
+            f"TensorRT, with `{AUTOREGISTER_LIBRARY}`, which registers it when Triton's TensorRT backend loads it "
+            "(after TensorRT itself, so not by `LD_PRELOAD`):",
             "",
-            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{plugin_library.name}`",
-            f"- `LD_PRELOAD=/models/{options.name}/plugins/{plugin_library.name} tritonserver --model-repository=/models`",
+            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{AUTOREGISTER_LIBRARY}`",
             "",
         ]
     return lines

@@ -22,6 +22,9 @@ from ..runtime.providers import register_plugin_finder
 from .environment import version_tuple
 
 PLUGIN_ENV = "POM_DEPLOY_PLUGIN"
+# Beside the plugin library: registers its creator when loaded by a plain dlopen (Triton's
+# plugins= list, ctypes, Polygraphy --plugins), for loaders that do not call load_library.
+AUTOREGISTER_LIBRARY = "libpom_deploy_plugins_autoregister.so"
 LIBRARY_GLOBS = ("libpom_deploy_plugins.so", "libpom_trt_plugin.so", "libpom*plugin*.so")
 PLUGIN_WINS_OVER_FUNCTION = (10, 7)
 
