@@ -772,7 +772,12 @@ def test_gpu_check_scripts_cpu_parts():
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
     _run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")])
+    import check_trt_engines
     import check_trt_plugin
+
+    two = check_trt_engines.TwoDegrees()  # the --no-plugin check's model: layers of degrees 2 and 3
+    assert [layer.order for layer in (two.first, two.second)] == [2, 3]
+    assert two(torch.randn(1, 5, 64)).shape == (1, 5, 64)
 
     for variant in abi.VARIANTS:
         for mode in abi.MODES:
