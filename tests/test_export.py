@@ -411,7 +411,7 @@ def test_summary_and_inspect(tmp_path, capsys, exported_video):
     full, step = exported_video
     assert deploy_cli.main(["inspect", str(step.path)]) == 0
     out = capsys.readouterr().out
-    for text in ("past.1.mean", "present.0.count", "video_pom", "chunk", "opset", "parameters"):
+    for text in ("past.1.mean", "present.0.count", "video_pom", "chunk", "opset", "parameters", "step graph, fp32"):
         assert text in out
     assert deploy_cli.main(["inspect", str(full.path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
