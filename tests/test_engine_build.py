@@ -25,7 +25,7 @@ from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from pom_deploy.tensorrt.backend import TensorRTBackend
-from pom_deploy.dtypes import by_name, by_precision
+from pom_deploy.dtypes import by_name
 from pom_deploy.onnx_graph import spec_of
 from pom_deploy.spec import METADATA_KEY, GraphSpec, TensorSpec
 
@@ -144,27 +144,22 @@ def test_fp16_graph_precision_is_read(tmp_path):
     assert plan_build(tiny_onnx(tmp_path / "h.onnx", dtype="float16")).graph_precision == "fp16"
 
 
-def test_graph_precision_comes_from_what_an_export_writes(tmp_path):
-    """The metadata of a real export decides, even beside a graph whose inputs say float32 (where
-    the fallback that reads input types would give fp32); format-1 files (key ``dtype``, as
-    exports wrote it, or a NumPy name) still read."""
-    import torch
-
-    from pom_deploy import export_onnx
-    from pom_deploy.models.layers import PoMv2
-
-    torch.manual_seed(0)
-    precision = "fp16"
-    result = export_onnx(PoMv2(8, 2, 1, 1, 2), tmp_path / "l.onnx", precision=precision, verify=False)
-    exported = spec_of(onnx.load(str(result.path)))
-    assert exported.precision == precision and json.loads(exported.to_json())["format_version"] == 2
-    assert plan_build(result.path).graph_precision == precision
-    fp32_inputs = onnx.load(str(tiny_onnx(tmp_path / "f.onnx")))
-    assert graph_precision(fp32_inputs, exported) == precision
-    for format_1_value in (precision, by_precision(precision).name):
-        format_1 = {**json.loads(exported.to_json()), "format_version": 1, "dtype": format_1_value}
+def test_graph_precision_comes_from_what_an_export_writes(tmp_path, exported_video):
+    """The metadata of a real export decides, even beside a graph whose inputs say float16 (where
+    the fallback that reads input types would give fp16: the earlier lookup of the precision as a
+    NumPy name never matched an export, so it always fell back); format-1 files (key ``dtype``,
+    as exports wrote it, or a NumPy name) still read."""
+    full, _ = exported_video
+    exported = spec_of(onnx.load(str(full.path), load_external_data=False))
+    assert exported.precision == "fp32" and json.loads(exported.to_json())["format_version"] == 2
+    assert plan_build(full.path).graph_precision == "fp32"
+    fp16_inputs = onnx.load(str(tiny_onnx(tmp_path / "h.onnx", dtype="float16")))
+    assert graph_precision(fp16_inputs, exported) == "fp32"
+    assert graph_precision(fp16_inputs, None) == "fp16"
+    for written, read in (("fp16", "fp16"), ("bf16", "bf16"), ("float16", "fp16"), ("float32", "fp32")):
+        format_1 = {**json.loads(exported.to_json()), "format_version": 1, "dtype": written}
         del format_1["precision"]
-        assert GraphSpec.from_json(json.dumps(format_1)).precision == precision
+        assert GraphSpec.from_json(json.dumps(format_1)).precision == read
 
 
 # ---- plugin library and the model-local function -----------------------------------------
