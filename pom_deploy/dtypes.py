@@ -21,7 +21,7 @@ class DataType:
     onnx: int  # onnx.TensorProto element type
     onnx_name: str  # ONNX's type name, as onnxruntime writes it in "tensor(...)"
     tensorrt: str | None = None  # tensorrt.DataType member name
-    precision: str | None = None  # the precision flag of float types: --dtype, --fp16, sidecars
+    precision: str | None = None  # the precision of float types: --precision, --fp16, metadata, sidecars
     abi: int | None = None  # PomDType of the PolyAggregate C ABI (plugins/poly_aggregate/polyAggregate.h)
     triton: str | None = None  # Triton's model-config DataType name (config.pbtxt)
 

@@ -11,10 +11,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .dtypes import FLOAT_TYPES, lookup
+from .errors import PomDeployError
+
 METADATA_KEY = "pom_deploy"
 SPEC_FORMAT_VERSION = 2
-# 2: every state tensor has a non-batch dim (count (batch, 1), was (batch,)), each layer records
-# how it mixes a chunk (``within_chunk``), dims record their multiples (``dim_multiples``).
+# 2: the export precision is stored as ``precision`` (format 1 called it ``dtype``), every state
+# tensor has a non-batch dim (count (batch, 1), was (batch,)), each layer records how it mixes a
+# chunk (``within_chunk``), dims record their multiples (``dim_multiples``).
 # Files of format 1 are read as they are: their shapes say (batch,), their layers "whole-chunk".
 
 
@@ -97,7 +101,7 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     architecture: dict[str, Any] | None = None
-    dtype: str = "float32"
+    precision: str = "fp32"  # the export precision: fp32, fp16 or bf16 (element types are TensorSpec.dtype)
     state: list[LayerStateSpec] = field(default_factory=list)
     fused_ops: bool = False
     # With fused ops, the PoM layers left as standard ops: [{"module": path, "reason": why}].
@@ -115,6 +119,12 @@ class GraphSpec:
     @classmethod
     def from_json(cls, text: str) -> "GraphSpec":
         data = json.loads(text)
+        if data.get("format_version", 1) > SPEC_FORMAT_VERSION:
+            raise PomDeployError(f"the file's pom-deploy metadata is format {data['format_version']}, newer than this "
+                                 f"pom-deploy reads ({SPEC_FORMAT_VERSION}): upgrade pom-deploy "
+                                 f"(it was written by {data.get('pom_deploy_version') or 'a newer version'})")
+        if "dtype" in data:  # format 1
+            data["precision"] = _format_1_precision(data.pop("dtype"))
         data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
         data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
         data["state"] = [LayerStateSpec(**s) for s in data.get("state", [])]
@@ -141,6 +151,13 @@ class GraphSpec:
     def data_inputs(self) -> list[TensorSpec]:
         """Inputs that are not state: the chunk and the model's extra inputs."""
         return [t for t in self.inputs if t.name not in self.state_input_names]
+
+
+def _format_1_precision(value: str) -> str:
+    """Format 1's ``dtype``: exports wrote a precision (``fp16``); its default, and hand-made
+    files, a NumPy name (``float32``)."""
+    as_type = lookup("name", value)
+    return as_type.precision if as_type in FLOAT_TYPES else value
 
 
 def shape_text(shape) -> str:

@@ -37,7 +37,7 @@ def export_pair(model, stem: str, work: Path, lib: Path | None, out, step: bool)
     fused, decomposed = None, []
     if lib is not None:
         fused = work / f"{stem}_fused.onnx"
-        decomposed = export_onnx(model, fused, step=step, fused_ops_enabled=True, force=True).spec.decomposed_layers
+        decomposed = export_onnx(model, fused, step=step, fused_ops=True, force=True).spec.decomposed_layers
     params = sum(p.numel() for p in model.parameters()) / 1e6
     out.print(f"exported {stem} ({params:.1f} M params{', and with fused ops' if fused else ''}) in "
               f"{time.perf_counter() - clock:.1f} s" + (f"; layers left decomposed: {decomposed}" if decomposed else ""))

@@ -16,7 +16,7 @@ What is measured (batch 1, float32, CPU):
 
 With the PolyAggregate custom-op library (``--ort-ops``; by default the one
 ``pom_deploy.ops.ort_ops.find_ort_ops_library`` finds), every table has one more contender,
-"ort+kernel": the same model exported with ``fused_ops_enabled=True`` and run in a session that
+"ort+kernel": the same model exported with ``fused_ops=True`` and run in a session that
 registers the library, so each ``PolyAggregate`` node is one CPU kernel (checked in a profile).
 Without the library those columns are n/a.
 
@@ -175,7 +175,7 @@ def export_layer_graphs(layer, work: Path, lib: Path | None, out) -> dict[str, P
     if lib is not None:
         clock = time.perf_counter()
         graphs["fused"] = work / "pomv2_layer_fused.onnx"
-        export_onnx(layer, graphs["fused"], fused_ops_enabled=True, force=True)
+        export_onnx(layer, graphs["fused"], fused_ops=True, force=True)
         out.print(f"exported the layer with fused ops in {time.perf_counter() - clock:.1f} s (verified against PyTorch)")
 
     proj = _projections(layer)

@@ -55,13 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
 
     def export(model_path: Path, out: Path, **options) -> Path:
-        return export_onnx(model_path, out, fused_ops_enabled=True, force=True, **options).path
+        return export_onnx(model_path, out, fused_ops=True, force=True, **options).path
 
     for name in args.models.split(","):
         model_path = args.dir / f"{name}.pt"
         save_checkpoint(create_zoo_model(name, seed=0), model_path)
         sources = {"fp32": export(model_path, args.dir / f"{name}.onnx")}
-        sources["fp16"] = export(model_path, args.dir / f"{name}.fp16.onnx", dtype="fp16") if trt11 else sources["fp32"]
+        sources["fp16"] = export(model_path, args.dir / f"{name}.fp16.onnx", precision="fp16") if trt11 else sources["fp32"]
         for precision in ("fp32", "fp16"):
             for fused in (True, False):
                 row = [name, "full", precision, "plugin" if fused else "function body"]

@@ -20,7 +20,9 @@
 #    checks and benchmarks, side by side, builds with other tuning constants.
 # 4. With TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT; no TensorRT libraries needed):
 #    the plugin's host-side test, whose enqueue runs on the GPU. With the Python tensorrt
-#    package as well: ONNX -> TensorRT engine -> enqueue, loading the plugin both ways.
+#    package as well: ONNX -> TensorRT engine -> enqueue, loading the plugin both ways
+#    (load_library, and the autoregister library by dlopen); then pom-deploy's own builds: a
+#    --no-plugin engine of two PoM layers of different degrees and a version-compatible engine.
 # Needs nvcc, a C++ compiler, python with torch, numpy, ml_dtypes (and onnx for 4); uses
 # cmake when present, else builds with nvcc and g++ directly.
 # Exits non-zero when a check fails. See docs/gpu_check.md.
@@ -95,6 +97,9 @@ else
     nvcc -std=c++17 -O3 -shared -Xcompiler -fPIC,-fvisibility=hidden -arch="sm_${ARCH}" \
         ${INCLUDES[@]+"${INCLUDES[@]}"} "${SOURCES[@]}" -ldl -o "${BUILD}/libpom_deploy_plugins.so"
     if [[ "${WITH_TRT}" == ON ]]; then
+        nvcc -std=c++17 -O2 -shared -Xcompiler -fPIC,-fvisibility=hidden -I "${ROOT}/plugins/poly_aggregate" \
+            "${INCLUDES[@]}" "${ROOT}/plugins/poly_aggregate/polyAggregateAutoRegister.cpp" -L"${BUILD}" \
+            -lpom_deploy_plugins -ldl -Xlinker -rpath,'$ORIGIN' -o "${BUILD}/libpom_deploy_plugins_autoregister.so"
         nvcc -std=c++17 -O2 -I "${ROOT}/plugins/poly_aggregate" "${INCLUDES[@]}" \
             "${ROOT}/plugins/tests/polyAggregatePluginHostTest.cpp" -L"${BUILD}" -lpom_deploy_plugins \
             -Xlinker -rpath,"${BUILD}" -o "${BUILD}/poly_aggregate_plugin_host_test"
@@ -153,11 +158,14 @@ if [[ "${WITH_TRT}" == ON ]]; then
     "${BUILD}/poly_aggregate_plugin_host_test"
 fi
 
-step "TensorRT plugin: parse, build, enqueue"
+step "TensorRT plugin: parse, build, enqueue; engines without the plugin and version-compatible"
 if [[ "${WITH_TRT}" == ON ]] && "${PYTHON}" -c "import tensorrt" 2> /dev/null; then
-    for load in dlopen registry; do
+    # registry: IPluginRegistry.load_library (getCreators); dlopen: the autoregister library.
+    for load in registry dlopen; do
         "${PYTHON}" "${ROOT}/scripts/gpu_check/check_trt_plugin.py" --plugin "${BUILD}/libpom_deploy_plugins.so" --load "${load}"
     done
+    # --no-plugin with two PoM layers of different degrees; a version-compatible engine.
+    "${PYTHON}" "${ROOT}/scripts/gpu_check/check_trt_engines.py" --plugin "${BUILD}/libpom_deploy_plugins.so"
 else
     echo "skipped: needs TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT) and the tensorrt Python package"
 fi

@@ -42,7 +42,9 @@ from pom_deploy.ops import native_libraries, ort_ops
 from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.runtime import load
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
-from test_plugin_poly_aggregate import CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation
+from test_plugin_poly_aggregate import (
+    CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation, nan_propagates_as_in_the_oracle,
+)
 from tolerances import FP16_RELATIVE_TO_PEAK, MODEL_ATOL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +89,13 @@ def test_kernel_matches_oracle(kernel_lib, shape, variant, mode, dtype):
 def test_kernel_rope_and_frames_match_oracle(kernel_lib, case):
     y, check = _run_extended(kernel_lib, case, abi.run_cpu_kernel)
     check(y)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+def test_kernel_propagates_nan_as_the_oracle(kernel_lib, variant, mode, dtype):
+    nan_propagates_as_in_the_oracle(kernel_lib, abi.run_cpu_kernel, variant, mode, dtype)
 
 
 def test_masked_fractional_weights_empty_mask_and_no_tokens(kernel_lib):
@@ -182,7 +191,7 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     junk = tmp_path / ort_ops.LIBRARY_NAME
     junk.write_bytes(JUNK_LIBRARY)
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(junk))
-    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops=True, verify=False)
     relu = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     onnx.save(helper.make_model(relu, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "plain.onnx")
@@ -194,8 +203,8 @@ def test_backend_registers_the_library_only_for_fused_graphs(tmp_path, monkeypat
     with pytest.raises(ModelLoadError, match="cannot load the custom-op library"):
         OnnxRuntimeBackend(fused.path)
     with pytest.raises(ExportError, match="cannot verify with the PolyAggregate CPU kernel"):
-        _verification_sessions(fused.path, fused=True)
-    assert len(_verification_sessions(fused.path, fused=False)) == 1  # not fused: the library is not looked for
+        _verification_sessions(fused.path, fused_ops=True)
+    assert len(_verification_sessions(fused.path, fused_ops=False)) == 1  # not fused: the library is not looked for
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, "none")
     with pytest.raises(ModelLoadError, match="no CPU op library was found.*pom-deploy build-ops"):
         OnnxRuntimeBackend(fused.path, ort_ops=True)
@@ -226,7 +235,7 @@ def test_build_ops_output_is_found_and_records_the_header(ort_ops_library, tmp_p
     monkeypatch.delenv(ort_ops.ORT_OPS_ENV)
     monkeypatch.setenv(native_libraries.USER_LIBRARY_DIR_ENV, str(ort_ops_library.parent))
     assert ort_ops.find_ort_ops_library() == ort_ops_library
-    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops_enabled=True, verify=False)
+    fused = export_onnx(PoMv2(16, 2, 2, 1, 4), tmp_path / "fused.onnx", fused_ops=True, verify=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no slow-path warning: the kernel is found
         assert OnnxRuntimeBackend(fused.path).ort_ops_library == ort_ops_library
@@ -250,7 +259,7 @@ def test_layer_runs_the_kernel_and_matches_pytorch(tmp_path, ort_ops_library):
     layer = PoMv2(64, 3, 2, 1, 8).eval()
     with torch.no_grad():
         layer.po_coeff.uniform_(-0.5, 0.5)
-    result = export_onnx(layer, tmp_path / "layer.onnx", fused_ops_enabled=True)
+    result = export_onnx(layer, tmp_path / "layer.onnx", fused_ops=True)
     session = _session(result.path, ort_ops_library, profile=True)
     x = torch.randn(2, 300, 64)
     actual = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
@@ -265,7 +274,7 @@ def test_masked_and_causal_layers_run_the_kernel(tmp_path, ort_ops_library, mask
     layer = PoMv2(32, 2, 2, 1, 4).eval()
     with torch.no_grad():
         layer.po_coeff.uniform_(-0.5, 0.5)
-    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, fused_ops_enabled=True, verify=False)
+    result = export_onnx(layer, tmp_path / "layer.onnx", mask=mask, fused_ops=True, verify=False)
     session = _session(result.path, ort_ops_library, profile=True)
     x = torch.randn(3, 40, 32)
     feeds = {"xq": x.numpy()}
@@ -283,7 +292,7 @@ def test_masked_and_causal_layers_run_the_kernel(tmp_path, ort_ops_library, mask
 def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, monkeypatch):
     monkeypatch.setenv(ort_ops.ORT_OPS_ENV, str(ort_ops_library))
     video = create_zoo_model("video_pom", frame_tokens=8, degree=3).eval()
-    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)  # verified with the bodies and the kernel
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops=True)  # verified with the bodies and the kernel
     assert any("PolyAggregate CPU kernel" in e.case for e in full.verification.errors)
     x = torch.randn(1, 32, video.in_proj.in_features)
     profiled = _session(full.path, ort_ops_library, profile=True)
@@ -296,7 +305,7 @@ def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, mo
         expected = video(x).numpy()
     np.testing.assert_allclose(session.run(**{full.spec.inputs[0].name: x.numpy()})[full.spec.outputs[0].name], expected,
                                atol=MODEL_ATOL, rtol=0)
-    step = export_onnx(video, tmp_path / "v.step.onnx", step=True, fused_ops_enabled=True)
+    step = export_onnx(video, tmp_path / "v.step.onnx", step=True, fused_ops=True)
     stream = load(step.path, device="cpu")
     assert "PolyAggregate CPU kernel" in stream.backend.name
     chunks = [stream.step(x[:, i:i + 8].numpy()) for i in range(0, 32, 8)]
@@ -305,7 +314,7 @@ def test_video_full_and_step_graphs_run_the_kernel(tmp_path, ort_ops_library, mo
 
 def test_dit_rope_fp16_graph_runs_the_kernel(tmp_path, ort_ops_library):
     dit = create_zoo_model("dit_pom")
-    result = export_onnx(dit, tmp_path / "dit.onnx", dtype="fp16", fused_ops_enabled=True, verify=False)
+    result = export_onnx(dit, tmp_path / "dit.onnx", precision="fp16", fused_ops=True, verify=False)
     session = _session(result.path, ort_ops_library, profile=True)
     image, t, label = torch.randn(3, 4, 10, 6), torch.rand(3) * 1000, torch.randint(0, 10, (3,))
     actual = session.run(None, {"image": image.half().numpy(), "timestep": t.half().numpy(), "class_label": label.numpy()})[0]

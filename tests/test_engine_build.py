@@ -4,6 +4,7 @@ errors. Uses tiny ONNX files made here with pom-deploy metadata (no exporter nee
 
 import argparse
 import os
+import json
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from onnx import TensorProto, helper
 from pom_deploy.tensorrt.cli import build_options, register, report_table
 from pom_deploy.ops import native_libraries
 from pom_deploy.tensorrt.build import (
-    BuildOptions, EngineBuildError, build_engine, parse_size, plan_build, resolve_typing,
+    BuildOptions, EngineBuildError, build_engine, graph_precision, parse_size, plan_build, resolve_typing,
 )
 from pom_deploy.comparator import ComparisonError, compare_outputs
 from pom_deploy.runtime.compare import compare_backends, example_feeds
@@ -26,6 +27,8 @@ from pom_deploy.errors import BackendUnavailableError, ModelLoadError
 from pom_deploy.ops.poly_aggregate import OP_DOMAIN, OP_TYPE
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from pom_deploy.tensorrt.backend import TensorRTBackend
+from pom_deploy.dtypes import by_name
+from pom_deploy.onnx_graph import spec_of
 from pom_deploy.spec import METADATA_KEY, GraphSpec, TensorSpec
 
 no_tensorrt = pytest.mark.skipif(tensorrt_available(), reason="checks the behaviour without TensorRT")
@@ -48,7 +51,7 @@ def tiny_onnx(path, fused=False, dtype="float32"):
         opsets.append(helper.make_opsetid(OP_DOMAIN, 1))
     model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y]), opset_imports=opsets, functions=functions)
     model.ir_version = 9
-    spec = GraphSpec(kind="full", dtype=dtype, fused_ops=fused,
+    spec = GraphSpec(kind="full", precision=by_name(dtype).precision, fused_ops=fused,
                      inputs=[TensorSpec("x", ["batch", "tokens", 16], dtype, [1, 1, 16], [1, 32, 16], [2, 128, 16])],
                      outputs=[TensorSpec("y", ["batch", "tokens", 16], dtype)])
     helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
@@ -142,6 +145,24 @@ def test_fp16_flag_on_tensorrt_11_asks_for_an_fp16_export():
 
 def test_fp16_graph_precision_is_read(tmp_path):
     assert plan_build(tiny_onnx(tmp_path / "h.onnx", dtype="float16")).graph_precision == "fp16"
+
+
+def test_graph_precision_comes_from_what_an_export_writes(tmp_path, exported_video):
+    """The metadata of a real export decides, even beside a graph whose inputs say float16 (where
+    the fallback that reads input types would give fp16: the earlier lookup of the precision as a
+    NumPy name never matched an export, so it always fell back); format-1 files (key ``dtype``,
+    as exports wrote it, or a NumPy name) still read."""
+    full, _ = exported_video
+    exported = spec_of(onnx.load(str(full.path), load_external_data=False))
+    assert exported.precision == "fp32" and json.loads(exported.to_json())["format_version"] == 2
+    assert plan_build(full.path).graph_precision == "fp32"
+    fp16_inputs = onnx.load(str(tiny_onnx(tmp_path / "h.onnx", dtype="float16")))
+    assert graph_precision(fp16_inputs, exported) == "fp32"
+    assert graph_precision(fp16_inputs, None) == "fp16"
+    for written, read in (("fp16", "fp16"), ("bf16", "bf16"), ("float16", "fp16"), ("float32", "fp32")):
+        format_1 = {**json.loads(exported.to_json()), "format_version": 1, "dtype": written}
+        del format_1["precision"]
+        assert GraphSpec.from_json(json.dumps(format_1)).precision == read
 
 
 # ---- plugin library and the model-local function -----------------------------------------
@@ -341,6 +362,113 @@ def test_example_feeds_dtypes_and_zero_state():
 
 # ---- build orchestration with TensorRT faked (what build_engine does around Polygraphy) -----
 
+def test_engine_bytes_are_saved_as_built_never_deserialized(tmp_path, monkeypatch):
+    """Polygraphy's EngineBytesFromNetwork + SaveBytes (as its own convert does): the serialized
+    engine goes to the file as built. The engine-object loaders (EngineFromNetwork, SaveEngine)
+    are made to fail, so a build that deserialized would fail here."""
+    from types import SimpleNamespace
+
+    import polygraphy.backend.trt as polygraphy_trt
+
+    from pom_deploy.tensorrt import build as build_module
+
+    built = {}
+
+    class FakeEngineBytes:
+        def __init__(self, network, config=None, save_timing_cache=None):
+            built.update(network=network, config=config)
+
+        def __call__(self):
+            return b"serialized engine"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the engine was deserialized")
+
+    monkeypatch.setattr(polygraphy_trt, "EngineBytesFromNetwork", FakeEngineBytes)
+    monkeypatch.setattr(polygraphy_trt, "EngineFromNetwork", refuse)
+    monkeypatch.setattr(polygraphy_trt, "SaveEngine", refuse)
+    plan = plan_build(tiny_onnx(tmp_path / "f.onnx"), tmp_path / "f.engine", BuildOptions(version_compatible=True))
+    trt = SimpleNamespace(__version__="11.1.0.5", MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"))
+    build_module._build_with_polygraphy(plan, str(plan.onnx_path), tmp_path / "f.engine", True, None, trt)
+    assert (tmp_path / "f.engine").read_bytes() == b"serialized engine"
+    assert built["network"] is not None and built["config"] is not None
+
+
+def two_configurations_onnx(path):
+    """Two PolyAggregate nodes of different configurations, each with its own overload of the
+    model-local function, as an export writes them: y = -(x + x) through bodies Identity and Neg."""
+    elem = TensorProto.FLOAT
+    x = helper.make_tensor_value_info("x", elem, ["batch", "tokens", 16])
+    y = helper.make_tensor_value_info("y", elem, ["batch", "tokens", 16])
+    attributes = ["variant", "degree", "mode", "plugin_version", "plugin_namespace"]
+    nodes, functions = [helper.make_node("Add", ["x", "x"], ["h0"])], []
+    for index, (degree, body) in enumerate([(2, "Identity"), (3, "Neg")]):
+        overload = f"v2_mean_k{degree}_fp32"
+        node = helper.make_node(OP_TYPE, [f"h{index}"], ["y" if index else "h1"], domain=OP_DOMAIN, variant="v2",
+                                degree=degree, mode="mean", plugin_version="1", plugin_namespace=OP_DOMAIN)
+        node.overload = overload
+        nodes.append(node)
+        function = helper.make_function(OP_DOMAIN, OP_TYPE, ["X"], ["Y"], [helper.make_node(body, ["X"], ["Y"])],
+                                        [helper.make_opsetid("", 18)], attributes=attributes)
+        function.overload = overload
+        functions.append(function)
+    model = helper.make_model(helper.make_graph(nodes, "two", [x], [y]), functions=functions,
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(OP_DOMAIN, 1)])
+    model.ir_version = 10
+    spec = GraphSpec(kind="full", precision="fp32", fused_ops=True,
+                     inputs=[TensorSpec("x", ["batch", "tokens", 16], "float32", [1, 1, 16], [1, 32, 16], [2, 128, 16])],
+                     outputs=[TensorSpec("y", ["batch", "tokens", 16], "float32")])
+    helper.set_model_props(model, {METADATA_KEY: spec.to_json()})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def bodies_as_tensorrt_picks_them(model) -> list[str]:
+    """The body onnx-tensorrt's ModelImporter gives each node: its table of model-local
+    functions is keyed by name only (``localFunctions().insert({name, ...})``, the first of a
+    name stays), looked up by ``node.op_type()``; None for a node that is no function call."""
+    table = {}
+    for function in model.functions:
+        table.setdefault(function.name, function)
+    return [table[n.op_type].overload if n.op_type in table else None for n in model.graph.node]
+
+
+def test_build_from_function_bodies_gives_each_node_its_own(tmp_path, monkeypatch):
+    """--no-plugin: TensorRT would give both nodes the first body (the degree-2 one); the model it
+    parses has the bodies inlined, each node its own, and computes what onnxruntime (which
+    resolves overloads) computes on the export."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+
+    from pom_deploy.tensorrt import build as build_module
+
+    source = two_configurations_onnx(tmp_path / "two.onnx")
+    exported = onnx.load(str(source))
+    assert bodies_as_tensorrt_picks_them(exported) == [None, "v2_mean_k2_fp32", "v2_mean_k2_fp32"]  # the bug
+    parsed = {}
+
+    def fake_build(plan, parse_path, destination, strong, flag, trt):
+        parsed["model"] = onnx.load(parse_path)
+        destination.write_bytes(b"serialized engine")
+
+    monkeypatch.setattr(build_module, "require_tensorrt", lambda: SimpleNamespace(__version__="10.3.0.30"))
+    monkeypatch.setattr(build_module, "current_environment",
+                        lambda: {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7"})
+    monkeypatch.setattr(build_module, "_build_with_polygraphy", fake_build)
+    result = build_engine(source, tmp_path / "two.engine", plugin=False)
+    model = parsed["model"]
+    assert not model.functions and fused_nodes(model) == 0
+    assert set(bodies_as_tensorrt_picks_them(model)) == {None}
+    assert [n.op_type for n in model.graph.node] == ["Add", "Identity", "Neg"]
+    x = np.linspace(-1, 1, 2 * 3 * 16, dtype=np.float32).reshape(2, 3, 16)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    np.testing.assert_array_equal(run(model), run(exported))
+    np.testing.assert_array_equal(run(model), -(x + x))
+    assert result.sidecar["plugin"]["function_bodies_inlined"] is True and result.warnings
+
+
 @pytest.mark.parametrize("version, stripped", [("10.3.0.30", True), ("10.13.3.9", False)])
 def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch, version, stripped):
     from types import SimpleNamespace
@@ -361,7 +489,7 @@ def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch
     monkeypatch.setattr(build_module, "require_tensorrt", lambda: SimpleNamespace(__version__=version))
     monkeypatch.setattr(build_module, "current_environment",
                         lambda: {"tensorrt_version": version, "gpu_name": "Orin", "compute_capability": "8.7"})
-    monkeypatch.setattr(build_module, "load_plugin_library", lambda path, trt: "dlopen")
+    monkeypatch.setattr(build_module, "load_plugin_library", lambda path, trt: "load_library")
     monkeypatch.setattr(build_module, "_build_with_polygraphy", fake_build)
     result = build_engine(source, tmp_path / "f.engine", precision="fp16", plugin=str(library), workspace=1 << 30)
     assert (tmp_path / "f.engine").read_bytes() == b"serialized engine"
@@ -371,7 +499,8 @@ def test_build_engine_writes_engine_and_sidecar_atomically(tmp_path, monkeypatch
     assert sidecar == result.sidecar
     assert (sidecar["tensorrt_version"], sidecar["gpu_name"], sidecar["compute_capability"]) == (version, "Orin", "8.7")
     assert sidecar["precision"] == "fp16" and sidecar["strongly_typed"] is False
-    assert sidecar["plugin"] == {"fused_nodes": 1, "library": str(library.resolve()), "loaded_by": "dlopen", "function_stripped": stripped}
+    assert sidecar["plugin"] == {"fused_nodes": 1, "library": str(library.resolve()), "loaded_by": "load_library",
+                                 "function_stripped": stripped, "function_bodies_inlined": False}
     assert sidecar["profiles"] == [{"x": {"min": [1, 1, 16], "opt": [1, 32, 16], "max": [2, 128, 16]}}]
     assert sidecar["options"]["workspace"] == 1 << 30 and len(sidecar["source_onnx"]["sha256"]) == 64
     assert spec_from_sidecar(sidecar).fused_ops is True

@@ -135,7 +135,7 @@ def _relative_to_peak(actual, expected):
 
 
 def test_fp16_video_matches_within_one_percent(tmp_path, video_model):
-    result = export_onnx(video_model, tmp_path / "v16.onnx", dtype="fp16")
+    result = export_onnx(video_model, tmp_path / "v16.onnx", precision="fp16")
     session = _ort(result.path)
     assert session.get_inputs()[0].type == "tensor(float16)"
     x = torch.randn(2, 6 * video_model.frame_tokens, 16)
@@ -152,7 +152,7 @@ def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
     with torch.no_grad():
         layer.qc_proj.weight.mul_(3)
         layer.qc_proj.weight[:8].abs_()  # positive projected context: the mean cannot cancel out
-    result = export_onnx(layer, tmp_path / "l16.onnx", dtype="fp16", mask=mask, verify=False)
+    result = export_onnx(layer, tmp_path / "l16.onnx", precision="fp16", mask=mask, verify=False)
     x = torch.rand(1, 65536, 8) + 0.5
     ref64 = PoMv2(8, 2, 1, 1, 0).double()
     ref64.load_state_dict(layer.state_dict())
@@ -172,15 +172,15 @@ def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
 
 
 def test_bf16_exports_and_says_why_it_cannot_verify_on_cpu(tmp_path, video_model):
-    result = export_onnx(video_model, tmp_path / "b.onnx", dtype="bf16", verify=False)
+    result = export_onnx(video_model, tmp_path / "b.onnx", precision="bf16", verify=False)
     assert result.opset >= 22
     model = onnx.load(str(result.path))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
     # the step graph (one context vector per stream), fused: every op takes bf16 (checker passed)
-    step = export_onnx(video_model, tmp_path / "b.step.onnx", dtype="bf16", step=True, fused_ops_enabled=True, verify=False)
-    assert step.spec.fused_ops and step.spec.dtype == "bf16"
+    step = export_onnx(video_model, tmp_path / "b.step.onnx", precision="bf16", step=True, fused_ops=True, verify=False)
+    assert step.spec.fused_ops and step.spec.precision == "bf16"
     with pytest.raises(ExportError, match="--no-verify"):
-        export_onnx(video_model, tmp_path / "b2.onnx", dtype="bf16")
+        export_onnx(video_model, tmp_path / "b2.onnx", precision="bf16")
     assert not (tmp_path / "b2.onnx").exists()
 
 
@@ -216,7 +216,7 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
     mask[:, 0] = 1
     for kind in ("none", "causal", "padding"):
         plain = export_onnx(layer, tmp_path / f"{kind}.onnx", mask=kind, verify=False)  # verified in test_layer_mask_kinds_*
-        fused = export_onnx(layer, tmp_path / f"{kind}.fused.onnx", mask=kind, fused_ops_enabled=True)
+        fused = export_onnx(layer, tmp_path / f"{kind}.fused.onnx", mask=kind, fused_ops=True)
         model = onnx.load(str(fused.path))
         nodes = [n for n in model.graph.node if n.op_type == "PolyAggregate"]
         assert len(nodes) == 1 and nodes[0].domain == "pom_deploy" and nodes[0].overload
@@ -241,7 +241,7 @@ def _function_cumsums(path) -> dict[str, int]:
 def test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum(tmp_path, name, step):
     """Block-causal frames (video) and 2-D RoPE (DiT) are fused too; nothing is left decomposed."""
     model = create_zoo_model(name)
-    result = export_onnx(model, tmp_path / "m.onnx", dtype="fp16", step=step, fused_ops_enabled=True)
+    result = export_onnx(model, tmp_path / "m.onnx", precision="fp16", step=step, fused_ops=True)
     onnx.checker.check_model(str(result.path), full_check=True)
     ops = _ops(result.path)
     assert ops.count("PolyAggregate") == len(find_pom_layers(model)) == 2 and "CumSum" not in ops
@@ -275,7 +275,7 @@ def test_fused_rope_layers_match_pytorch(tmp_path, rope_2d, mask):
     """Against PyTorch (and so, within twice the tolerance, against the decomposed export, which
     test_layer_mask_kinds_match_torch checks against PyTorch for the same RoPE layers)."""
     layer = spread_coefficients(PoMv2RoPE(16, 3, 2, 1, 4, max_seq_len=64, max_h=8, max_w=8, rope_2d=rope_2d)).eval()
-    fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops_enabled=True)
+    fused = export_onnx(layer, tmp_path / "fused.onnx", mask=mask, fused_ops=True)
     onnx.checker.check_model(str(fused.path), full_check=True)
     assert _ops(fused.path).count("PolyAggregate") == 1 and fused.spec.decomposed_layers == []
     assert "CumSum" not in _ops(fused.path) and list(_function_cumsums(fused.path).values()) == [int(mask == "causal")]
@@ -311,7 +311,7 @@ def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
     RoPE layer's step graph (token-causal in a chunk, positions continue from the count; verified by
     the export against the layer's own causal forward) is fused."""
     video = create_zoo_model("video_pom", frame_tokens=4, degree=3)
-    full = export_onnx(video, tmp_path / "v.onnx", fused_ops_enabled=True)
+    full = export_onnx(video, tmp_path / "v.onnx", fused_ops=True)
     assert _ops(full.path).count("PolyAggregate") == 2 and "CumSum" not in _ops(full.path)
     session = _ort(full.path)
     for batch, frames in ((1, 1), (3, 5), (2, 13)):
@@ -319,12 +319,12 @@ def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
         with torch.no_grad():
             np.testing.assert_allclose(_run(session, tokens=x), video(x).numpy(), atol=MODEL_ATOL, rtol=0)
     layer = spread_coefficients(PoMv2RoPE(16, 2, 2, 1, 4, max_seq_len=4096)).eval()
-    step = export_onnx(layer, tmp_path / "r.step.onnx", step=True, fused_ops_enabled=True, mask="causal")
+    step = export_onnx(layer, tmp_path / "r.step.onnx", step=True, fused_ops=True, mask="causal")
     assert step.verification.passed and _ops(step.path).count("PolyAggregate") == 1 and step.spec.decomposed_layers == []
 
 
 def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
-    dense = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "d.onnx", mask="full", fused_ops_enabled=True)
+    dense = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "d.onnx", mask="full", fused_ops=True)
     assert dense.verification.passed and "PolyAggregate" not in _ops(dense.path) and not dense.spec.fused_ops
     assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"] and "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
     assert read_spec(dense.path).decomposed_layers == dense.spec.decomposed_layers
@@ -333,7 +333,7 @@ def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "not fused" in out and "blocks.0.mixer" in out and "blocks.1.mixer" in out and "degree 9 > 8" in out
     assert [d["module"] for d in read_spec(tmp_path / "dit9.onnx").decomposed_layers] == ["blocks.0.mixer", "blocks.1.mixer"]
-    v1 = export_onnx(PoMv1(8, 2, 1), tmp_path / "v1.onnx", fused_ops_enabled=True, mask="causal")
+    v1 = export_onnx(PoMv1(8, 2, 1), tmp_path / "v1.onnx", fused_ops=True, mask="causal")
     assert v1.verification.passed and v1.spec.fused_ops and v1.spec.decomposed_layers == []
 
 
@@ -380,9 +380,9 @@ def _cli_error(capsys, argv):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--dtype", "fp8"], "unknown precision 'fp8'"),  # --dtype: the former name of --precision
     (["--opset", "11"], "opset 11 is not supported"),
-    (["--dtype", "bf16", "--opset", "18"], "bf16 needs opset 22"),
+    (["--precision", "bf16", "--opset", "18"], "bf16 needs opset 22"),
     (["--mask", "diagonal"], "unknown mask kind"),
     (["--step", "--mask", "padding"], "no token dim to stream over"),
     (["--step"], "sees the whole sequence (no causal or block-causal mask): no step graph can equal the model"),
@@ -436,7 +436,7 @@ def test_forward_failing_on_dummy_input(tmp_path):
 
 def test_failed_verification_writes_nothing(tmp_path, video_model):
     with pytest.raises(VerificationError, match="nothing written"):
-        export_onnx(video_model, tmp_path / "o.onnx", atol=0.0, rtol=0.0, dtype="fp16")
+        export_onnx(video_model, tmp_path / "o.onnx", atol=0.0, rtol=0.0, precision="fp16")
     assert os.listdir(tmp_path) == []
 
 
@@ -451,7 +451,7 @@ def test_summary_and_inspect(tmp_path, capsys, exported_video):
     full, step = exported_video
     assert deploy_cli.main(["inspect", str(step.path)]) == 0
     out = capsys.readouterr().out
-    for text in ("past.1.mean", "present.0.count", "video_pom", "chunk", "opset", "parameters"):
+    for text in ("past.1.mean", "present.0.count", "video_pom", "chunk", "opset", "parameters", "step graph, fp32"):
         assert text in out
     assert deploy_cli.main(["inspect", str(full.path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -489,7 +489,7 @@ def test_large_models_use_external_data(tmp_path, monkeypatch, video_model, expo
 def test_fp16_layer_mask_kinds_within_one_percent(tmp_path, mask):
     torch.manual_seed(0)
     layer = spread_coefficients(PoMv2(16, 3, 2, 1, 4))
-    result = export_onnx(layer, tmp_path / "l16.onnx", mask=mask, dtype="fp16")
+    result = export_onnx(layer, tmp_path / "l16.onnx", mask=mask, precision="fp16")
     session = _ort(result.path)
     for batch, tokens in ((2, 11), (1, 300)):
         feeds = _layer_inputs(layer, mask, False, batch, tokens, tokens)

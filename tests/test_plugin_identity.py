@@ -15,7 +15,7 @@ HEADERS = Path(__file__).resolve().parents[1] / "plugins" / "poly_aggregate"
 
 
 def _string_constants(header: str) -> dict[str, str]:
-    text = (HEADERS / header).read_text()
+    text = cpp_without_comments((HEADERS / header).read_text())
     return dict(re.findall(r'constexpr\s+char\s+const\s*\*\s*(\w+)\s*=\s*"([^"]*)"\s*;', text))
 
 
@@ -34,11 +34,57 @@ def test_plugin_identity_matches_the_header():
     assert fields + attributes == op.ONNX_ATTRIBUTES
 
 
+# A C++ token that matters to comment stripping: a comment, a string or character literal (raw
+# strings too), or any other character.
+_CPP_TOKEN = re.compile(r"""
+    (?P<line_comment>//[^\n]*)
+  | (?P<block_comment>/\*.*?\*/)
+  | (?P<raw_string>R"(?P<delimiter>[^()\\\s]{0,16})\(.*?\)(?P=delimiter)")
+  | (?P<string>"(?:\\.|[^"\\\n])*")
+  | (?P<char>'(?:\\.|[^'\\\n])*')
+  | (?P<other>.)
+""", re.VERBOSE | re.DOTALL)
+
+
+def cpp_without_comments(source: str) -> str:
+    """``source`` with its comments blanked (a block comment keeps its line breaks) and
+    everything else, string literals included, as written: a ``//`` or ``/*`` inside a string
+    is no comment, and a ``*`` in code (``char const* k = "...";``) starts nothing."""
+    parts = []
+    for token in _CPP_TOKEN.finditer(source):
+        if token.lastgroup == "line_comment":
+            parts.append(" ")
+        elif token.lastgroup == "block_comment":
+            parts.append(" " + "\n" * token.group().count("\n"))
+        else:
+            parts.append(token.group())
+    return "".join(parts)
+
+
+def _identity_literals_outside_the_header(source: str) -> list[str]:
+    code = cpp_without_comments(source)
+    return [value for value in (op.PLUGIN_NAME, op.PLUGIN_NAMESPACE, *op.ONNX_ATTRIBUTES) if f'"{value}"' in code]
+
+
 def test_the_plugin_spells_its_identity_only_through_the_identity_header():
-    plugin = (HEADERS / "polyAggregatePlugin.cpp").read_text() + (HEADERS / "polyAggregatePlugin.h").read_text()
+    sources = ("polyAggregatePlugin.cpp", "polyAggregatePlugin.h", "polyAggregateAutoRegister.cpp")
+    plugin = "".join((HEADERS / name).read_text() for name in sources)
     assert '#include "polyAggregateIdentity.h"' in plugin
-    for value in (op.PLUGIN_NAME, op.PLUGIN_NAMESPACE, *op.ONNX_ATTRIBUTES):
-        assert f'"{value}"' not in re.sub(r"(//|\*).*", "", plugin), value  # comments and messages aside
+    assert _identity_literals_outside_the_header(plugin) == []
+
+
+def test_comment_stripper_catches_a_namespace_written_in_the_plugin():
+    """What the check above would miss if it stripped too much: a namespace string on a line with
+    a ``*`` (the earlier regex dropped everything after any ``*``), after a string holding ``//``."""
+    plugin = (HEADERS / "polyAggregatePlugin.cpp").read_text()
+    changed = plugin + '\nchar const* kNs = "pom_deploy"; // the namespace, spelled again\n'
+    assert _identity_literals_outside_the_header(changed) == ["pom_deploy"]
+    assert re.sub(r"(//|\*).*", "", changed).count('"pom_deploy"') == 0  # the earlier stripper's blind spot
+    url = 'auto const* u = "http://x/*y"; char const* n = "PolyAggregate"; /* "mode" */ char c = \'"\'; // "rope"\n'
+    assert _identity_literals_outside_the_header(url) == ["PolyAggregate"]
+    raw = 'auto r = R"x(a "// b)x"; char const* v = "variant";\n'
+    assert _identity_literals_outside_the_header(raw) == ["variant"]
+    assert cpp_without_comments("a /* one\ntwo */ b // three\nc") == "a  \n b  \nc"
 
 
 def test_abi_codes_match_the_c_enums():

@@ -203,6 +203,31 @@ def test_masked_fractional_weights_and_empty_mask(emulation_lib):
     _assert_close(y, x, 2, "v1", "masked", None, mask, "float32")
 
 
+def nan_propagates_as_in_the_oracle(lib, runner, variant: str, mode: str, dtype: str) -> None:
+    """NaN in a few x entries (and, for v2, out of the activation's clamp range around them):
+    the outputs that are NaN are exactly the oracle's, so a NaN is never turned into a number
+    (fmaxf(NaN, -0.1) is -0.1) nor spread where the oracle has none."""
+    batch, tokens, channels, degree = 2, 300, 12, 3
+    x, coeff, mask = abi.make_inputs(11, batch, tokens, channels, degree, variant, mode, dtype)
+    x = x.copy()
+    x[0, 5, 1] = np.nan
+    x[1, 250, 7] = np.nan
+    x[0, 6, 2], x[1, 251, 8] = -1e4, 1e4  # clamped to -0.1 and 6 (v2): clamping still works
+    y = runner(lib, x, degree, variant, mode, coeff, mask)
+    expected = poly_aggregate(_as64(x), degree, variant, mode, _as64(coeff), _as64(mask))
+    nan = np.isnan(np.asarray(y, dtype=np.float64))
+    assert nan.any() and not nan.all()
+    assert np.array_equal(nan, np.isnan(expected)), f"{int((nan != np.isnan(expected)).sum())} NaN positions differ"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("mode", list(abi.MODES))
+@pytest.mark.parametrize("variant", list(abi.VARIANTS))
+def test_nan_propagates_in_cpu_emulation_and_kernel_source(emulation_lib, host_kernels, variant, mode, dtype):
+    nan_propagates_as_in_the_oracle(emulation_lib, abi.run_cpu_emulation, variant, mode, dtype)
+    nan_propagates_as_in_the_oracle(host_kernels, abi.run_host_launch, variant, mode, dtype)
+
+
 def test_empty_token_axis(emulation_lib):
     x = np.zeros((2, 0, 4), dtype=np.float32)
     assert np.all(abi.run_cpu_emulation(emulation_lib, x, 2, "v1", "mean") == 0.0)
@@ -478,6 +503,7 @@ def test_gpu_check_build_stage_without_gpu(plugin_tmp):
     sass, _ = _fatbin_architectures(build / "libpom_deploy_plugins.so")
     assert sass == {90}
     if "TENSORRT_INCLUDE_DIR" in env:
+        assert (build / "libpom_deploy_plugins_autoregister.so").is_file()
         host_test = _run([str(build / "poly_aggregate_plugin_host_test")])
         assert "enqueue checks skipped: no CUDA device" in host_test.stdout
         assert "all PolyAggregate plugin host checks passed" in host_test.stdout
@@ -684,6 +710,51 @@ def test_plugin_host_side_with_tensorrt_headers(which, plugin_tmp, kernel_build)
     print(output)
 
 
+def _plugin_libraries(plugin_tmp: Path, kernels: Path) -> tuple[Path, Path]:
+    """(the plugin library, its autoregister library), built as CMake builds them, with the newest
+    TensorRT headers and the kernels' source on the host emulation (no CUDA runtime needed)."""
+    include = _tensorrt_headers("newest", plugin_tmp)
+    plugin, autoregister = plugin_tmp / "libpom_deploy_plugins.so", plugin_tmp / "libpom_deploy_plugins_autoregister.so"
+    common = ["g++", "-std=c++20", "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-fvisibility=hidden",
+              "-I", str(POLY_AGGREGATE), "-I", str(CUDA_HOST), "-isystem", str(include)]
+    _run([*common, str(POLY_AGGREGATE / "polyAggregatePlugin.cpp"), str(kernels), f"-Wl,-rpath,{kernels.parent}",
+          "-o", str(plugin)])
+    _run([*common, str(POLY_AGGREGATE / "polyAggregateAutoRegister.cpp"), str(plugin), f"-Wl,-rpath,{plugin.parent}",
+          "-ldl", "-o", str(autoregister)])
+    return plugin, autoregister
+
+
+def test_plugin_library_hands_out_its_creator_through_get_creators_only(plugin_tmp, host_kernels):
+    """The library as IPluginRegistry::loadLibrary loads it (dlopen, RTLD_LOCAL, then getCreators):
+    one creator, the same on every call, whatever else is loaded; and loading it registers nothing
+    by itself (no load-time lookup of TensorRT's registry), so no registry gets it twice. The
+    separate autoregister library is the plain-dlopen path; without TensorRT in the process it
+    registers nothing and says so."""
+    import ctypes
+
+    plugin, autoregister = _plugin_libraries(plugin_tmp, Path(host_kernels._name))
+    undefined = _run(["nm", "-D", "--undefined-only", str(plugin)]).stdout
+    assert "dlopen" not in undefined and "dlsym" not in undefined, "the plugin library looks up a registry itself"
+    library = ctypes.CDLL(str(plugin), mode=ctypes.RTLD_LOCAL)
+    get_creators = library.getCreators
+    get_creators.restype = ctypes.POINTER(ctypes.c_void_p)
+    get_creators.argtypes = [ctypes.POINTER(ctypes.c_int32)]  # int32_t& is a pointer in the ABI
+    counts, firsts = [], []
+    for _ in range(2):
+        count = ctypes.c_int32(-1)
+        creators = get_creators(ctypes.byref(count))
+        counts.append(count.value)
+        firsts.append(creators[0])
+    assert counts == [1, 1] and firsts[0] is not None and firsts[0] == firsts[1]
+    # The autoregister library, loaded after the plugin library (as with TensorRT not loaded yet).
+    result = subprocess.run([sys.executable, "-c", (
+        "import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); print('registered', lib.pomPolyAggregateAutoRegistered())"),
+        str(autoregister)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "registered 0" in result.stdout
+    assert "is not loaded: nothing registered (load TensorRT first)" in result.stderr
+
+
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_sanitized):
     """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype,
@@ -701,7 +772,12 @@ def test_gpu_check_scripts_cpu_parts():
     torch = pytest.importorskip("torch")
     onnx = pytest.importorskip("onnx")
     _run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")])
+    import check_trt_engines
     import check_trt_plugin
+
+    two = check_trt_engines.TwoDegrees()  # the --no-plugin check's model: layers of degrees 2 and 3
+    assert [layer.order for layer in (two.first, two.second)] == [2, 3]
+    assert two(torch.randn(1, 5, 64)).shape == (1, 5, 64)
 
     for variant in abi.VARIANTS:
         for mode in abi.MODES:

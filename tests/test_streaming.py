@@ -10,12 +10,13 @@ import torch
 from conftest import load_upstream_case, spread_coefficients
 from tolerances import LAYER_ATOL, MODEL_ATOL, UPSTREAM
 from pom_deploy.cli import deploy as deploy_cli
-from pom_deploy.errors import ExportError, RuntimeInputError
+from pom_deploy.errors import ExportError, PomDeployError, RuntimeInputError
 from pom_deploy.exporters import export_onnx
 from pom_deploy.exporters.verify import block_causal_mask
 from pom_deploy.models import BlockCausalMask, PoMv1, PoMv2, PoMv2RoPE
 from pom_deploy.models.zoo import PoMBlock, create_zoo_model
 from pom_deploy.runtime import Session, StreamingSession, load
+from pom_deploy.spec import SPEC_FORMAT_VERSION, GraphSpec
 
 
 def _stream(session, x, chunks):
@@ -184,7 +185,7 @@ def test_chunks_as_blocks_opt_in_streams_a_model_that_sees_the_whole_sequence(tm
 
 def test_fused_step_graph_agrees(tmp_path, video_model, exported_video):
     _, plain = exported_video
-    fused = export_onnx(video_model, tmp_path / "fused.step.onnx", step=True, fused_ops_enabled=True)
+    fused = export_onnx(video_model, tmp_path / "fused.step.onnx", step=True, fused_ops=True)
     assert fused.spec.fused_ops
     x = np.random.default_rng(0).standard_normal((2, 24, 16)).astype(np.float32)
     np.testing.assert_allclose(_stream(load(fused.path), x, [8, 8, 8]), _stream(load(plain.path), x, [8, 8, 8]), atol=MODEL_ATOL, rtol=0)
@@ -400,3 +401,10 @@ def test_frame_causal_step_graph_needs_no_cumsum(exported_video, exported_lm):
     ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
     assert "CumSum" not in ops(exported_video[1].path)
     assert ops(exported_lm.path).count("CumSum") == 2
+
+
+def test_metadata_of_a_newer_format_is_refused_in_one_line():
+    """A file written by a newer pom-deploy says so instead of failing on an unknown field."""
+    newer = {"format_version": SPEC_FORMAT_VERSION + 1, "kind": "step", "inputs": [], "outputs": [], "new_field": 1}
+    with pytest.raises(PomDeployError, match=f"format {SPEC_FORMAT_VERSION + 1}, newer than this pom-deploy reads"):
+        GraphSpec.from_json(json.dumps(newer))

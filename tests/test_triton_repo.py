@@ -57,7 +57,7 @@ def fake_engine(tmp_path, onnx_path, plugin_library=None):
     write_json_atomic(sidecar_path(engine), make_sidecar(
         environment=environment, precision="fp16", strongly_typed=False, profiles=profiles_to_json(derive_profiles(spec.inputs)),
         spec=spec, source_onnx={"path": str(onnx_path), "sha256": "0" * 64},
-        plugin={"fused_nodes": 2, "library": str(plugin_library) if plugin_library else None, "loaded_by": "dlopen", "function_stripped": False},
+        plugin={"fused_nodes": 2, "library": str(plugin_library) if plugin_library else None, "loaded_by": "load_library", "function_stripped": False},
         options={"version_compatible": False, "hardware_compatibility": None}))
     return engine
 
@@ -125,6 +125,7 @@ def test_tensorrt_repo_ships_the_engine_as_model_plan_with_plugin_and_versions(t
     plugin = tmp_path / "libpom_deploy_plugins.so"
     plugin.write_bytes(b"\x7fELF stand-in")
     monkeypatch.setenv("POM_DEPLOY_PLUGIN", str(plugin))  # found on the search path, not through the sidecar's record
+    (tmp_path / "libpom_deploy_plugins_autoregister.so").write_bytes(b"\x7fELF autoregister stand-in")
     engine = fake_engine(tmp_path, step, plugin)
     assert main(["triton-repo", str(engine), "-o", str(tmp_path / "repo"), "--backend", "tensorrt", "--name", "trt"]) == 0
     model_dir = tmp_path / "repo" / "trt"
@@ -132,8 +133,11 @@ def test_tensorrt_repo_ships_the_engine_as_model_plan_with_plugin_and_versions(t
     assert config.platform == "tensorrt_plan" and (model_dir / "1" / "model.plan").read_bytes() == engine.read_bytes()
     assert len(config.sequence_batching.state) == 4 and config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     assert (model_dir / "plugins" / plugin.name).read_bytes() == plugin.read_bytes()
+    # Triton's backend loads plugins= with a plain dlopen: the library that registers at load.
+    assert (model_dir / "plugins" / "libpom_deploy_plugins_autoregister.so").read_bytes() == b"\x7fELF autoregister stand-in"
     readme = (model_dir / "README.md").read_text()
-    assert "TensorRT 10.13.3.9" in readme and "NVIDIA Jetson Thor" in readme and f"plugins={'/models/trt/plugins/' + plugin.name}" in readme
+    assert "TensorRT 10.13.3.9" in readme and "NVIDIA Jetson Thor" in readme
+    assert "plugins=/models/trt/plugins/libpom_deploy_plugins_autoregister.so" in readme
     # the python backend serves the engine too (pom_deploy.load opens it), its sidecar beside it
     assert main(["triton-repo", str(engine), "-o", str(tmp_path / "repo"), "--name", "py"]) == 0
     assert json.loads((tmp_path / "repo" / "py" / "1" / "model.engine.json").read_text())["gpu_name"] == "NVIDIA Jetson Thor"

@@ -211,9 +211,9 @@ def test_masked_program_verifies_and_says_why_it_is_not_fused_or_fp16(tmp_path):
     program = torch.export.export(Masked().eval(), (torch.randn(2, 5, 16), torch.ones(2, 5)),
                                   dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}))
     torch.export.save(program, tmp_path / "masked.pt2")
-    result = export_onnx(tmp_path / "masked.pt2", tmp_path / "masked.onnx", fused_ops_enabled=True)
+    result = export_onnx(tmp_path / "masked.pt2", tmp_path / "masked.onnx", fused_ops=True)
     assert result.verification.passed and not result.spec.fused_ops
     assert [d["module"] for d in result.spec.decomposed_layers] == ["(torch.export program)"]
     assert "original model" in result.spec.decomposed_layers[0]["reason"]
-    with pytest.raises(ExportError, match="--dtype fp16 cannot apply to a torch.export program"):
-        export_onnx(tmp_path / "masked.pt2", tmp_path / "masked16.onnx", dtype="fp16")
+    with pytest.raises(ExportError, match="--precision fp16 cannot apply to a torch.export program"):
+        export_onnx(tmp_path / "masked.pt2", tmp_path / "masked16.onnx", precision="fp16")

@@ -265,12 +265,25 @@ __device__ __forceinline__ int64_t channelOf(Plan const& p, int64_t group, int a
     return firstChannelOf<kRope>(p, group * p.vec) + acc / p.vec * p.channelStride + acc % p.vec;
 }
 
+//! Per-lane values in shared memory (lane sums, lane prefixes) are laid out [accumulator][lane]
+//! [column group], each accumulator's slab padded so that it starts kBlockCols banks after the
+//! previous one (mod 32). A warp writing one accumulator for its lanes and columns, and a warp
+//! adding the lanes of its columns for consecutive accumulators, then each touch 32 distinct
+//! banks; the [lane][column][accumulator] layout put a warp's 32 words in 2 banks (16-way).
+constexpr int kLaneSlab = kBlockLanes * kBlockCols + ((kBlockCols - kBlockLanes * kBlockCols % 32) % 32 + 32) % 32;
+static_assert(kBlockCols >= 32 || kLaneSlab % 32 == kBlockCols, "lane slabs must start kBlockCols banks apart");
+
+__device__ __forceinline__ int laneSlot(int acc, int lane, int col)
+{
+    return acc * kLaneSlab + lane * kBlockCols + col;
+}
+
 //! kRope: a compile-time switch, so that the kernels without RoPE keep their registers.
 template <typename T, int V, bool kRope>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(KernelArgs a)
 {
     constexpr int MAXK = kMaxAccumulators / V;
-    __shared__ float laneSums[kBlockLanes][kBlockCols][kMaxAccumulators];
+    __shared__ float laneSums[kMaxAccumulators * kLaneSlab];
     __shared__ float laneMaskSums[kBlockLanes];
 
     Plan const& p = a.plan;
@@ -327,7 +340,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
         {
             if (j < p.channelsPerColumn)
             {
-                laneSums[ty][tx][j * V + v] = sum[j][v];
+                laneSums[laneSlot(j * V + v, ty, tx)] = sum[j][v];
             }
         }
     }
@@ -347,7 +360,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
         float total = 0.0F;
         for (int lane = 0; lane < kBlockLanes; ++lane)
         {
-            total += laneSums[lane][sumCol][sumAcc];
+            total += laneSums[laneSlot(sumAcc, lane, sumCol)];
         }
         a.partial[(b * p.splits + split) * a.channels + channelOf<kRope>(p, sumGroup, sumAcc)] = total;
     }
@@ -451,8 +464,8 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     constexpr int MAXK = kMaxAccumulators / V;
     constexpr int R = kCausalTokensPerLane;
     __shared__ uint32_t blockTicket;
-    __shared__ float lanePrefix[kBlockLanes][kBlockCols][kMaxAccumulators];
-    __shared__ float chunkCarry[kBlockCols][kMaxAccumulators];
+    __shared__ float lanePrefix[kMaxAccumulators * kLaneSlab];
+    __shared__ float chunkCarry[kMaxAccumulators][kBlockCols]; // [accumulator][column]: no conflicts either
     __shared__ int64_t lookBackBase; // ticket of the nearest predecessor with a prefix
 
     Plan const& p = a.plan;
@@ -524,7 +537,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
         {
             if (j < p.channelsPerColumn)
             {
-                lanePrefix[ty][tx][j * V + v] = running[j][v];
+                lanePrefix[laneSlot(j * V + v, ty, tx)] = running[j][v];
             }
         }
     }
@@ -539,8 +552,8 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
     {
         for (int lane = 0; lane < kBlockLanes; ++lane)
         {
-            float const laneTotal = lanePrefix[lane][scanCol][scanAcc];
-            lanePrefix[lane][scanCol][scanAcc] = chunkTotal;
+            float const laneTotal = lanePrefix[laneSlot(scanAcc, lane, scanCol)];
+            lanePrefix[laneSlot(scanAcc, lane, scanCol)] = chunkTotal;
             chunkTotal += laneTotal;
         }
     }
@@ -593,7 +606,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
                 __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
                 __threadfence();
             }
-            chunkCarry[scanCol][scanAcc] = carry;
+            chunkCarry[scanAcc][scanCol] = carry;
         }
         __syncthreads();
         if (tid == 0 && chunk > 0)
@@ -617,7 +630,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
         {
             float const carry = chunk > 0 ? __ldcg(a.prefix + (ticket - p.chains) * prefixStride + slot) : 0.0F;
             __stcg(a.prefix + ticket * prefixStride + slot, carry + chunkTotal);
-            chunkCarry[scanCol][scanAcc] = carry;
+            chunkCarry[scanAcc][scanCol] = carry;
             __threadfence();
         }
         __syncthreads();
@@ -640,7 +653,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) causalKernel(K
         {
             if (j < p.channelsPerColumn)
             {
-                running[j][v] = chunkCarry[tx][j * V + v] + lanePrefix[ty][tx][j * V + v];
+                running[j][v] = chunkCarry[j * V + v][tx] + lanePrefix[laneSlot(j * V + v, ty, tx)];
             }
         }
     }

@@ -31,11 +31,13 @@ POM_HD float geluErf(float x)
     return 0.5F * x * erfcf(-x * kInvSqrt2);
 }
 
-//! v2 activation: clamp(leaky_relu(x, 0.01), -0.1, 6).
+//! v2 activation: clamp(leaky_relu(x, 0.01), -0.1, 6). Written with comparisons, not
+//! fmaxf/fminf, which return the other operand for a NaN: a NaN in x stays NaN, as in the
+//! oracle and the ONNX function body (Clip).
 POM_HD float v2Activation(float x)
 {
     float const leaky = x >= 0.0F ? x : kLeakySlope * x;
-    return fminf(fmaxf(leaky, kClampMin), kClampMax);
+    return leaky < kClampMin ? kClampMin : (leaky > kClampMax ? kClampMax : leaky);
 }
 
 //! Features of one token for V columns.

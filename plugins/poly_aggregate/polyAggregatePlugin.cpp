@@ -4,10 +4,6 @@
  */
 #include "polyAggregatePlugin.h"
 
-#include <NvInferVersion.h>
-
-#include <dlfcn.h>
-
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -117,6 +113,18 @@ PomPolyAggregateDesc describe(PolyAggregateConfig const& config, nvinfer1::Dims 
     d.dtype = dtype;
     d.frameTokens = config.frameTokens;
     d.rope = config.rope;
+    return d;
+}
+
+//! The largest problem a profile with maximum x shape `xMax` admits: N rounded down to a
+//! multiple of frame_tokens (the workspace grows with B, N and C, so it bounds every smaller one).
+PomPolyAggregateDesc largestValidProblem(PolyAggregateConfig const& config, nvinfer1::Dims const& xMax, int32_t dtype)
+{
+    PomPolyAggregateDesc d = describe(config, xMax, dtype);
+    if (d.frameTokens > 0)
+    {
+        d.tokens = d.tokens / d.frameTokens * d.frameTokens;
+    }
     return d;
 }
 
@@ -418,6 +426,21 @@ int32_t PolyAggregatePlugin::configurePlugin(nvinfer1::DynamicPluginTensorDesc c
             + std::to_string(mConfig.frameTokens) + ")");
         return -1;
     }
+    // The workspace is sized for the profile's largest valid problem; a maximum that is invalid
+    // for another reason than its tokens (channels) leaves no safe size, so the profile is refused.
+    int32_t dtype = 0;
+    if (in[0].max.nbDims == 3 && toPomDType(in[0].desc.type, dtype))
+    {
+        PomPolyAggregateDesc const largest = largestValidProblem(mConfig, in[0].max, dtype);
+        int const status = pomPolyAggregateValidate(&largest);
+        if (status != POM_SUCCESS)
+        {
+            logError("the profile's maximum x shape (" + std::to_string(in[0].max.d[0]) + ", "
+                + std::to_string(in[0].max.d[1]) + ", " + std::to_string(in[0].max.d[2])
+                + ") is invalid: " + pomPolyAggregateStatusString(status));
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -474,18 +497,16 @@ bool PolyAggregatePlugin::supportsFormatCombination(
 size_t PolyAggregatePlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
     nvinfer1::DynamicPluginTensorDesc const* /* outputs */, int32_t /* nbOutputs */) const noexcept
 {
+    // TensorRT allocates this once for the profile and enqueue cannot learn its size, so it must
+    // serve every problem of the profile: the largest valid one (configurePlugin refused a
+    // profile whose maximum is invalid for another reason than its tokens).
     int32_t dtype = 0;
     if (inputs == nullptr || nbInputs < 1 || inputs[0].max.nbDims != 3 || !toPomDType(inputs[0].desc.type, dtype))
     {
         return 0;
     }
-    PomPolyAggregateDesc d = describe(mConfig, inputs[0].max, dtype);
-    if (d.frameTokens > 0)
-    {
-        // The largest valid N of the profile (a multiple of F): the workspace grows with N.
-        d.tokens = d.tokens / d.frameTokens * d.frameTokens;
-    }
-    return pomPolyAggregateWorkspaceSize(&d);
+    PomPolyAggregateDesc const d = largestValidProblem(mConfig, inputs[0].max, dtype);
+    return pomPolyAggregateValidate(&d) == POM_SUCCESS ? pomPolyAggregateWorkspaceSize(&d) : 0;
 }
 
 int32_t PolyAggregatePlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -504,6 +525,27 @@ int32_t PolyAggregatePlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in,
     {
         logError(std::string{"onShapeChange: "} + pomPolyAggregateStatusString(status));
         return -1;
+    }
+    // The kernels index coeff and mask with x's dims; TensorRT checks only dims that share a name.
+    if (mConfig.variant == POM_VARIANT_V2)
+    {
+        nvinfer1::Dims const& coeff = in[1].dims;
+        if (coeff.nbDims != 2 || coeff.d[0] != d.channels || coeff.d[1] != d.degree)
+        {
+            logError("onShapeChange: coeff must be (channels, degree) = (" + std::to_string(d.channels) + ", "
+                + std::to_string(d.degree) + ")");
+            return -1;
+        }
+    }
+    if (mConfig.mode == POM_MODE_MASKED)
+    {
+        nvinfer1::Dims const& mask = in[mConfig.cosIndex() - 1].dims;
+        if (mask.nbDims != 2 || mask.d[0] != d.batch || mask.d[1] != d.tokens)
+        {
+            logError("onShapeChange: mask must be (batch, tokens) = (" + std::to_string(d.batch) + ", "
+                + std::to_string(d.tokens) + ")");
+            return -1;
+        }
     }
     if (mConfig.rope != POM_ROPE_NONE)
     {
@@ -537,7 +579,8 @@ int32_t PolyAggregatePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
     d.ropePerBatch = rope && inputDesc[cosIndex].dims.d[0] != 1 ? 1 : 0;
     void const* coeff = mConfig.variant == POM_VARIANT_V2 ? inputs[1] : nullptr;
     void const* mask = mConfig.mode == POM_MODE_MASKED ? inputs[cosIndex - 1] : nullptr;
-    // The workspace TensorRT gives was sized for the profile's max shape, which bounds this one.
+    // TensorRT gives the workspace getWorkspaceSize asked for, sized for the profile's largest
+    // valid problem, which bounds this one (enqueue is not told its size).
     int const status = pomPolyAggregateLaunchEx(&d, inputs[0], coeff, mask, rope ? inputs[cosIndex] : nullptr,
         rope ? inputs[cosIndex + 1] : nullptr, outputs[0], workspace, pomPolyAggregateWorkspaceSize(&d), stream);
     if (status != POM_SUCCESS)
@@ -621,50 +664,18 @@ PolyAggregatePluginCreator& creatorInstance()
     return creator;
 }
 
-//! The plugin registry of the libnvinfer already loaded in this process, if any. Looked up at
-//! run time so that the library needs only TensorRT's headers to build and never loads
-//! TensorRT itself.
-nvinfer1::IPluginRegistry* loadedPluginRegistry()
-{
-    std::string const soname = "libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR);
-    void* library = dlopen(soname.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    if (library == nullptr)
-    {
-        return nullptr;
-    }
-    using GetPluginRegistry = nvinfer1::IPluginRegistry* (*) ();
-    auto const getRegistry = reinterpret_cast<GetPluginRegistry>(dlsym(library, "getPluginRegistry"));
-    nvinfer1::IPluginRegistry* registry = getRegistry != nullptr ? getRegistry() : nullptr;
-    dlclose(library); // drops only the reference taken by RTLD_NOLOAD
-    return registry;
-}
-
-//! Registration at load time, so a plain dlopen (ctypes.CDLL, Polygraphy's plugin loading,
-//! trtexec --staticPlugins) is enough once TensorRT is loaded.
-struct LoadTimeRegistration
-{
-    bool registered{false};
-
-    LoadTimeRegistration()
-    {
-        nvinfer1::IPluginRegistry* registry = loadedPluginRegistry();
-        registered = registry != nullptr && registry->registerCreator(creatorInstance(), kPluginNamespace);
-    }
-};
-
-LoadTimeRegistration const gLoadTimeRegistration;
-
 } // namespace
 } // namespace pom
 
 //! Entry points of IPluginRegistry::loadLibrary (trtexec --dynamicPlugins, Python
-//! registry.load_library, engines that embed the library).
+//! registry.load_library, engines that embed the library): the one way this library hands out
+//! its creator, so that the registry that loads it (global, a runtime's local one, a lean
+//! runtime's) owns it and deregisterLibrary removes it. Loading by a plain dlopen is the job of
+//! the separate libpom_deploy_plugins_autoregister.so (polyAggregateAutoRegister.cpp).
 extern "C" POM_API nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
     static nvinfer1::IPluginCreatorInterface* const creators[] = {&pom::creatorInstance()};
-    // If the load-time registration already put the creator in TensorRT's registry, handing it
-    // out again would make loadLibrary fail on a duplicate creator.
-    nbCreators = pom::gLoadTimeRegistration.registered ? 0 : 1;
+    nbCreators = 1;
     return creators;
 }
 

@@ -165,9 +165,11 @@ IPluginCreatorV3One* findCreator()
     int32_t count = 0;
     IPluginCreatorInterface* const* creators = getCreators(count);
     CHECK(creators != nullptr);
-    // Without TensorRT loaded in this process nothing registered at load time, so the library
-    // hands out its creator for loadLibrary.
+    // The one creator, every time it is asked (loadLibrary of each registry that loads it).
     CHECK(count == 1);
+    int32_t again = 0;
+    IPluginCreatorInterface* const* second = getCreators(again);
+    CHECK(again == 1 && second != nullptr && creators != nullptr && second[0] == creators[0]);
     return count == 1 ? static_cast<IPluginCreatorV3One*>(creators[0]) : nullptr;
 }
 
@@ -397,6 +399,35 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, OpConfig const& op)
         inOut[0].desc.dims.d[1] = tokens;
     }
 
+    // onShapeChange: coeff (C, K) and mask (B, N) must fit x and the degree, which the kernels
+    // index them with (TensorRT only checks dims that share a name in the ONNX).
+    std::vector<PluginTensorDesc> shapes;
+    for (DynamicPluginTensorDesc const& t : inOut)
+    {
+        shapes.push_back(t.desc);
+    }
+    CHECK(runtime->onShapeChange(shapes.data(), nbInputs, &shapes[nbInputs], 1) == 0);
+    if (variant == "v2")
+    {
+        for (int32_t axis : {0, 1})
+        {
+            shapes[1].dims.d[axis] += 1;
+            CHECK(runtime->onShapeChange(shapes.data(), nbInputs, &shapes[nbInputs], 1) != 0);
+            shapes[1].dims.d[axis] -= 1;
+        }
+    }
+    if (mode == "masked")
+    {
+        int32_t const maskIndex = variant == "v2" ? 2 : 1;
+        for (int32_t axis : {0, 1})
+        {
+            shapes[maskIndex].dims.d[axis] += 1;
+            CHECK(runtime->onShapeChange(shapes.data(), nbInputs, &shapes[nbInputs], 1) != 0);
+            shapes[maskIndex].dims.d[axis] -= 1;
+        }
+    }
+    CHECK(runtime->onShapeChange(shapes.data(), nbInputs, &shapes[nbInputs], 1) == 0);
+
     // Workspace: the C ABI's size for the profile's max shape (for frames, its largest multiple
     // of frame_tokens: the valid shape that needs the most).
     inOut[0].max.d[0] = 4;
@@ -406,6 +437,16 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, OpConfig const& op)
     size_t const expected = pomPolyAggregateWorkspaceSize(&d);
     CHECK(expected > 0);
     CHECK(b->getWorkspaceSize(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) == expected);
+    // A maximum whose channels are invalid (here odd: not divisible by the degree 2 (v1) or by
+    // the rope's 2 or 4) while the profile's other shapes are valid leaves no safe workspace:
+    // configurePlugin refuses the profile.
+    CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) == 0);
+    if (variant == "v1" || rope)
+    {
+        inOut[0].max.d[2] = 9;
+        CHECK(b->configurePlugin(inOut.data(), nbInputs, inOut.data() + nbInputs, 1) != 0);
+        inOut[0].max.d[2] = 8;
+    }
 
     // Serialization round trip, as at engine deserialization (kRUNTIME), and clone.
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();

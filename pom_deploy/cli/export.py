@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(with --trust-pickle) or a torch.export .pt2 archive.",
         epilog="examples:\n  pom-export model.pt --onnx\n  pom-export model.pt --onnx --step -o model.step.onnx\n"
                "  pom-export lm.pt --trust-pickle --input ids:int64:batch,tokens --input-range ids:0:50257\n"
-               "  pom-export weights.pt --arch-file arch.json --dtype fp16 --fused-ops",
+               "  pom-export weights.pt --arch-file arch.json --precision fp16 --fused-ops",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="model file")
@@ -40,13 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--step for a model whose PoM layers see the whole sequence: each chunk mixes as one block "
                              "(equals no full forward; recorded in the metadata)")
     parser.add_argument("--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
-    parser.add_argument("--dtype", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
+    parser.add_argument("--precision", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
+    parser.add_argument("--dtype", dest="precision", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # its former name
     parser.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=True, help="compare with PyTorch in onnxruntime (default)")
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the comparison")
-    parser.add_argument("--atol", type=float, help="absolute tolerance (default by dtype: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
-    parser.add_argument("--rtol", type=float, help="relative tolerance (default by dtype, as --atol)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default by precision: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default by precision, as --atol)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     loading = parser.add_argument_group("model loading")
     loading.add_argument("--arch", help="architecture of a raw state_dict: PoMv1, PoMv2, PoMv2RoPE, video_pom, dit_pom")
@@ -96,8 +97,8 @@ def export_command(args: argparse.Namespace) -> int:
     with console.status("Starting") as status:  # transient: an error leaves just its one line
         result = export_onnx(
             args.model, output, architecture=_architecture(args), trust_pickle=args.trust_pickle, config=args.config,
-            inputs=args.inputs, input_ranges=args.input_ranges, dtype=args.dtype, opset=args.opset, step=args.step,
-            fused_ops_enabled=args.fused_ops, chunks_as_blocks=args.chunks_as_blocks, mask=args.mask,
+            inputs=args.inputs, input_ranges=args.input_ranges, precision=args.precision, opset=args.opset, step=args.step,
+            fused_ops=args.fused_ops, chunks_as_blocks=args.chunks_as_blocks, mask=args.mask,
             cross=args.cross, verify=args.verify, atol=args.atol, rtol=args.rtol, force=args.force,
             progress=lambda stage: status.update(STAGES[stage] + "..."),
         )
@@ -113,7 +114,7 @@ def result_json(result: ExportResult, elapsed: float) -> dict:
     report = result.verification
     return {
         "path": str(result.path), "size_bytes": result.size_bytes, "opset": result.opset, "kind": result.spec.kind,
-        "dtype": result.spec.dtype, "fused_ops": result.spec.fused_ops, "decomposed_layers": result.spec.decomposed_layers,
+        "precision": result.spec.precision, "fused_ops": result.spec.fused_ops, "decomposed_layers": result.spec.decomposed_layers,
         "inputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in result.spec.inputs],
         "outputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in result.spec.outputs],
         "verification": None if report is None else {
@@ -126,7 +127,7 @@ def result_json(result: ExportResult, elapsed: float) -> dict:
 
 def print_summary(console: Console, result: ExportResult, elapsed: float) -> None:
     spec = result.spec
-    console.print(f"[bold]Wrote[/] {result.path} ({human_size(result.size_bytes)}, {spec.kind} graph, {spec.dtype}, opset {result.opset}"
+    console.print(f"[bold]Wrote[/] {result.path} ({human_size(result.size_bytes)}, {spec.kind} graph, {spec.precision}, opset {result.opset}"
                   f"{', fused PolyAggregate ops' if spec.fused_ops else ''})")
     for layer in spec.decomposed_layers:  # --fused-ops: the layers the op does not cover
         console.print(f"[yellow]not fused[/] PoM layer {layer['module'] or '(the exported layer)'}: {layer['reason']}")

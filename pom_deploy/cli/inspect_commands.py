@@ -44,7 +44,7 @@ def inspect_command(args) -> int:
         console.print("No pom-deploy metadata (not exported by pom-export).")
         return 0
     arch = meta["architecture"]
-    console.print(f"pom-deploy {meta['pom_deploy_version']}: {meta['kind']} graph, {meta['dtype']}, "
+    console.print(f"pom-deploy {meta['pom_deploy_version']}: {meta['kind']} graph, {meta['precision']}, "
                   f"architecture {arch['name'] + ' ' + json.dumps(arch['config']) if arch else 'custom'}, weights {meta['model_digest']}")
     if meta["state"]:
         state = Table(title="Streaming state (zero at the start of a stream)", title_justify="left")

@@ -17,7 +17,7 @@ from ..architectures import describe
 from ..digests import tensors_sha256
 from ..dtypes import name_of
 from ..errors import ArchitectureError, ExportError, PomDeployError
-from ..ops import fused_ops
+from ..ops.fused_ops import TRANSLATION_TABLE, fused_ops_export
 from ..spec import GraphSpec, LayerStateSpec, TensorSpec
 from ..streaming import find_pom_layers, stream_layers, within_chunk
 from ..version import __version__
@@ -53,20 +53,20 @@ class GraphBuilder:
     # With fused ops: the PoM layers the op does not cover, [{"module": path, "reason": why}].
     decomposed_layers: list[dict[str, str]] = []
 
-    def export(self, opset: int, fused: bool):
+    def export(self, opset: int, fused_ops: bool):
         inputs = self.example_inputs()
         module = self.module()
-        with torch.no_grad(), (fused_ops.fused_ops_export() if fused else contextlib.nullcontext()) as left:
-            program = self._trace(module, inputs, opset, fused)
-        if fused and getattr(self.model, "exported_program", None) is not None:
+        with torch.no_grad(), (fused_ops_export() if fused_ops else contextlib.nullcontext()) as left:
+            program = self._trace(module, inputs, opset, fused_ops)
+        if fused_ops and getattr(self.model, "exported_program", None) is not None:
             self.decomposed_layers = [{"module": PROGRAM_MODULE, "reason": UNFUSED_REASON}]
-        elif fused:
+        elif fused_ops:
             paths = {id(m): name for name, m in self.model.named_modules()}
             self.decomposed_layers = [{"module": paths.get(id(layer), type(layer).__name__), "reason": reason}
                                       for layer, reason in left.items()]
         return program
 
-    def _trace(self, module: nn.Module, inputs: dict[str, torch.Tensor], opset: int, fused: bool):
+    def _trace(self, module: nn.Module, inputs: dict[str, torch.Tensor], opset: int, fused_ops: bool):
         try:
             module(*inputs.values())
         except PomDeployError:
@@ -85,7 +85,7 @@ class GraphBuilder:
                     traced, args, dynamo=True, opset_version=opset,
                     input_names=self.input_names, output_names=self.output_names,
                     dynamic_shapes=dynamic_shapes, optimize=False, verbose=False,  # optimize.optimize, timed apart
-                    custom_translation_table=fused_ops.TRANSLATION_TABLE if fused else None,
+                    custom_translation_table=TRANSLATION_TABLE if fused_ops else None,
                 )
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export failed: {exporter_error(exc)}") from None
@@ -107,7 +107,7 @@ class GraphBuilder:
             return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges)
         return TensorSpec(value.name, _shape(value), _dtype_name(value), *ranges, value_range=data.integer_range)
 
-    def graph_spec(self, program, reference: nn.Module, dtype: str, fused: bool) -> GraphSpec:
+    def graph_spec(self, program, reference: nn.Module, precision: str, fused_ops: bool) -> GraphSpec:
         rename_dims(program, self.shape_config())
         graph = program.model.graph
         inputs = [self._input_spec(value) for value in graph.inputs]
@@ -116,8 +116,8 @@ class GraphBuilder:
             architecture = describe(reference)
         except ArchitectureError:
             architecture = None
-        return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, dtype=dtype,
-                         state=self.state_specs(), fused_ops=fused, decomposed_layers=self.decomposed_layers,
+        return GraphSpec(kind=self.kind, inputs=inputs, outputs=outputs, architecture=architecture, precision=precision,
+                         state=self.state_specs(), fused_ops=fused_ops, decomposed_layers=self.decomposed_layers,
                          dim_multiples={k: d.multiple_of for k, d in self.shape_config().dims.items() if d.multiple_of != 1},
                          pom_deploy_version=__version__,
                          model_digest=tensors_sha256(reference.state_dict())[:16])

@@ -67,10 +67,10 @@ def export_onnx(
     example_inputs: Any = None,
     architecture: dict | str | Path | None = None,
     trust_pickle: bool = False,
-    dtype: str = "fp32",
+    precision: str = "fp32",
     opset: int | None = None,
     step: bool = False,
-    fused_ops_enabled: bool = False,
+    fused_ops: bool = False,
     chunks_as_blocks: bool = False,
     mask: str = "none",
     cross: bool = False,
@@ -79,6 +79,8 @@ def export_onnx(
     rtol: float | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    dtype: str | None = None,
+    fused_ops_enabled: bool | None = None,
 ) -> ExportResult:
     """Export ``model`` (a module or any file ``load_model`` reads) to ``output``.
 
@@ -92,31 +94,36 @@ def export_onnx(
     any chunking equals the model; ``chunks_as_blocks`` opts in to streaming layers that see the
     whole sequence with each chunk as one block (recorded per layer in the metadata).
 
+    ``precision`` (fp32, fp16, bf16) and ``fused_ops`` are also accepted under their former
+    names, ``dtype`` and ``fused_ops_enabled``.
+
     Raises ``ExportError`` for bad options or models, ``VerificationError`` when onnxruntime
     disagrees with PyTorch beyond tolerance; in both cases nothing is written.
     """
+    precision = dtype if dtype is not None else precision
+    fused_ops = fused_ops_enabled if fused_ops_enabled is not None else fused_ops
     output = Path(output)
     if opset is None:
-        opset = BF16_MIN_OPSET if dtype == "bf16" else DEFAULT_OPSET
-    _check_options(output, dtype, opset, force)
+        opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
+    _check_options(output, precision, opset, force)
     stages = _Stages(progress)
 
     with stages("load"):
-        reference = _load(model, architecture, trust_pickle, dtype)
+        reference = _load(model, architecture, trust_pickle, precision)
         choices = input_choices(reference, inputs, input_ranges, example_inputs)
         export_config, target = resolve(reference, config, mask, cross, choices)
         export_config = fit_frames(export_config, target)
-        torch_dtype = by_precision(dtype).torch()
+        torch_dtype = by_precision(precision).torch()
         exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
 
     with stages("trace"):
         builder = StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
-        program = builder.export(opset, fused_ops_enabled)
+        program = builder.export(opset, fused_ops)
 
     with stages("optimize"):
         optimize(program.model)
-        fused_nodes = add_function_bodies(program, opset, dtype) if fused_ops_enabled else 0
-        spec = builder.graph_spec(program, reference, dtype, fused_nodes > 0)
+        fused_nodes = add_function_bodies(program, opset, precision) if fused_ops else 0
+        spec = builder.graph_spec(program, reference, precision, fused_nodes > 0)
         program.model.metadata_props[METADATA_KEY] = spec.to_json()
 
     with _staging_directory(output) as staging:
@@ -129,7 +136,7 @@ def export_onnx(
         report = None
         if verify:
             with stages("verify"):
-                report = _verified(builder, staged, target, dtype, atol, rtol, spec.fused_ops)
+                report = _verified(builder, staged, target, precision, atol, rtol, spec.fused_ops)
         external_path = output.parent / external if external else None
         if external:
             os.replace(staging / external, external_path)
@@ -152,7 +159,7 @@ class _Stages:
         self.seconds[name] = time.perf_counter() - start
 
 
-def _load(model: nn.Module | str | Path, architecture, trust_pickle: bool, dtype: str) -> nn.Module:
+def _load(model: nn.Module | str | Path, architecture, trust_pickle: bool, precision: str) -> nn.Module:
     """The float32 reference module in eval mode; a ``torch.export`` program (file or object)
     comes back as its module, the program rewritten where the torch exporter needs it."""
     if isinstance(model, (str, Path)):
@@ -163,7 +170,7 @@ def _load(model: nn.Module | str | Path, architecture, trust_pickle: bool, dtype
     program = getattr(model, "exported_program", None)
     if program is None:
         return model.eval()
-    check_program_options(dtype)
+    check_program_options(precision)
     exportable(program)
     return model  # (.eval() is refused by a program's module; it is inference-only already)
 
@@ -178,8 +185,8 @@ def _staging_directory(output: Path):
         yield Path(path)
 
 
-def _verified(builder, staged: Path, target: nn.Module, dtype: str, atol, rtol, fused: bool) -> VerificationReport:
-    report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=fused)
+def _verified(builder, staged: Path, target: nn.Module, precision: str, atol, rtol, fused_ops: bool) -> VerificationReport:
+    report = verify_graph(builder, staged, target, *tolerances(precision, atol, rtol, ExportError), fused_ops=fused_ops)
     if not report.passed:
         worst = max(report.failures(), key=lambda e: e.max_absdiff)
         raise VerificationError(
@@ -189,11 +196,11 @@ def _verified(builder, staged: Path, target: nn.Module, dtype: str, atol, rtol, 
     return report
 
 
-def _check_options(output: Path, dtype: str, opset: int, force: bool) -> None:
-    if dtype not in PRECISIONS:
-        raise ExportError(f"unknown dtype {dtype!r}; expected one of {', '.join(PRECISIONS)}")
+def _check_options(output: Path, precision: str, opset: int, force: bool) -> None:
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
-    if dtype == "bf16" and opset < BF16_MIN_OPSET:
+    if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise ExportError(f"bf16 needs opset {BF16_MIN_OPSET} or newer (bfloat16 HardSigmoid); got --opset {opset}")
     check_output_path(output, force, ExportError)

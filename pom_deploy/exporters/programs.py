@@ -51,9 +51,9 @@ def _forget_derived_ranges(program: torch.export.ExportedProgram) -> None:
             del environment.var_to_range[key]
 
 
-def check_program_options(dtype: str) -> None:
-    if dtype != "fp32":
-        raise ExportError(f"--dtype {dtype} cannot apply to a torch.export program: its trace fixed float32 in its ops; "
+def check_program_options(precision: str) -> None:
+    if precision != "fp32":
+        raise ExportError(f"--precision {precision} cannot apply to a torch.export program: its trace fixed float32 in its ops; "
                           "export the original model (a checkpoint or pickled module) instead")
 
 

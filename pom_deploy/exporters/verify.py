@@ -49,11 +49,11 @@ class VerificationReport:
         return [e for e in self.errors if not e.passed]
 
 
-def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused: bool = False) -> VerificationReport:
+def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused_ops: bool = False) -> VerificationReport:
     """Verify the file ``builder`` exported against ``reference`` (the float32 module)."""
     check = verify_step if isinstance(builder, StepGraph) else verify_full
     report = VerificationReport(atol, rtol)
-    for label, session in _verification_sessions(path, fused):
+    for label, session in _verification_sessions(path, fused_ops):
         for comparison in check(builder, session, reference, atol, rtol).errors:
             comparison.case = f"{comparison.case}{label}"
             report.errors.append(comparison)
@@ -156,13 +156,13 @@ def _eager_steps(model: nn.Module, config: ExportConfig, inputs, chunks):
     return torch.cat(outputs, dim=_stream_axis(config)), states
 
 
-def _verification_sessions(path: Path, fused: bool):
+def _verification_sessions(path: Path, fused_ops: bool):
     """[(label for the report's cases, onnxruntime CPU session)]: the file as written and, for a
     fused graph where the PolyAggregate custom-op library is found, the file with it."""
     import onnxruntime as ort
 
     sessions = [("", _session(path, ort.SessionOptions()))]
-    if fused:
+    if fused_ops:
         options = ort.SessionOptions()
         try:
             library = register_ort_ops(options)

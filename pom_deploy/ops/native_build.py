@@ -28,6 +28,9 @@ from .native_libraries import onnxruntime_api_version, read_build_info
 
 ORT_LIBRARY = "libpom_deploy_ort_ops.so"
 CUDA_LIBRARY = "libpom_deploy_plugins.so"
+# Built beside the plugin when TensorRT's headers are found: registers its creator when loaded by a
+# plain dlopen (Triton's plugins= list, ctypes, Polygraphy --plugins), for loaders without load_library.
+AUTOREGISTER_LIBRARY = "libpom_deploy_plugins_autoregister.so"
 ORT_HEADER = "onnxruntime_c_api.h"
 ORT_MIN_API = 17  # polyAggregateOrtOp.cpp's kOrtApiVersion: KernelContext_ParallelFor
 HEADER_SUFFIXES = ("", "include", "include/onnxruntime", "include/onnxruntime/core/session")
@@ -153,7 +156,9 @@ class BuildPlan:
 
     @property
     def libraries(self) -> list[str]:
-        return [name for name, wanted in ((ORT_LIBRARY, self.onnxruntime_include), (CUDA_LIBRARY, self.nvcc)) if wanted]
+        wanted = ((ORT_LIBRARY, self.onnxruntime_include), (CUDA_LIBRARY, self.nvcc),
+                  (AUTOREGISTER_LIBRARY, self.nvcc and self.tensorrt_include))
+        return [name for name, want in wanted if want]
 
 
 def plan_build(output: Path, *, onnxruntime_include: str | Path | None = None, onnxruntime: bool = True, cuda: bool = True,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..version import __version__
 from ..spec import GraphSpec
+from ..ops.native_build import AUTOREGISTER_LIBRARY
 from .triton_config import RepoOptions, model_config_schema, summary
 
 _NGC = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3"
@@ -19,7 +20,7 @@ def repository_readme(spec: GraphSpec, config, options: RepoOptions, model_path:
         f"# {options.name}: PoM {spec.kind} graph on Triton's {options.backend} backend",
         "",
         f"Written by `pom-deploy triton-repo` (pom-deploy {__version__}) from `{model_path.name}` "
-        f"(weights {spec.model_digest}, {spec.dtype}). max_batch_size {facts['max_batch_size']}, batching: "
+        f"(weights {spec.model_digest}, {spec.precision}). max_batch_size {facts['max_batch_size']}, batching: "
         f"{facts['batching']}, {facts['instances']} instance(s). The config was parsed with Triton's ModelConfig "
         "schema and checked against the model file's inputs and outputs before it was written.",
         "",
@@ -85,10 +86,10 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
     if plugin_library is not None:
         lines += [
             f"The engine uses the pom plugin (`PolyAggregate`): `plugins/{plugin_library.name}` here, built against the same "
-            "TensorRT. Load it into the server, either way:",
+            f"TensorRT, with `{AUTOREGISTER_LIBRARY}`, which registers it when Triton's TensorRT backend loads it "
+            "(after TensorRT itself, so not by `LD_PRELOAD`):",
             "",
-            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{plugin_library.name}`",
-            f"- `LD_PRELOAD=/models/{options.name}/plugins/{plugin_library.name} tritonserver --model-repository=/models`",
+            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{AUTOREGISTER_LIBRARY}`",
             "",
         ]
     return lines

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ModelLoadError
 from ..spec import GraphSpec, TensorSpec
+from ..ops.native_build import AUTOREGISTER_LIBRARY
 from . import ServingError
 from .repo_readme import repository_readme
 from .triton_config import MODEL_FILES, RepoOptions, build_config, check_config, config_text, parse_config, summary
@@ -110,6 +111,9 @@ def write_repository(model_path: str | Path, repository: str | Path, options: Re
         if plugin_library is not None:
             (model_dir / "plugins").mkdir()
             shutil.copy2(plugin_library, model_dir / "plugins" / plugin_library.name)
+            autoregister = plugin_library.with_name(AUTOREGISTER_LIBRARY)
+            if autoregister.is_file():  # what Triton's dlopen of plugins= needs (docs/serving.md)
+                shutil.copy2(autoregister, model_dir / "plugins" / autoregister.name)
         (model_dir / "README.md").write_text(repository_readme(spec, config, options, model_path, sidecar, plugin_library))
         _move_into_place(staging, model_dir, repository, destination)
     finally:

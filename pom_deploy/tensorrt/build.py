@@ -2,8 +2,12 @@
 
 The build is planned first (``plan_build``: files, profiles, precision, plugin), which is pure
 Python and runs without TensorRT; then ``build_engine`` hands the plan to Polygraphy
-(``NetworkFromOnnxPath`` -> ``CreateConfig`` with ``Profile``s -> ``EngineFromNetwork`` ->
-``SaveEngine``) and writes the engine and its sidecar atomically.
+(``NetworkFromOnnxPath`` -> ``CreateConfig`` with ``Profile``s -> ``EngineBytesFromNetwork`` ->
+``SaveBytes``, as Polygraphy's own ``convert`` does) and writes the engine and its sidecar
+atomically. The serialized engine is written as built, never deserialized here: that would hold
+the engine twice (Jetson's memory is shared with the GPU) and, for a version-compatible engine,
+load its embedded plugin copy beside the registered one; TensorRT 11 builds such engines only
+with ``buildSerializedNetwork``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from ..onnx_graph import graph_tensors, spec_of
 from ..outputs import atomic_output, check_output_path
 from ..spec import GraphSpec
 from .environment import current_environment, require_tensorrt, version_tuple
-from .plugins import find_plugin_library, fused_nodes, load_plugin_library, must_strip_function, strip_local_function
+from .plugins import (
+    find_plugin_library, fused_nodes, inline_function_bodies, load_plugin_library, must_strip_function, strip_local_function,
+)
 from .profiles import Profile, ShapeRange, derive_profiles, profiles_to_json
 from .sidecar import make_sidecar, sidecar_path, write_json_atomic
 
@@ -91,8 +97,8 @@ def parse_size(text: str | int) -> int:
 
 def graph_precision(model: onnx.ModelProto, spec: GraphSpec | None) -> str:
     """The float precision the graph carries: the metadata's, else the narrowest float input's."""
-    if spec is not None and lookup("name", spec.dtype) in FLOAT_TYPES:
-        return lookup("name", spec.dtype).precision
+    if spec is not None and spec.precision in PRECISIONS:
+        return spec.precision
     types = {t.precision for v in model.graph.input if (t := lookup("onnx", v.type.tensor_type.elem_type)) in FLOAT_TYPES}
     return next((p for p in ("bf16", "fp16") if p in types), "fp32")
 
@@ -172,7 +178,9 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, option
     strong, flag = resolve_typing(options.precision, plan.graph_precision, options.strongly_typed, trt.__version__)
     warnings = []
     strip = must_strip_function(trt.__version__, plan.plugin_library is not None and plan.fused_nodes > 0)
-    plugin_info: dict[str, Any] = {"fused_nodes": plan.fused_nodes, "library": None, "loaded_by": None, "function_stripped": strip}
+    inline = plan.plugin_library is None and plan.fused_nodes > 0
+    plugin_info: dict[str, Any] = {"fused_nodes": plan.fused_nodes, "library": None, "loaded_by": None, "function_stripped": strip,
+                                   "function_bodies_inlined": inline}
     if plan.plugin_library is not None:
         plugin_info["loaded_by"] = load_plugin_library(plan.plugin_library, trt)
         plugin_info["library"] = str(plan.plugin_library.resolve())
@@ -192,22 +200,25 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, option
     side = sidecar_path(plan.output)
     # Both files appear only once the build succeeded (the sidecar first, then the engine).
     with atomic_output(plan.output) as engine_tmp:
-        with _parse_source(plan.onnx_path, strip) as parse_path, _quiet_polygraphy(verbose):
+        with _parse_source(plan.onnx_path, strip, inline) as parse_path, _quiet_polygraphy(verbose):
             _build_with_polygraphy(plan, parse_path, engine_tmp, strong, flag, trt)
         write_json_atomic(side, sidecar)
     return BuildResult(plan.output, side, sidecar, time.perf_counter() - start, warnings)
 
 
 @contextlib.contextmanager
-def _parse_source(onnx_path: Path, strip: bool):
-    """The path to parse: the source, or (``strip``: TensorRT < 10.7 with the plugin) a copy
-    without the model-local function, written next to the source so that external weights
-    still resolve."""
-    if not strip:
+def _parse_source(onnx_path: Path, strip: bool, inline: bool):
+    """The path to parse: the source, or a copy written next to it (so that external weights
+    still resolve) without the model-local functions (``strip``: TensorRT < 10.7 with the plugin)
+    or with them inlined (``inline``: built from the bodies, which the parser would confuse)."""
+    if not (strip or inline):
         yield str(onnx_path)
         return
     model = onnx.load(str(onnx_path), load_external_data=False)
-    strip_local_function(model)
+    if strip:
+        strip_local_function(model)
+    else:
+        model = inline_function_bodies(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.stem}.", suffix=".plugin.onnx", dir=onnx_path.parent)
     os.close(fd)
     try:
@@ -218,8 +229,9 @@ def _parse_source(onnx_path: Path, strip: bool):
 
 
 def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, strong: bool, flag: str | None, trt) -> None:
+    from polygraphy.backend.common import SaveBytes  # noqa: PLC0415
     from polygraphy.backend.trt import (  # noqa: PLC0415
-        CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine,
+        CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile,
     )
     from polygraphy.exception import PolygraphyException  # noqa: PLC0415
 
@@ -259,10 +271,10 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
             cfg.plugins_to_serialize = [str(library.resolve())]  # the engine carries the plugin
 
     network = NetworkFromOnnxPath(parse_path, strongly_typed=strong or None)
-    engine = EngineFromNetwork(network, config=PostprocessConfig(config, finish_config),
-                               save_timing_cache=str(options.timing_cache) if options.timing_cache else None)
+    engine_bytes = EngineBytesFromNetwork(network, config=PostprocessConfig(config, finish_config),
+                                          save_timing_cache=str(options.timing_cache) if options.timing_cache else None)
     try:
-        SaveEngine(engine, str(destination))()
+        SaveBytes(engine_bytes, str(destination))()
     except PolygraphyException as exc:
         raise EngineBuildError(f"TensorRT could not build {plan.onnx_path}: {_last_line(exc)}") from None
 

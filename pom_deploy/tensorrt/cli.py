@@ -95,7 +95,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
     side = result.sidecar
     plugin = side["plugin"]
     fused = (f"plugin {plugin['library']}" + (" (model-local function removed)" if plugin["function_stripped"] else "")
-             if plugin["library"] else "no plugin")
+             if plugin["library"] else "no plugin" + (" (function bodies inlined)" if plugin.get("function_bodies_inlined") else ""))
     console.print(f"[green]built[/] {result.engine_path} in {result.seconds:.1f}s: TensorRT {side['tensorrt_version']}, "
                   f"{side['gpu_name']} (sm {side['compute_capability']}), {side['precision']}"
                   f"{' strongly typed' if side['strongly_typed'] else ''}, {len(side['profiles'])} profile(s), {fused}")

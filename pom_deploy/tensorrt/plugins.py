@@ -1,14 +1,16 @@
-"""Finding and loading the pom TensorRT plugin library, and the model-local function rule.
+"""Finding and loading the pom TensorRT plugin library, and the model-local function rules.
 
-``PolyAggregate`` nodes (domain ``pom_deploy``) come with a model-local ONNX function of
-the same name, their unfused body. TensorRT's ONNX parser tries the function before the
-plugin fallback up to 10.6; from 10.7 a registered plugin wins. So on older TensorRT (JetPack 6
-has 10.3) the function is removed from the model before parsing when the plugin is to be used.
+``PolyAggregate`` nodes (domain ``pom_deploy``) come with model-local ONNX functions of the
+same name, their unfused bodies: one overload per configuration (degree, mode, ...). TensorRT's
+ONNX parser tries the function before the plugin fallback up to 10.6; from 10.7 a registered
+plugin wins. So on older TensorRT (JetPack 6 has 10.3) the functions are removed from the model
+before parsing when the plugin is to be used. And the parser keys model-local functions by name
+only (onnx-tensorrt's ``ModelImporter``), so it would give every node the first overload: where
+TensorRT is to build from the bodies, they are inlined first, each node its own.
 """
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import onnx
@@ -66,13 +68,22 @@ def strip_local_function(model: onnx.ModelProto) -> bool:
     return removed
 
 
+def inline_function_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every call of a model-local function replaced by that call's own body
+    (the ONNX inliner resolves domain, name and overload), for a parser that keys functions by
+    name only."""
+    from onnx.inliner import inline_local_functions  # noqa: PLC0415
+
+    return inline_local_functions(model)
+
+
 def load_plugin_library(path: str | Path, trt) -> str:
     """Load the library so that TensorRT finds ``PolyAggregate``; returns how it was loaded.
 
-    A library that registers its creators when loaded (``REGISTER_TENSORRT_PLUGIN``) works with
-    a plain dlopen; one that exports ``getCreators`` needs the registry's ``load_library``.
-    Both are tried, dlopen first, once the library's build record says it was built for this
-    TensorRT's major version.
+    Through the registry's ``load_library`` (``IPluginRegistry::loadLibrary``), the one way the
+    pom library hands out its creator (``getCreators``), so that the registry owns it and a
+    version-compatible engine's lean runtime can load its embedded copy the same way; only once
+    the library's build record says it was built for this TensorRT's major version.
     """
     path = str(Path(path).resolve())
     registry = trt.get_plugin_registry()
@@ -81,18 +92,13 @@ def load_plugin_library(path: str | Path, trt) -> str:
     problem = tensorrt_problem(path, trt.__version__)
     if problem is not None:
         raise PluginError(problem)
-    try:
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as exc:
-        raise PluginError(f"cannot load plugin library {path}: {exc} (built for another TensorRT/CUDA?)") from None
-    if _registered(registry):
-        return "dlopen"
     handle = registry.load_library(path)
     if handle is not None and _registered(registry):
         return "load_library"
     raise PluginError(
         f"{path} loaded but registers no {PLUGIN_NAME} plugin (version {PLUGIN_VERSION}, namespace {PLUGIN_NAMESPACE!r}); "
-        "is it the pom plugin library built with TensorRT's headers (cmake -DPOM_WITH_TENSORRT=ON) for this TensorRT?"
+        "is it the pom plugin library built with TensorRT's headers (cmake -DPOM_WITH_TENSORRT=ON) for this TensorRT, "
+        "and are its CUDA runtime and TensorRT versions the ones installed here?"
     )
 
 

@@ -1,10 +1,10 @@
 """TensorRT check of the PolyAggregate plugin: ONNX node -> parser -> engine -> enqueue.
 
 Needs the Python `tensorrt` package and a plugin library built with TensorRT's headers.
-`--load dlopen` loads the library with ctypes.CDLL (load-time self-registration, as
-Polygraphy and trtexec --staticPlugins do); `--load registry` uses
-IPluginRegistry.load_library (getCreators, as trtexec --dynamicPlugins does). Run each in
-its own process. Exits non-zero on a failure.
+`--load registry` uses IPluginRegistry.load_library (getCreators, as trtexec --dynamicPlugins
+does); `--load dlopen` loads libpom_deploy_plugins_autoregister.so, next to the plugin library,
+with ctypes.CDLL (its load-time registration, as Polygraphy --plugins and trtexec --staticPlugins
+load libraries). Run each in its own process. Exits non-zero on a failure.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def main() -> int:
     logger = trt.Logger(trt.Logger.WARNING)
     registry = trt.get_plugin_registry()
     if args.load == "dlopen":
-        ctypes.CDLL(args.plugin)
+        ctypes.CDLL(str(Path(args.plugin).with_name("libpom_deploy_plugins_autoregister.so")))
     else:
         registry.load_library(args.plugin)
     creator = registry.get_creator(OP_TYPE, PLUGIN_VERSION, PLUGIN_NAMESPACE)
