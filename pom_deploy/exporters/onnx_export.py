@@ -133,11 +133,7 @@ def export_onnx(
             report = verify_graph(builder, staged, target, *tolerances(dtype, atol, rtol, ExportError), fused=spec.fused_ops)
             seconds["verify"] = time.perf_counter() - clock
             if not report.passed:
-                worst = max(report.failures(), key=lambda e: e.max_absdiff)
-                raise VerificationError(
-                    f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g}, "
-                    f"max rel {worst.max_reldiff:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
-                )
+                raise VerificationError(report.failure_line())
         external_path = None
         if external:
             external_path = output.parent / external
