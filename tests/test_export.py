@@ -163,7 +163,7 @@ def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
     # The same mean computed by a naive fp16 reduction drifts far more:
     with torch.no_grad():
         h, s = layer.half()._projections(x.half(), x.half())
-        f = layer._features(h)
+        f = layer._features(h).half()  # (computed in float32) rounded to float16, for a float16 reduction
         naive = f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1) if mask == "causal" else f.sum(1, keepdim=True) / f.shape[1]
         exact = layer.float()._features(h.float()).double()
         exact = exact.cumsum(1) / torch.arange(1, f.shape[1] + 1).view(1, -1, 1) if mask == "causal" else exact.mean(1, keepdim=True)
@@ -362,7 +362,9 @@ def test_torch_export_program(tmp_path):
     dims = {0: torch.export.Dim("b"), 1: torch.export.Dim("n")}
     torch.export.save(torch.export.export(layer, (torch.randn(2, 5, 16),), dynamic_shapes=(dims,)), tmp_path / "m.pt2")
     result = export_onnx(tmp_path / "m.pt2", tmp_path / "m.onnx")
-    assert result.spec.inputs[0].shape == ["batch", "tokens", 16] and len(result.verification.errors) == 2
+    assert result.spec.inputs[0].shape == ["batch", "tokens", 16]
+    typical = [e.case for e in result.verification.errors if not e.case.endswith("edge inputs")]
+    assert len(typical) == 2 and len(result.verification.errors) > 2  # and edge inputs at the ends of the dims
 
 
 # --- command line and bad input ----------------------------------------------------------

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=True, help="compare with PyTorch in onnxruntime (default)")
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the comparison")
-    parser.add_argument("--atol", type=float, help="absolute tolerance (default by precision: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
+    parser.add_argument("--atol", type=float, help="tolerance relative to each output's scale, its largest |value| "
+                        "(default by precision: fp32 1e-4, fp16 1e-2, bf16 5e-2)")
     parser.add_argument("--rtol", type=float, help="relative tolerance (default by precision, as --atol)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     loading = parser.add_argument_group("model loading")
@@ -119,7 +120,7 @@ def result_json(result: ExportResult, elapsed: float) -> dict:
         "outputs": [{"name": t.name, "shape": t.shape, "dtype": t.dtype} for t in result.spec.outputs],
         "verification": None if report is None else {
             "passed": report.passed, "atol": report.atol, "rtol": report.rtol, "max_abs": report.max_abs, "max_rel": report.max_rel,
-            "cases": [vars(e) for e in report.errors],
+            "cases": [vars(e) for e in report.errors], "skipped": report.skipped,
         },
         "seconds": {**result.seconds, "total": elapsed},
     }
@@ -141,11 +142,14 @@ def print_summary(console: Console, result: ExportResult, elapsed: float) -> Non
     report = result.verification
     if report is not None:
         table = Table(title=f"onnxruntime vs PyTorch (atol {report.atol:g}, rtol {report.rtol:g})", title_justify="left")
-        for column in ("inputs", "output", "max abs", "max rel", ""):
+        for column in ("inputs", "output", "max abs", "of scale", "max rel", ""):
             table.add_column(column)
         for e in report.errors:
-            table.add_row(e.case, e.name, f"{e.max_absdiff:.2e}", f"{e.max_reldiff:.2e}", "[green]ok[/]" if e.passed else "[red]FAIL[/]")
+            verdict = "[green]ok[/]" if e.passed else f"[red]FAIL[/]{f' ({e.nonfinite:,} NaN/Inf)' if e.nonfinite else ''}"
+            table.add_row(e.case, e.name, f"{e.max_absdiff:.2e}", f"{e.error_to_scale:.2e}", f"{e.max_reldiff:.2e}", verdict)
         console.print(table)
+        for skipped in report.skipped:
+            console.print(f"[yellow]not verified[/] {skipped}")
     else:
         console.print("[yellow]not verified[/] (--no-verify)")
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())

@@ -188,11 +188,7 @@ def _staging_directory(output: Path):
 def _verified(builder, staged: Path, target: nn.Module, precision: str, atol, rtol, fused_ops: bool) -> VerificationReport:
     report = verify_graph(builder, staged, target, *tolerances(precision, atol, rtol, ExportError), fused_ops=fused_ops)
     if not report.passed:
-        worst = max(report.failures(), key=lambda e: e.max_absdiff)
-        raise VerificationError(
-            f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g}, "
-            f"max rel {worst.max_reldiff:.3g} > atol {report.atol:g} / rtol {report.rtol:g}; nothing written"
-        )
+        raise VerificationError(report.failure_line())
     return report
 
 

@@ -1,7 +1,8 @@
 """Validation of an export, apart from the export itself: run the staged file in onnxruntime
 (CPU) and compare it with PyTorch (figures from ``pom_deploy.comparator``, default tolerances
-from ``pom_deploy.tolerances``). Full graphs at several sizes; step graphs through several
-chunkings against the model's own full forward with its own masks, and its final state. A graph with fused ops is verified as any onnxruntime
+from ``pom_deploy.tolerances``). Full graphs at several sizes, on typical and edge inputs
+(``verify_inputs``); step graphs through several chunkings against the model's own full forward
+with its own masks, and its final state. A graph with fused ops is verified as any onnxruntime
 runs it (the nodes' function bodies) and, where the PolyAggregate custom-op library is found,
 also as pom-deploy's onnxruntime backend runs it (the op's CPU kernel)."""
 
@@ -25,6 +26,7 @@ from .config import ExportConfig
 from ..models import PoMv2RoPE
 from .graphs import CHUNK_DIM, FullGraph, GraphBuilder, StepGraph
 from .tracing import as_tuple
+from .verify_inputs import MAX_ELEMENTS, verification_cases
 
 
 @dataclass
@@ -32,6 +34,7 @@ class VerificationReport:
     atol: float
     rtol: float
     errors: list[OutputComparison] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # cases not run, with why
 
     @property
     def passed(self) -> bool:
@@ -48,28 +51,45 @@ class VerificationReport:
     def failures(self) -> list[OutputComparison]:
         return [e for e in self.errors if not e.passed]
 
+    def failure_line(self) -> str:
+        """One line on the worst failure: NaN/Inf where PyTorch is finite first, then the
+        largest error in units of its output's scale."""
+        worst = max(self.failures(), key=lambda e: (e.nonfinite, e.error_to_scale))
+        if worst.nonfinite:
+            return (f"onnxruntime gives {worst.nonfinite:,} NaN/Inf values in {worst.name!r} ({worst.case}) where PyTorch "
+                    "is finite; nothing written")
+        return (f"onnxruntime disagrees with PyTorch on {worst.name!r} ({worst.case}): max abs {worst.max_absdiff:.3g} "
+                f"= {worst.error_to_scale:.3g} of the output's scale {worst.scale:.3g} > atol {self.atol:g} "
+                f"(relative to the scale) / rtol {self.rtol:g}; nothing written")
+
 
 def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused_ops: bool = False) -> VerificationReport:
     """Verify the file ``builder`` exported against ``reference`` (the float32 module)."""
     check = verify_step if isinstance(builder, StepGraph) else verify_full
     report = VerificationReport(atol, rtol)
     for label, session in _verification_sessions(path, fused_ops):
-        for comparison in check(builder, session, reference, atol, rtol).errors:
+        checked = check(builder, session, reference, atol, rtol)
+        for comparison in checked.errors:
             comparison.case = f"{comparison.case}{label}"
             report.errors.append(comparison)
+        report.skipped = checked.skipped
     return report
 
 
 def verify_full(builder: FullGraph, session, reference: nn.Module, atol: float, rtol: float) -> VerificationReport:
-    """The full graph in onnxruntime == PyTorch, at the opt sizes and the config's other sizes."""
+    """The full graph in onnxruntime == PyTorch, at the opt sizes and the config's other sizes,
+    and on edge inputs at the ends of every dim (``verify_inputs.verification_cases``)."""
     report = VerificationReport(atol, rtol)
-    for index, sizes in enumerate([builder.config.dim_values()] + builder.config.verify_sizes):
-        inputs = builder.config.dummy_inputs(sizes, dtype=torch.float32, generator=torch.Generator().manual_seed(100 + index))
+    for index, verification_case in enumerate(verification_cases(builder.config)):
+        case = verification_case.label(builder.config)
+        if verification_case.elements(builder.config) > MAX_ELEMENTS:
+            report.skipped.append(f"{case}: inputs over {MAX_ELEMENTS:,} elements")
+            continue
+        inputs = verification_case.inputs(builder.config, torch.Generator().manual_seed(100 + index))
         with torch.no_grad():
             expected = as_tuple(builder.config.run(reference, inputs))
         feeds = {k: _feed(v, builder.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
         actual = session.run(None, feeds)
-        case = " ".join(f"{k}={v}" for k, v in sizes.items() if k in builder.config.dims)
         report.errors += compare_outputs(
             {n: _float_numpy(t) for n, t in zip(builder.output_names, expected)},
             {n: a for n, a in zip(builder.output_names, actual)}, atol, rtol, names=("torch", "onnxruntime"), case=case)

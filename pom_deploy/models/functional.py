@@ -2,7 +2,11 @@
 
 No Python branching on tensor values, bounds as Python floats (an int clamp bound makes
 ``torch.onnx.export(dynamo=True)`` fail), polynomials by Horner's rule so that no
-(B, N, C, degree) tensor exists, and every reduction over tokens in float32 whatever the
+(B, N, C, degree) tensor exists, and the features, their powers and every reduction over
+tokens in float32 whatever the model dtype: a product of features overflows float16 (65,504)
+as soon as a token is an outlier -- also a token a padding mask excludes, whose Inf then turns
+the masked sum into NaN -- while the float32 model stays finite. The PolyAggregate kernels
+compute the same way (docs/poly_aggregate.md); only the aggregated mean goes back to the
 model dtype.
 """
 
@@ -97,8 +101,8 @@ class BlockCausalMask:
 
 
 def v1_features(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively."""
-    chunks = list(F.gelu(x).unflatten(-1, (degree, -1)).unbind(-2))  # a fixed count of equal chunks, any width
+    """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively; in float32."""
+    chunks = list(F.gelu(x.to(ACCUM_DTYPE)).unflatten(-1, (degree, -1)).unbind(-2))  # a fixed count of equal chunks, any width
     for j in range(1, degree):
         chunks[j] = chunks[j] * chunks[j - 1]
     return torch.cat(chunks, dim=-1)
@@ -110,8 +114,8 @@ def v2_activation(x: torch.Tensor) -> torch.Tensor:
 
 
 def v2_features(x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
-    """v2: sum_k coeff[:, k-1] * act(x)^k, k = 1..K, by Horner's rule."""
-    a = v2_activation(x)
+    """v2: sum_k coeff[:, k-1] * act(x)^k, k = 1..K, by Horner's rule; in float32."""
+    a = v2_activation(x.to(ACCUM_DTYPE))
     coeff = coeff.to(a.dtype)
     degree = coeff.shape[-1]
     acc = coeff[:, degree - 1]

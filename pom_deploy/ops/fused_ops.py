@@ -28,7 +28,7 @@ def fused_ops_export():
     left: dict[object, str] = {}
 
     def fused_or_none(x, coeff, mask, variant, degree, rotation, owner):
-        reason = why_decomposed(mask, variant, degree, rotation)
+        reason = why_decomposed(x, coeff, mask, variant, degree, rotation)
         if reason is not None:
             left.setdefault(owner, reason)
             return None
@@ -41,10 +41,18 @@ def fused_ops_export():
         yield left
 
 
-def why_decomposed(mask, variant: str, degree: int, rotation: P.Rotation | None) -> str | None:
-    """Why the op does not cover a layer with this mask and configuration (None: it does)."""
+def why_decomposed(x: torch.Tensor, coeff: torch.Tensor | None, mask, variant: str, degree: int,
+                   rotation: P.Rotation | None) -> str | None:
+    """Why the op does not cover a layer with these inputs, mask and configuration (None: it
+    does). The node has one type for all its inputs (the schema's T), so a mask or coefficients
+    of another dtype than x (a bool mask, a float32 mask in an fp16 export) leave the layer
+    decomposed rather than fail the checker."""
     if isinstance(mask, torch.Tensor) and mask.dim() == 3:
         return "a (B, T, N) mask: one matrix product per sequence, left to the GEMM"
+    for name, tensor in (("mask", mask), ("coefficients", coeff)):
+        if isinstance(tensor, torch.Tensor) and tensor.dtype != x.dtype:
+            return (f"a {_dtype_name(tensor)} {name} tensor with {_dtype_name(x)} features: "
+                    f"the op takes every input in one dtype")
     if mode_of(mask) is None:
         return f"a mask the op has no mode for ({type(mask).__name__})"
     if degree > MAX_DEGREE:
@@ -54,6 +62,10 @@ def why_decomposed(mask, variant: str, degree: int, rotation: P.Rotation | None)
     if rotation is not None and degree > MAX_ROPE_DEGREE:
         return f"RoPE with degree {degree} > {MAX_ROPE_DEGREE}, the RoPE kernels' limit (MAX_ROPE_DEGREE)"
     return None
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def mode_of(mask) -> tuple[str, int] | None:

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     precision = cmp.add_mutually_exclusive_group()
     precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 tolerances (default: the engine's precision)")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="bf16 tolerances")
-    cmp.add_argument("--atol", type=float, help="absolute tolerance (default by precision)")
+    cmp.add_argument("--atol", type=float, help="tolerance relative to each output's scale, its largest |value| (default by precision)")
     cmp.add_argument("--rtol", type=float, help="relative tolerance (default by precision)")
     cmp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     cmp.add_argument("--plugin", metavar="LIB", help="pom plugin library for the engine")
