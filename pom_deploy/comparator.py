@@ -35,8 +35,8 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
                     names: tuple[str, str] = ("reference", "candidate"), case: str = "") -> list[OutputComparison]:
     """Per-output error figures; both sides in float64, so fp16/bf16 outputs are judged against
     an fp32 reference, not against cast noise."""
-    from polygraphy.comparator import IterationResult, SimpleCompareFunc  # noqa: PLC0415
-    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+    from polygraphy.comparator import IterationResult, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
 
     different = sorted(set(reference) ^ set(candidate))
     if different:
@@ -44,7 +44,7 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     for name in reference:
         if tuple(np.shape(reference[name])) != tuple(np.shape(candidate[name])):
             raise ComparisonError(f"output {name!r}: shape {tuple(np.shape(reference[name]))} vs {tuple(np.shape(candidate[name]))}")
-    as64 = lambda d: {k: np.asarray(v).astype(np.float64) for k, v in d.items()}  # noqa: E731
+    as64 = lambda d: {k: np.asarray(v).astype(np.float64) for k, v in d.items()}
     before = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.CRITICAL
     try:

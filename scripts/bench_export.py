@@ -40,8 +40,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
-import _bench_zoo as Z  # noqa: E402
+import _bench_common as C
+import _bench_zoo as Z
 
 LAYER = dict(dim=512, degree=3, expand=2, n_groups=1, n_sel_heads=8)
 ZOO = Z.ZOO

@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
 ARCH = dict(in_dim=64, dim=512, depth=4, degree=3, expand=2, n_sel_heads=8, frame_tokens=256, mlp_ratio=4.0)
 HEADS = 8
@@ -344,7 +344,7 @@ def summarize_pom_run(pom_lat: list[float], pom_rss: list[int], steps: int, out)
     """Whether the sequential PoM run stays as fast and as small late as early (medians, RSS after warm-up)."""
     import numpy as np
 
-    win = lambda lat, a, b: float(np.median(lat[a - 1:b]))  # noqa: E731  steps a..b inclusive, 1-based
+    win = lambda lat, a, b: float(np.median(lat[a - 1:b]))  # steps a..b inclusive, 1-based
     early = win(pom_lat, 10, 20)
     late = win(pom_lat, steps - 10, steps)
     warm = 20 if steps > 40 else 5

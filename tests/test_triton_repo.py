@@ -13,16 +13,16 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
 
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
-from pom_deploy.cli.deploy import main  # noqa: E402
-from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json  # noqa: E402
-from pom_deploy.tensorrt.sidecar import make_sidecar, sidecar_path, write_json_atomic  # noqa: E402
-from pom_deploy.serving import ServingError  # noqa: E402
-from pom_deploy.serving.triton_config import RepoOptions, build_config, check_config, config_text, parse_config  # noqa: E402
-from pom_deploy.serving.triton_model import SequenceError, SequenceStore, plan_groups, self_check  # noqa: E402
-from pom_deploy.serving.triton_repo import read_model  # noqa: E402
+from pom_deploy.cli.deploy import main
+from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json
+from pom_deploy.tensorrt.sidecar import make_sidecar, sidecar_path, write_json_atomic
+from pom_deploy.serving import ServingError
+from pom_deploy.serving.triton_config import RepoOptions, build_config, check_config, config_text, parse_config
+from pom_deploy.serving.triton_model import SequenceError, SequenceStore, plan_groups, self_check
+from pom_deploy.serving.triton_repo import read_model
 
 TYPES = {onnx.TensorProto.FLOAT: pb.TYPE_FP32, onnx.TensorProto.INT64: pb.TYPE_INT64}
 

@@ -18,16 +18,16 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-import pom_deploy  # noqa: E402
-from pom_deploy.serving import ServingError  # noqa: E402
-from pom_deploy.serving.loadtest import chunks_for, make_client, run_load  # noqa: E402
-from pom_deploy.serving.server import find_bundled_server, free_port, start_server  # noqa: E402
-from pom_deploy.serving.triton_config import RepoOptions  # noqa: E402
-from pom_deploy.serving.triton_repo import write_repository  # noqa: E402
+import pom_deploy
+from pom_deploy.serving import ServingError
+from pom_deploy.serving.loadtest import chunks_for, make_client, run_load
+from pom_deploy.serving.server import find_bundled_server, free_port, start_server
+from pom_deploy.serving.triton_config import RepoOptions
+from pom_deploy.serving.triton_repo import write_repository
 
 try:
     find_bundled_server()

@@ -191,7 +191,7 @@ class StepGraph(GraphBuilder):
         return dims
 
     def _data_specs(self) -> list[cfg.InputSpec]:
-        rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d  # noqa: E731
+        rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d
         return [cfg.InputSpec(s.name, tuple(rename(d) for d in s.dims), s.dtype, s.kind, s.high) for s in self.config.inputs]
 
     def _chunk_config(self) -> cfg.ExportConfig:

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ArchitectureError
 from . import functional as P
-from .functional import rotate_half  # noqa: F401  (the convention, importable with the layer)
+from .functional import rotate_half  # noqa: F401 - re-exported: the convention, importable with the layer
 from .layers import PoMv2, _require
 
 

@@ -218,10 +218,10 @@ def _parse_source(onnx_path: Path, strip: bool):
 
 
 def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, strong: bool, flag: str | None, trt) -> None:
-    from polygraphy.backend.trt import (  # noqa: PLC0415
+    from polygraphy.backend.trt import (
         CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile, SaveEngine,
     )
-    from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+    from polygraphy.exception import PolygraphyException
 
     options = plan.options
     trt_profiles = []
@@ -269,7 +269,7 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
 
 @contextlib.contextmanager
 def _quiet_polygraphy(verbose: bool):
-    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+    from polygraphy.logger import G_LOGGER
 
     before = G_LOGGER.module_severity
     if not verbose:

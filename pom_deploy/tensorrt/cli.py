@@ -81,7 +81,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     options = build_options(args)
     plan = plan_build(args.onnx, args.output, options)  # bad files/options fail here, on any machine
@@ -104,7 +104,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     if args.atol is not None and args.atol < 0 or args.rtol is not None and args.rtol < 0:
         raise ComparisonError("--atol/--rtol must be >= 0")
@@ -120,7 +120,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def report_table(report):
     """A rich table of a CompareReport (one row per output)."""
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.shapes.items())
     table = Table(title=f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g}; inputs: {shapes})")
