@@ -394,7 +394,7 @@ def check_attention_graph(attn, sess_attn, in_names: list[str], out_names: list[
 
     cache, diff = empty_cache(0, rng), 0.0
     with torch.no_grad():
-        for t in range(3):
+        for _ in range(3):
             x = random_frame(rng)
             expected = attn(torch.from_numpy(x), *[torch.from_numpy(cache[n]) for n in in_names[1:]])
             got = sess_attn.run(None, {"tokens": x, **cache})

@@ -468,11 +468,11 @@ def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
     def nodes(path):
         return [(n.op_type, n.domain) for n in onnx.load(str(path)).graph.node]
 
+    real_export = torch.onnx.export
     for name, step in (("dit_pom", False),):  # the zoo's largest graph: 2-D RoPE, modulation, patches
         model = create_zoo_model(name, seed=0)
         ours = export_onnx(model, tmp_path / f"{name}.onnx", step=step, verify=False)
         with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours
-            real_export = torch.onnx.export
             patch.setattr(graphs.torch.onnx, "export", lambda *a, **k: real_export(*a, **{**k, "optimize": True}))
             patch.setattr(onnx_export, "optimize", lambda model: None)
             theirs = export_onnx(model, tmp_path / f"{name}.torch.onnx", step=step, verify=False)

@@ -128,7 +128,7 @@ class TritonPythonModel:
 
     def execute(self, requests) -> list:
         feeds, keys, responses = [], [], [None] * len(requests)
-        for index, request in enumerate(requests):
+        for request in requests:
             inputs = {name: self.pb.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
             control = self._control(request) if self.spec.kind == "step" else None
             feeds.append((inputs, control))
@@ -171,7 +171,7 @@ class TritonPythonModel:
             raise SequenceError(first_line(exc)) from None
         offsets = np.cumsum([0, *batches])
         responses = []
-        for number, (inputs, control) in enumerate(feeds):
+        for number, (_inputs, control) in enumerate(feeds):
             rows = slice(offsets[number], offsets[number + 1])
             if control:
                 corrid, _, end = control
