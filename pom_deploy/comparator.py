@@ -51,7 +51,8 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise", check_shapes=True)
-            results = compare(IterationResult(as64(candidate), runner_name=names[1]), IterationResult(as64(reference), runner_name=names[0]))
+            results = compare(IterationResult(as64(candidate), runner_name=names[1]),
+                              IterationResult(as64(reference), runner_name=names[0]))
     finally:
         G_LOGGER.module_severity = before
     return [

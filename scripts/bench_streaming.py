@@ -475,7 +475,8 @@ def tabulate_ratios(ratio_rows: list[dict], threads: int, out) -> None:
                         C.ms(r["attention_ms"] / 1e3) if "attention_ms" in r else r.get("skipped"),
                         C.ms(r["pom_ms"] / 1e3) if "pom_ms" in r else "-",
                         f"{r['attention_over_pom']:.1f}x" if "attention_over_pom" in r else "-",
-                        ("random, built for the step" if r.get("synthetic_cache") else "from the sequential run") if "attention_ms" in r else "-"]
+                        (("random, built for the step" if r.get("synthetic_cache") else "from the sequential run")
+                         if "attention_ms" in r else "-")]
                        for r in ratio_rows]))
 
 

@@ -85,7 +85,8 @@ def main() -> None:
 
     table = Table(title=f"{args.streams} streams x {args.steps} chunks of {args.chunk} tokens, {args.client_threads} client threads, "
                         f"{args.instances} instance(s) x {args.threads} onnxruntime thread(s), max_batch {args.max_batch}")
-    for column in ("protocol", "requests", "errors", "seconds", "requests/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "max rel diff"):
+    for column in ("protocol", "requests", "errors", "seconds", "requests/s", "tokens/s",
+                   "p50 ms", "p90 ms", "p99 ms", "max ms", "max rel diff"):
         table.add_column(column, justify="right")
     for protocol, r in results.items():
         lat = r["latency_ms"]

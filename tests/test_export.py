@@ -146,7 +146,8 @@ def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
     with torch.no_grad():
         h, s = layer.half()._projections(x.half(), x.half())
         f = layer._features(h)
-        naive = f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1) if mask == "causal" else f.sum(1, keepdim=True) / f.shape[1]
+        naive = (f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1) if mask == "causal"
+                 else f.sum(1, keepdim=True) / f.shape[1])
         exact = layer.float()._features(h.float()).double()
         exact = exact.cumsum(1) / torch.arange(1, f.shape[1] + 1).view(1, -1, 1) if mask == "causal" else exact.mean(1, keepdim=True)
     naive_error = float(((naive.double() - exact).abs().max() / exact.abs().max()))
@@ -287,7 +288,8 @@ def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
 def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
     dense = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "d.onnx", mask="full", fused_ops_enabled=True)
     assert dense.verification.passed and "PolyAggregate" not in _ops(dense.path) and not dense.spec.fused_ops
-    assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"] and "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
+    assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"]
+    assert "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
     assert read_spec(dense.path).decomposed_layers == dense.spec.decomposed_layers
     save_checkpoint(create_zoo_model("dit_pom", degree=9), tmp_path / "dit9.pt")
     assert export_cli.main([str(tmp_path / "dit9.pt"), "--fused-ops", "--no-verify", "-o", str(tmp_path / "dit9.onnx")]) == 0

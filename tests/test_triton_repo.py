@@ -55,7 +55,8 @@ def fake_engine(tmp_path, onnx_path, plugin_library=None):
     write_json_atomic(sidecar_path(engine), make_sidecar(
         environment=environment, precision="fp16", strongly_typed=False, profiles=profiles_to_json(derive_profiles(spec.inputs)),
         spec=spec, source_onnx={"path": str(onnx_path), "sha256": "0" * 64},
-        plugin={"fused_nodes": 2, "library": str(plugin_library) if plugin_library else None, "loaded_by": "dlopen", "function_stripped": False},
+        plugin={"fused_nodes": 2, "library": str(plugin_library) if plugin_library else None, "loaded_by": "dlopen",
+                "function_stripped": False},
         options={"version_compatible": False, "hardware_compatibility": None}))
     return engine
 
@@ -89,7 +90,8 @@ def test_full_graph_repos_use_dynamic_batching_within_the_export_profile(tmp_pat
     spec, _, _ = read_model(full)
     (tokens,) = spec.inputs
     for backend in ("onnxruntime", "python"):
-        assert main(["triton-repo", str(full), "-o", str(tmp_path / "repo"), "--backend", backend, "--name", backend, "--max-batch", "16"]) == 0
+        assert main(["triton-repo", str(full), "-o", str(tmp_path / "repo"), "--backend", backend, "--name", backend,
+                     "--max-batch", "16"]) == 0
         config = read_config(tmp_path / "repo" / backend)
         assert config.max_batch_size == 16 <= tokens.max_shape[0]
         assert list(config.dynamic_batching.preferred_batch_size) == [tokens.opt_shape[0]]

@@ -35,9 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", action="store_true", help="export to ONNX (the only format so far; the default)")
     parser.add_argument("-o", "--output", type=Path, help="output file (default: MODEL with .onnx, or .step.onnx with --step)")
     parser.add_argument("--step", action="store_true", help="export a stateful step graph (state as explicit past.*/present.* I/O)")
-    parser.add_argument("--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
-    parser.add_argument("--dtype", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
-    parser.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
+    parser.add_argument("--fused-ops", action="store_true",
+                        help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
+    parser.add_argument("--dtype", default="fp32",
+                        help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
+    parser.add_argument("--opset", type=int,
+                        help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=True, help="compare with PyTorch in onnxruntime (default)")
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the comparison")
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     loading = parser.add_argument_group("model loading")
     loading.add_argument("--arch", help="architecture of a raw state_dict: PoMv1, PoMv2, PoMv2RoPE, video_pom, dit_pom")
     loading.add_argument("--arch-config", help='its config as JSON, e.g. \'{"dim": 64, "degree": 2, "expand": 2}\'')
-    loading.add_argument("--arch-file", type=Path, help="architecture as a JSON/YAML file ({name, config} or upstream {generation, class, ctor})")
+    loading.add_argument("--arch-file", type=Path,
+                         help="architecture as a JSON/YAML file ({name, config} or upstream {generation, class, ctor})")
     loading.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (unpickling runs code from the file)")
     graph = parser.add_argument_group("graph")
     graph.add_argument("--config", type=Path, help="export config file (JSON/YAML) for a model pom-deploy has no config for")

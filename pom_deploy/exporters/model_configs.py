@@ -102,7 +102,8 @@ def dit_config(model: ClassConditionalDiTPoM) -> ExportConfig:
             InputSpec("class_label", ("batch",), dtype="int64", kind="index", high=num_classes),
         ],
         outputs=["noise"], dims={"batch": BATCH, "height": side, "width": side},
-        verify_sizes=[{"batch": 3, "height": 6 * model.patch, "width": 4 * model.patch}, {"batch": 1, "height": model.patch, "width": 3 * model.patch}],
+        verify_sizes=[{"batch": 3, "height": 6 * model.patch, "width": 4 * model.patch},
+                      {"batch": 1, "height": model.patch, "width": 3 * model.patch}],
     )
 
 

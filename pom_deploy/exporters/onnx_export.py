@@ -3,7 +3,8 @@
 Load -> resolve the export config (``config``) -> trace (``graphs``) with
 ``torch.onnx.export(dynamo=True)`` -> optimize (``optimize``) -> add fused-op function bodies
 (``function_bodies``) and pom-deploy metadata -> save and check (``onnx_file``) -> verify in
-onnxruntime (``verify``) -> move into place. Each phase is timed (``ExportResult.seconds``). The output appears only when all of that succeeded.
+onnxruntime (``verify``) -> move into place. Each phase is timed (``ExportResult.seconds``). The output
+appears only when all of that succeeded.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int]) -> No
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
     if value.ndim != len(spec.shape):
-        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {shape_text(spec.shape)}, got shape {tuple(value.shape)}")
+        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {shape_text(spec.shape)}, "
+                                f"got shape {tuple(value.shape)}")
     for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
         if isinstance(want, int):
             if want != got:

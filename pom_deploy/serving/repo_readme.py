@@ -47,7 +47,8 @@ def _step_section(config, options: RepoOptions) -> list[str]:
         "",
     ]
     if seq.state:
-        text += [f"Implicit state (zero at the start of a sequence): {', '.join(f'`{s.input_name}` <- `{s.output_name}`' for s in seq.state)}.", ""]
+        pairs = ", ".join(f"`{s.input_name}` <- `{s.output_name}`" for s in seq.state)
+        text += [f"Implicit state (zero at the start of a sequence): {pairs}.", ""]
     else:
         text += [f"The python model keeps each sequence's state itself, keyed by the CORRID control input, freed at END; "
                  f"at most {options.max_sequences} are kept.", ""]
@@ -68,7 +69,8 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
             "",
         ]
     if options.backend == "onnxruntime":
-        return ["## Running it", "", f"`tritonserver --model-repository=REPO` in NVIDIA's container ({_NGC}), which has the onnxruntime backend.", ""]
+        return ["## Running it", "",
+                f"`tritonserver --model-repository=REPO` in NVIDIA's container ({_NGC}), which has the onnxruntime backend.", ""]
     lines = [
         "## TensorRT engine",
         "",
@@ -83,7 +85,8 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
             f"The engine uses the pom plugin (`PolyAggregate`): `plugins/{plugin_library.name}` here, built against the same "
             "TensorRT. Load it into the server, either way:",
             "",
-            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{plugin_library.name}`",
+            "- `tritonserver --model-repository=/models "
+            f"--backend-config=tensorrt,plugins=/models/{options.name}/plugins/{plugin_library.name}`",
             f"- `LD_PRELOAD=/models/{options.name}/plugins/{plugin_library.name} tritonserver --model-repository=/models`",
             "",
         ]

@@ -178,7 +178,8 @@ class TritonPythonModel:
                 if end:
                     self.store.end(corrid)
                 else:
-                    self.store.put(corrid, {past: np.ascontiguousarray(outputs[present][rows]) for present, past in self.next_state.items()})
+                    self.store.put(corrid, {past: np.ascontiguousarray(outputs[present][rows])
+                                            for present, past in self.next_state.items()})
             tensors = [self.pb.Tensor(name, np.ascontiguousarray(outputs[name][rows])) for name in self.outputs]
             responses.append(self.pb.InferenceResponse(output_tensors=tensors))
         return responses

@@ -236,7 +236,8 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
     if options.hardware_compatibility:
         level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[options.hardware_compatibility], None)
         if level is None:
-            raise EngineBuildError(f"--hardware-compatibility {options.hardware_compatibility} needs a newer TensorRT than {trt.__version__}")
+            raise EngineBuildError(f"--hardware-compatibility {options.hardware_compatibility} "
+                                   f"needs a newer TensorRT than {trt.__version__}")
         config_kwargs["hardware_compatibility_level"] = level
     if options.version_compatible:
         config_kwargs["version_compatible"] = True
