@@ -52,8 +52,8 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
                     names: tuple[str, str] = ("reference", "candidate"), case: str = "") -> list[OutputComparison]:
     """Per-output error figures; ``atol`` relative to each output's scale. Both sides in float64,
     so fp16/bf16 outputs are judged against an fp32 reference, not against cast noise."""
-    from polygraphy.comparator import IterationResult, SimpleCompareFunc  # noqa: PLC0415
-    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+    from polygraphy.comparator import IterationResult, SimpleCompareFunc
+    from polygraphy.logger import G_LOGGER
 
     different = sorted(set(reference) ^ set(candidate))
     if different:

@@ -32,13 +32,13 @@ class DataType:
     def numpy(self) -> np.dtype:
         """The NumPy dtype (bfloat16 through ml_dtypes, imported only then)."""
         if self.name == "bfloat16":
-            import ml_dtypes  # noqa: PLC0415
+            import ml_dtypes
 
             return np.dtype(ml_dtypes.bfloat16)
         return np.dtype(self.name)
 
     def torch(self) -> Any:
-        import torch  # noqa: PLC0415
+        import torch
 
         return getattr(torch, self.name)
 
@@ -90,7 +90,7 @@ def name_of(spelling: str, value: Any) -> str:
 
 def to_numpy(tensor: Any, name: str) -> np.ndarray:
     """A torch tensor as a host array of the named type (bfloat16 rounded from float32)."""
-    import torch  # noqa: PLC0415
+    import torch
 
     if name == "bfloat16":
         return tensor.detach().to(torch.float32).cpu().numpy().astype(by_name(name).numpy())

@@ -106,7 +106,7 @@ def _weights_only_problem(content: bytes) -> str | None:
         with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's concern
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any refusal means torch would fall back to full unpickling
+    except Exception as exc:  # any refusal means torch would fall back to full unpickling
         called = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if called:
             return f"it calls {called.group(1)}"

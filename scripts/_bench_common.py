@@ -117,13 +117,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+            cpu = next((row.split(":", 1)[1].strip() for row in f if row.startswith("model name")), cpu)
     except OSError:
         pass
     flags = ""
     try:
         with open("/proc/cpuinfo") as f:
-            line = next((l for l in f if l.startswith("flags")), "")
+            line = next((row for row in f if row.startswith("flags")), "")
         flags = " ".join(sorted(f for f in line.split() if f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni")))
     except OSError:
         pass

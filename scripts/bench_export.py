@@ -40,8 +40,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
-import _bench_zoo as Z  # noqa: E402
+import _bench_common as C
+import _bench_zoo as Z
 
 LAYER = dict(dim=512, degree=3, expand=2, n_groups=1, n_sel_heads=8)
 ZOO = Z.ZOO
@@ -325,7 +325,8 @@ def _kernel_goals(table: str, rows: list[dict], key, what: str) -> dict:
         if not values:
             goals[name] = {"met": None, "measured": f"not measured ({what})"}
         elif any(v is None for v in values.values()):
-            needs = {"ort_kernel": "no custom-op library", **({"compile": "no torch.compile result"} if field.startswith("compile") else {})}
+            needs = {"ort_kernel": "no custom-op library",
+                     **({"compile": "no torch.compile result"} if field.startswith("compile") else {})}
             missing = [why for contender, why in needs.items() if any(contender not in r["median_s"] for r in rows)]
             goals[name] = {"met": None, "measured": f"not measured ({', '.join(missing)})"}
         else:
@@ -484,7 +485,8 @@ def plot(results: dict, path: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
     styles = {"eager": ("PyTorch eager", "o-"), "compile": ("torch.compile", "s-"), "ort": ("onnxruntime", "^-"),
               "ort_kernel": ("onnxruntime + PolyAggregate kernel", "D-"),
-              "ort_matmuls": ("onnxruntime, projections' MatMuls only", "v--"), "ort_qc_only": ("onnxruntime, qc_proj MatMul only", "<--"), "eager_matmuls": ("PyTorch, projections' GEMMs only", "x:")}
+              "ort_matmuls": ("onnxruntime, projections' MatMuls only", "v--"), "ort_qc_only": ("onnxruntime, qc_proj MatMul only", "<--"),
+              "eager_matmuls": ("PyTorch, projections' GEMMs only", "x:")}
     for ax, (title, rows) in zip(axes[0], panels):
         ns = [r["n"] for r in rows]
         for key, (label, style) in styles.items():

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
 LM = dict(vocab=1000, dim=256, depth=4, degree=2, expand=2, heads=8)
 VIDEO = dict(in_dim=64, dim=256, depth=4, degree=2, expand=2, n_sel_heads=8, frame_tokens=64, mlp_ratio=4.0)

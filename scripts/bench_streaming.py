@@ -35,7 +35,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as C  # noqa: E402
+import _bench_common as C
 
 ARCH = dict(in_dim=64, dim=512, depth=4, degree=3, expand=2, n_sel_heads=8, frame_tokens=256, mlp_ratio=4.0)
 HEADS = 8
@@ -352,7 +352,7 @@ def summarize_pom_run(pom_lat: list[float], pom_rss: list[int], steps: int, out)
     """Whether the sequential PoM run stays as fast and as small late as early (medians, RSS after warm-up)."""
     import numpy as np
 
-    win = lambda lat, a, b: float(np.median(lat[a - 1:b]))  # noqa: E731  steps a..b inclusive, 1-based
+    win = lambda lat, a, b: float(np.median(lat[a - 1:b]))  # steps a..b inclusive, 1-based
     early = win(pom_lat, 10, 20)
     late = win(pom_lat, steps - 10, steps)
     warm = 20 if steps > 40 else 5
@@ -402,7 +402,7 @@ def check_attention_graph(attn, sess_attn, in_names: list[str], out_names: list[
 
     cache, diff = empty_cache(0, rng), 0.0
     with torch.no_grad():
-        for t in range(3):
+        for _ in range(3):
             x = random_frame(rng)
             expected = attn(torch.from_numpy(x), *[torch.from_numpy(cache[n]) for n in in_names[1:]])
             got = sess_attn.run(None, {"tokens": x, **cache})
@@ -483,7 +483,8 @@ def tabulate_ratios(ratio_rows: list[dict], threads: int, out) -> None:
                         C.ms(r["attention_ms"] / 1e3) if "attention_ms" in r else r.get("skipped"),
                         C.ms(r["pom_ms"] / 1e3) if "pom_ms" in r else "-",
                         f"{r['attention_over_pom']:.1f}x" if "attention_over_pom" in r else "-",
-                        ("random, built for the step" if r.get("synthetic_cache") else "from the sequential run") if "attention_ms" in r else "-"]
+                        (("random, built for the step" if r.get("synthetic_cache") else "from the sequential run")
+                         if "attention_ms" in r else "-")]
                        for r in ratio_rows]))
 
 

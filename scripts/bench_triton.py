@@ -73,8 +73,13 @@ def main() -> None:
                     expected = session.step(chunk)
                     worst = max(worst, float(np.abs(served - expected).max() / max(1.0, np.abs(expected).max())))
             results[protocol] = {
-                "requests": load.requests, "errors": len(load.errors), "retries": load.retries, "first_errors": load.errors[:3], "seconds": load.seconds,
-                "requests_per_s": load.throughput, "tokens_per_s": load.throughput * args.chunk,
+                "requests": load.requests,
+                "errors": len(load.errors),
+                "retries": load.retries,
+                "first_errors": load.errors[:3],
+                "seconds": load.seconds,
+                "requests_per_s": load.throughput,
+                "tokens_per_s": load.throughput * args.chunk,
                 "latency_ms": {f"p{q}": load.percentile(q) for q in (50, 90, 99)} | {"max": max(load.latencies_ms, default=float("nan"))},
                 "max_rel_diff_vs_streaming_session": worst,
             }
@@ -85,7 +90,8 @@ def main() -> None:
 
     table = Table(title=f"{args.streams} streams x {args.steps} chunks of {args.chunk} tokens, {args.client_threads} client threads, "
                         f"{args.instances} instance(s) x {args.threads} onnxruntime thread(s), max_batch {args.max_batch}")
-    for column in ("protocol", "requests", "errors", "seconds", "requests/s", "tokens/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "max rel diff"):
+    for column in ("protocol", "requests", "errors", "seconds", "requests/s", "tokens/s",
+                   "p50 ms", "p90 ms", "p99 ms", "max ms", "max rel diff"):
         table.add_column(column, justify="right")
     for protocol, r in results.items():
         lat = r["latency_ms"]

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pom_deploy, installed or not
-from pom_deploy import export_onnx, load, save_checkpoint  # noqa: E402
-from pom_deploy.comparator import compare_outputs  # noqa: E402
-from pom_deploy.errors import PomDeployError  # noqa: E402
-from pom_deploy.models.zoo import create_zoo_model  # noqa: E402
-from pom_deploy.tensorrt import build_engine, compare, current_environment, find_plugin_library  # noqa: E402
-from pom_deploy.tensorrt.environment import version_tuple  # noqa: E402
-from pom_deploy.tolerances import tolerances  # noqa: E402
+from pom_deploy import export_onnx, load, save_checkpoint
+from pom_deploy.comparator import compare_outputs
+from pom_deploy.errors import PomDeployError
+from pom_deploy.models.zoo import create_zoo_model
+from pom_deploy.tensorrt import build_engine, compare, current_environment, find_plugin_library
+from pom_deploy.tensorrt.environment import version_tuple
+from pom_deploy.tolerances import tolerances
 
 ZOO_MODELS = ("video_pom", "dit_pom")
 
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin", help="pom plugin library (default: the usual search, $POM_DEPLOY_PLUGIN first)")
     args = parser.parse_args(argv)
 
-    from rich.console import Console  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console(stderr=True)
     try:

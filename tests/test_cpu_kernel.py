@@ -45,7 +45,7 @@ from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from test_plugin_poly_aggregate import (
     CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation, nan_propagates_as_in_the_oracle,
 )
-from test_export_numerics import overflow_cases, overflow_layer  # noqa: F401 - fixtures used by name
+from test_export_numerics import overflow_cases, overflow_layer  # noqa: F401 - overflow_layer: a fixture, found by name
 from tolerances import FP16_RELATIVE_TO_PEAK, MODEL_ATOL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,7 +325,7 @@ def test_dit_rope_fp16_graph_runs_the_kernel(tmp_path, ort_ops_library):
     assert np.abs(actual.astype(np.float64) - expected).max() / np.abs(expected).max() <= FP16_RELATIVE_TO_PEAK
 
 
-def test_fp16_kernel_on_outliers_and_padded_junk(tmp_path, ort_ops_library, overflow_layer):
+def test_fp16_kernel_on_outliers_and_padded_junk(tmp_path, ort_ops_library, overflow_layer):  # noqa: F811 - the fixture
     """The kernel side of test_export_numerics' overflow cases: finite and within the fp16 bound
     of the float32 model (the kernel computes features in float32, as the bodies now do)."""
     result = export_onnx(overflow_layer, tmp_path / "l.onnx", precision="fp16", mask="padding", fused_ops=True, verify=False)

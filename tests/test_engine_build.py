@@ -463,7 +463,7 @@ def test_build_from_function_bodies_gives_each_node_its_own(tmp_path, monkeypatc
     assert set(bodies_as_tensorrt_picks_them(model)) == {None}
     assert [n.op_type for n in model.graph.node] == ["Add", "Identity", "Neg"]
     x = np.linspace(-1, 1, 2 * 3 * 16, dtype=np.float32).reshape(2, 3, 16)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(run(model), run(exported))
     np.testing.assert_array_equal(run(model), -(x + x))
     assert result.sidecar["plugin"]["function_bodies_inlined"] is True and result.warnings

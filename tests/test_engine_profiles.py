@@ -55,7 +55,8 @@ def test_override_moves_shared_symbolic_dims():
 
 
 def test_several_profiles():
-    profiles = derive_profiles(video_inputs(), [parse_profile_arg("x:1x1x16,1x1x16,8x1x16"), parse_profile_arg("x:1x2x16,1x256x16,1x4096x16")])
+    profiles = derive_profiles(video_inputs(), [parse_profile_arg("x:1x1x16,1x1x16,8x1x16"),
+                                                parse_profile_arg("x:1x2x16,1x256x16,1x4096x16")])
     assert [p["mask"].max for p in profiles] == [(8, 1), (1, 4096)]
     assert select_profile(profiles, {"x": (4, 1, 16), "mask": (4, 1)}) == 0
     assert select_profile(profiles, {"x": (1, 100, 16), "mask": (1, 100)}) == 1

@@ -143,7 +143,7 @@ def test_wrong_rope_pairing_exceeds_the_bound(mode):
     args = (x, 2, "v2", mode, coeff, mask)
     expected = poly_aggregate(*args, rope="2d", cos=cos, sin=sin)
     bound = error_bound(*args, rope="2d", cos=cos, sin=sin)
-    swap = lambda t: np.concatenate([t[..., 4:], t[..., :4]], axis=-1)  # noqa: E731  (Q = 4)
+    swap = lambda t: np.concatenate([t[..., 4:], t[..., :4]], axis=-1)  # Q = 4
     for wrong in (poly_aggregate(*args, rope="1d", cos=cos, sin=sin),
                   poly_aggregate(*args, rope="2d", cos=swap(cos), sin=swap(sin))):
         assert np.any(np.abs(wrong - expected) > bound)

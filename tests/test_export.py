@@ -164,7 +164,11 @@ def test_fp16_accumulates_in_float32_over_65536_tokens(tmp_path, mask):
     with torch.no_grad():
         h, s = layer.half()._projections(x.half(), x.half())
         f = layer._features(h).half()  # (computed in float32) rounded to float16, for a float16 reduction
-        naive = f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1) if mask == "causal" else f.sum(1, keepdim=True) / f.shape[1]
+        naive = (
+            f.cumsum(1) / torch.arange(1, f.shape[1] + 1, dtype=torch.float16).view(1, -1, 1)
+            if mask == "causal"
+            else f.sum(1, keepdim=True) / f.shape[1]
+        )
         exact = layer.float()._features(h.float()).double()
         exact = exact.cumsum(1) / torch.arange(1, f.shape[1] + 1).view(1, -1, 1) if mask == "causal" else exact.mean(1, keepdim=True)
     naive_error = float(((naive.double() - exact).abs().max() / exact.abs().max()))
@@ -326,7 +330,8 @@ def test_fused_block_causal_and_rope_step_graphs_match_pytorch(tmp_path):
 def test_fused_export_reports_the_layers_it_leaves_decomposed(tmp_path, capsys):
     dense = export_onnx(spread_coefficients(PoMv2(16, 2, 2, 1, 4)), tmp_path / "d.onnx", mask="full", fused_ops=True)
     assert dense.verification.passed and "PolyAggregate" not in _ops(dense.path) and not dense.spec.fused_ops
-    assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"] and "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
+    assert [d["module"] for d in dense.spec.decomposed_layers] == ["layer"]
+    assert "(B, T, N) mask" in dense.spec.decomposed_layers[0]["reason"]
     assert read_spec(dense.path).decomposed_layers == dense.spec.decomposed_layers
     save_checkpoint(create_zoo_model("dit_pom", degree=9), tmp_path / "dit9.pt")
     assert export_cli.main([str(tmp_path / "dit9.pt"), "--fused-ops", "--no-verify", "-o", str(tmp_path / "dit9.onnx")]) == 0
@@ -510,11 +515,11 @@ def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
     def nodes(path):
         return [(n.op_type, n.domain) for n in onnx.load(str(path)).graph.node]
 
+    real_export = torch.onnx.export
     for name, step in (("dit_pom", False),):  # the zoo's largest graph: 2-D RoPE, modulation, patches
         model = create_zoo_model(name, seed=0)
         ours = export_onnx(model, tmp_path / f"{name}.onnx", step=step, verify=False)
         with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours
-            real_export = torch.onnx.export
             patch.setattr(graphs.torch.onnx, "export", lambda *a, **k: real_export(*a, **{**k, "optimize": True}))
             patch.setattr(onnx_export, "optimize", lambda model: None)
             theirs = export_onnx(model, tmp_path / f"{name}.torch.onnx", step=step, verify=False)

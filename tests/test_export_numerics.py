@@ -161,6 +161,9 @@ def test_fp16_export_that_gives_nan_where_the_model_is_finite_fails_verification
     with torch.no_grad():
         x = draw_input("float", [2, 64, 16], generator=torch.Generator().manual_seed(1), edge=True)
         assert torch.isfinite(model(x)).all()
-    with pytest.raises(VerificationError, match=r"^onnxruntime gives [\d,]+ NaN/Inf values in 'output' \(batch=\d+ tokens=\d+ edge inputs\) where PyTorch is finite"):
+    with pytest.raises(
+        VerificationError,
+        match=r"^onnxruntime gives [\d,]+ NaN/Inf values in 'output' \(batch=\d+ tokens=\d+ edge inputs\) where PyTorch is finite",
+    ):
         export_onnx(model, tmp_path / "m.onnx", precision="fp16")
     assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,9 @@ SHAPES = [(2, 12, 24), (3, 4, 12)]  # (B, N, C): N a multiple of the frames, C o
 
 
 def _input_names(variant, mode, rope):
-    return ["x"] + (["coeff"] if variant == "v2" else []) + (["mask"] if mode == "masked" else []) + (["cos", "sin"] if rope != "none" else [])
+    return (
+        ["x"] + (["coeff"] if variant == "v2" else []) + (["mask"] if mode == "masked" else []) + (["cos", "sin"] if rope != "none" else [])
+    )
 
 
 def _body_session(case) -> ort.InferenceSession:

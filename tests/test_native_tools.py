@@ -105,9 +105,11 @@ def test_build_ops_plans_cuda_only_where_it_can(no_libraries, monkeypatch, tmp_p
     trt = tmp_path / "trt"
     trt.mkdir()
     (trt / "NvInferRuntime.h").write_text("")
-    (trt / "NvInferVersion.h").write_text("#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n"
-                                          "#define TRT_PATCH_ENTERPRISE 0\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< major\n"
-                                          "#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE\n")
+    (trt / "NvInferVersion.h").write_text(
+        "#define TRT_MAJOR_ENTERPRISE 11\n#define TRT_MINOR_ENTERPRISE 1\n"
+        "#define TRT_PATCH_ENTERPRISE 0\n#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< major\n"
+        "#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE\n"
+    )
     plan = native_build.plan_build(tmp_path, onnxruntime=False, arch="87;90", tensorrt_include=trt)
     assert plan.libraries == [native_build.CUDA_LIBRARY] and plan.architectures == ["87", "90"]
     assert "-DCMAKE_CUDA_ARCHITECTURES=87;90" in native_build.cmake_arguments(plan, tmp_path / "b")
@@ -149,11 +151,15 @@ def test_doctor_with_faked_finds(no_libraries, capsys, fused_layer, tmp_path, mo
     """A Jetson-like machine: TensorRT 10.3, an Orin, both libraries built for it."""
     monkeypatch.setenv(ORT_OPS_ENV, _record(tmp_path / "libpom_deploy_ort_ops.so", onnxruntime_api=ORT_API))
     monkeypatch.setenv(PLUGIN_ENV, _record(tmp_path / "libpom_deploy_plugins.so", tensorrt="10.3.0"))
-    monkeypatch.setattr(doctor_commands, "probe_tensorrt", lambda: {"version": "10.3.0", "where": "/usr/lib/python3/dist-packages/tensorrt"})
+    monkeypatch.setattr(
+        doctor_commands, "probe_tensorrt", lambda: {"version": "10.3.0", "where": "/usr/lib/python3/dist-packages/tensorrt"}
+    )
     monkeypatch.setattr(doctor_commands, "probe_cuda", lambda: {"nvcc": "/usr/local/cuda/bin/nvcc", "nvcc_version": "12.6",
                                                                 "gpus": [{"name": "Orin", "compute_capability": "8.7", "driver": "540.4"}]})
     providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers})
+    monkeypatch.setattr(
+        doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers}
+    )
     assert main(["doctor", "--json", str(fused_layer)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["libraries"]["cuda_plugin"]["built_for"] == {"tensorrt": "10.3.0"}
@@ -161,10 +167,14 @@ def test_doctor_with_faked_finds(no_libraries, capsys, fused_layer, tmp_path, mo
     assert main(["doctor", str(fused_layer)]) == 0
     text = capsys.readouterr().out
     assert "Orin (sm_87)" in text and "TensorRT: 10.3.0" in text and "built for tensorrt 10.3.0): usable" in text
-    monkeypatch.setattr(doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers[1:]})
+    monkeypatch.setattr(
+        doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers[1:]}
+    )
     verdict = doctor_commands.gather(fused_layer)["model"]
     assert verdict["runs_on"] == "function bodies" and "--device cpu" in verdict["why"]  # CUDA first keeps the nodes
-    monkeypatch.setattr(doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers[2:]})
+    monkeypatch.setattr(
+        doctor_commands, "probe_onnxruntime", lambda: {"version": ort.__version__, "c_api": ORT_API, "providers": providers[2:]}
+    )
     assert doctor_commands.gather(fused_layer)["model"]["runs_on"] == "kernel"
     monkeypatch.setattr(doctor_commands, "probe_tensorrt", lambda: {"version": "11.1.0", "where": "site-packages/tensorrt"})
     assert "built for TensorRT 10.3.0, this TensorRT is 11.1.0" in doctor_commands.gather()["libraries"]["cuda_plugin"]["problem"]

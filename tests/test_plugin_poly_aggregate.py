@@ -42,8 +42,8 @@ POLY_AGGREGATE = PLUGINS / "poly_aggregate"
 CUDA_HOST = PLUGINS / "tests" / "cuda_host"
 sys.path.insert(0, str(CUDA_HOST))
 sys.path.insert(0, str(ROOT / "scripts" / "gpu_check"))
-import check_poly_aggregate as gpu_check  # noqa: E402
-import compare_with_cpu_emulation as host_emulation  # noqa: E402
+import check_poly_aggregate as gpu_check  # noqa: E402 - imported after sys.path gains the sibling scripts' folders
+import compare_with_cpu_emulation as host_emulation  # noqa: E402 - imported after sys.path gains the sibling scripts' folders
 
 # A git mirror of NVIDIA/TensorRT (its tags give each version's headers); no default location.
 TRT_MIRROR = Path(os.environ["POM_TENSORRT_MIRROR"]) if os.environ.get("POM_TENSORRT_MIRROR") else None
@@ -782,7 +782,7 @@ def test_gpu_check_scripts_cpu_parts():
     for variant in abi.VARIANTS:
         for mode in abi.MODES:
             x, coeff, mask = abi.make_inputs(3, 2, 130, 12, 3, variant, mode, "float32")
-            tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+            tensor = lambda a: None if a is None else torch.from_numpy(a)
             baseline = gpu_check.torch_poly_aggregate(tensor(x), 3, variant, mode, tensor(coeff), tensor(mask))
             _assert_close(baseline.double().numpy(), x, 3, variant, mode, coeff, mask, "float32")
 
@@ -799,7 +799,7 @@ def test_gpu_check_scripts_cpu_parts():
     for variant, mode, frame_tokens, rope, table_batch in check_trt_plugin.EXTENDED:
         x, coeff, mask = abi.make_inputs(4, 2, 300, 12, 3, variant, mode, "float32")
         cos, sin = abi.make_rope_tables(5, table_batch, 300, 12, "float32") if rope != "none" else (None, None)
-        tensor = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        tensor = lambda a: None if a is None else torch.from_numpy(a)
         options = {"frame_tokens": frame_tokens, "rope": rope}
         baseline = gpu_check.torch_poly_aggregate(tensor(x), 3, variant, mode, tensor(coeff), tensor(mask),
                                                   cos=tensor(cos), sin=tensor(sin), **options)

@@ -91,10 +91,16 @@ class _Padded(torch.nn.Module):
 def _padding_config(tmp_path):
     """A bare layer called with its (batch, tokens) padding mask input, as a config file says."""
     path = tmp_path / "padding.json"
-    path.write_text(json.dumps({"inputs": [{"name": "x", "shape": ["batch", "tokens", 8]},
-                                           {"name": "mask", "shape": ["batch", "tokens"], "kind": "mask"}],
-                                "outputs": ["y"], "dims": {"batch": {"min": 1, "opt": 2, "max": 4}, "tokens": {"min": 1, "opt": 64, "max": 512}},
-                                "stream_dim": "tokens"}))
+    path.write_text(
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "shape": ["batch", "tokens", 8]}, {"name": "mask", "shape": ["batch", "tokens"], "kind": "mask"}],
+                "outputs": ["y"],
+                "dims": {"batch": {"min": 1, "opt": 2, "max": 4}, "tokens": {"min": 1, "opt": 64, "max": 512}},
+                "stream_dim": "tokens",
+            }
+        )
+    )
     return path
 
 
@@ -398,7 +404,7 @@ def test_frame_causal_step_graph_needs_no_cumsum(exported_video, exported_lm):
     CumSum as a loop); the token-causal step keeps one CumSum per layer (docs/streaming.md)."""
     import onnx
 
-    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]  # noqa: E731
+    ops = lambda path: [n.op_type for n in onnx.load(str(path)).graph.node]
     assert "CumSum" not in ops(exported_video[1].path)
     assert ops(exported_lm.path).count("CumSum") == 2
 

@@ -13,18 +13,18 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
 
-from google.protobuf import text_format  # noqa: E402
-from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
-from pom_deploy.cli.deploy import main  # noqa: E402
-from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json  # noqa: E402
-from pom_deploy.tensorrt.sidecar import make_sidecar, sidecar_path, write_json_atomic  # noqa: E402
-from pom_deploy.serving import ServingError  # noqa: E402
-from pom_deploy.serving.triton_config import RepoOptions, build_config, check_config, config_text, parse_config  # noqa: E402
-from pom_deploy.serving.sequences import SequenceError, SequenceStore, Stream, step_number  # noqa: E402
-from pom_deploy.serving.server import servable_models  # noqa: E402
-from pom_deploy.serving.triton_model import plan_groups, self_check  # noqa: E402
-from pom_deploy.serving.triton_repo import read_model  # noqa: E402
+from pom_deploy.cli.deploy import main
+from pom_deploy.tensorrt.profiles import derive_profiles, profiles_to_json
+from pom_deploy.tensorrt.sidecar import make_sidecar, sidecar_path, write_json_atomic
+from pom_deploy.serving import ServingError
+from pom_deploy.serving.triton_config import RepoOptions, build_config, check_config, config_text, parse_config
+from pom_deploy.serving.sequences import SequenceError, SequenceStore, Stream, step_number
+from pom_deploy.serving.server import servable_models
+from pom_deploy.serving.triton_model import plan_groups, self_check
+from pom_deploy.serving.triton_repo import read_model
 
 TYPES = {onnx.TensorProto.FLOAT: pb.TYPE_FP32, onnx.TensorProto.INT64: pb.TYPE_INT64}
 
@@ -54,11 +54,24 @@ def fake_engine(tmp_path, onnx_path, plugin_library=None):
     engine = tmp_path / "video.step.engine"
     engine.write_bytes(b"not a real engine: read by TensorRT only")
     environment = {"tensorrt_version": "10.13.3.9", "gpu_name": "NVIDIA Jetson Thor", "compute_capability": "11.0"}
-    write_json_atomic(sidecar_path(engine), make_sidecar(
-        environment=environment, precision="fp16", strongly_typed=False, profiles=profiles_to_json(derive_profiles(spec.inputs)),
-        spec=spec, source_onnx={"path": str(onnx_path), "sha256": "0" * 64},
-        plugin={"fused_nodes": 2, "library": str(plugin_library) if plugin_library else None, "loaded_by": "load_library", "function_stripped": False},
-        options={"version_compatible": False, "hardware_compatibility": None}))
+    write_json_atomic(
+        sidecar_path(engine),
+        make_sidecar(
+            environment=environment,
+            precision="fp16",
+            strongly_typed=False,
+            profiles=profiles_to_json(derive_profiles(spec.inputs)),
+            spec=spec,
+            source_onnx={"path": str(onnx_path), "sha256": "0" * 64},
+            plugin={
+                "fused_nodes": 2,
+                "library": str(plugin_library) if plugin_library else None,
+                "loaded_by": "load_library",
+                "function_stripped": False,
+            },
+            options={"version_compatible": False, "hardware_compatibility": None},
+        ),
+    )
     return engine
 
 
@@ -91,7 +104,8 @@ def test_full_graph_repos_use_dynamic_batching_within_the_export_profile(tmp_pat
     spec, _, _ = read_model(full)
     (tokens,) = spec.inputs
     for backend in ("onnxruntime", "python"):
-        assert main(["triton-repo", str(full), "-o", str(tmp_path / "repo"), "--backend", backend, "--name", backend, "--max-batch", "16"]) == 0
+        assert main(["triton-repo", str(full), "-o", str(tmp_path / "repo"), "--backend", backend, "--name", backend,
+                     "--max-batch", "16"]) == 0
         config = read_config(tmp_path / "repo" / backend)
         assert config.max_batch_size == 16 <= tokens.max_shape[0]
         assert list(config.dynamic_batching.preferred_batch_size) == [tokens.opt_shape[0]]

@@ -20,16 +20,16 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="the serve extra (tritonclient) is not installed")
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-import pom_deploy  # noqa: E402
-from pom_deploy.serving import ServingError  # noqa: E402
-from pom_deploy.serving.loadtest import chunks_for, make_client, run_load  # noqa: E402
-from pom_deploy.serving.server import find_bundled_server, free_port, start_server  # noqa: E402
-from pom_deploy.serving.triton_config import RepoOptions  # noqa: E402
-from pom_deploy.serving.triton_repo import write_repository  # noqa: E402
+import pom_deploy
+from pom_deploy.serving import ServingError
+from pom_deploy.serving.loadtest import chunks_for, make_client, run_load
+from pom_deploy.serving.server import find_bundled_server, free_port, start_server
+from pom_deploy.serving.triton_config import RepoOptions
+from pom_deploy.serving.triton_repo import write_repository
 
 try:
     find_bundled_server()
@@ -178,9 +178,11 @@ def test_empty_and_oversized_chunks_are_refused_alone_and_leave_the_stream_untou
     for protocol, url, sid in (("http", server.http_url, 601), ("grpc", server.grpc_url, 602)):
         send = make_client(protocol, url, CLIENT_TIMEOUT_S)[1]
         outputs = [send("video_step", chunks[0], sid, True, False)]
-        for bad, message in ((np.zeros((1, 0, 16), np.float32), "a chunk needs at least one token"),
-                             (np.ones((1, 12, 16), np.float32), "a chunk of 12 tokens splits a frame: this model streams whole frames of 8"),
-                             (np.ones((1, MAX_CHUNK + 1, 16), np.float32), f"more than this model takes in one request ({MAX_CHUNK}")):
+        for bad, message in (
+            (np.zeros((1, 0, 16), np.float32), "a chunk needs at least one token"),
+            (np.ones((1, 12, 16), np.float32), "a chunk of 12 tokens splits a frame: this model streams whole frames of 8"),
+            (np.ones((1, MAX_CHUNK + 1, 16), np.float32), f"more than this model takes in one request ({MAX_CHUNK}"),
+        ):
             with pytest.raises(InferenceServerException, match=re.escape(message)):
                 send("video_step", bad, sid, False, False)
         outputs += [send("video_step", chunks[1], sid, False, False), send("video_step", chunks[2], sid, False, True)]

@@ -22,7 +22,7 @@ def _forward_cases():
 def test_matches_upstream(name, index):
     case, data, layer = load_upstream_case(name)
     call = case["calls"][index]
-    tensor = lambda key: torch.from_numpy(data[call["inputs"][key]])  # noqa: E731
+    tensor = lambda key: torch.from_numpy(data[call["inputs"][key]])
     with torch.no_grad():
         if call["method"] == "forward":
             kwargs = {k: tensor(k) for k in ("positions", "positions_hw") if k in call["inputs"]}

@@ -39,10 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunks-as-blocks", action="store_true",
                         help="--step for a model whose PoM layers see the whole sequence: each chunk mixes as one block "
                              "(equals no full forward; recorded in the metadata)")
-    parser.add_argument("--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)")
-    parser.add_argument("--precision", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32")
+    parser.add_argument(
+        "--fused-ops", action="store_true", help="emit PolyAggregate nodes (TensorRT plugin; onnxruntime inlines their function)"
+    )
+    parser.add_argument(
+        "--precision", default="fp32", help=f"I/O and weight precision: {', '.join(PRECISIONS)} (default fp32); reductions stay float32"
+    )
     parser.add_argument("--dtype", dest="precision", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # its former name
-    parser.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)")
+    parser.add_argument(
+        "--opset", type=int, help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {DEFAULT_OPSET}; {BF16_MIN_OPSET} for bf16)"
+    )
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", dest="verify", action="store_true", default=True, help="compare with PyTorch in onnxruntime (default)")
     verify.add_argument("--no-verify", dest="verify", action="store_false", help="skip the comparison")
@@ -53,14 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     loading = parser.add_argument_group("model loading")
     loading.add_argument("--arch", help="architecture of a raw state_dict: PoMv1, PoMv2, PoMv2RoPE, video_pom, dit_pom")
     loading.add_argument("--arch-config", help='its config as JSON, e.g. \'{"dim": 64, "degree": 2, "expand": 2}\'')
-    loading.add_argument("--arch-file", type=Path, help="architecture as a JSON/YAML file ({name, config} or upstream {generation, class, ctor})")
+    loading.add_argument("--arch-file", type=Path,
+                         help="architecture as a JSON/YAML file ({name, config} or upstream {generation, class, ctor})")
     loading.add_argument("--trust-pickle", action="store_true", help="allow a pickled nn.Module (unpickling runs code from the file)")
     graph = parser.add_argument_group("graph")
     graph.add_argument("--input", action="append", default=[], metavar="NAME:DTYPE:DIMS", dest="inputs",
                        help="declare an input the model's layers do not tell, e.g. ids:int64:batch,tokens or cond:float32:batch,8 "
                             "(repeatable; dims are sizes or names)")
-    graph.add_argument("--input-range", action="append", default=[], metavar="NAME:LOW:HIGH", dest="input_ranges",
-                       help="values of an input in [LOW, HIGH), e.g. ids:0:50257 (verification data; integer ranges are checked at run time)")
+    graph.add_argument(
+        "--input-range",
+        action="append",
+        default=[],
+        metavar="NAME:LOW:HIGH",
+        dest="input_ranges",
+        help="values of an input in [LOW, HIGH), e.g. ids:0:50257 (verification data; integer ranges are checked at run time)",
+    )
     graph.add_argument("--config", type=Path, help="export config file (JSON/YAML); overrides what is read from the model and --input")
     graph.add_argument("--mask", default="none", help=f"mask input of a bare PoM layer: {', '.join(MASK_KINDS)} (default none)")
     graph.add_argument("--cross", action="store_true", help="bare PoM layer: separate context input xc (cross-mixing)")
@@ -128,8 +141,10 @@ def result_json(result: ExportResult, elapsed: float) -> dict:
 
 def print_summary(console: Console, result: ExportResult, elapsed: float) -> None:
     spec = result.spec
-    console.print(f"[bold]Wrote[/] {result.path} ({human_size(result.size_bytes)}, {spec.kind} graph, {spec.precision}, opset {result.opset}"
-                  f"{', fused PolyAggregate ops' if spec.fused_ops else ''})")
+    console.print(
+        f"[bold]Wrote[/] {result.path} ({human_size(result.size_bytes)}, {spec.kind} graph, {spec.precision}, opset {result.opset}"
+        f"{', fused PolyAggregate ops' if spec.fused_ops else ''})"
+    )
     for layer in spec.decomposed_layers:  # --fused-ops: the layers the op does not cover
         console.print(f"[yellow]not fused[/] PoM layer {layer['module'] or '(the exported layer)'}: {layer['reason']}")
     io = Table(title="Graph inputs and outputs", title_justify="left")

@@ -38,7 +38,8 @@ def inspect_command(args) -> int:
     console.print(table)
     console.print("Symbolic dims: " + (", ".join(info["symbolic_dims"]) or "none"))
     if info["custom_nodes"]:
-        console.print("Custom ops: " + ", ".join(info["custom_nodes"]) + "; local functions: " + (", ".join(info["local_functions"]) or "none"))
+        console.print("Custom ops: " + ", ".join(info["custom_nodes"])
+                      + "; local functions: " + (", ".join(info["local_functions"]) or "none"))
     meta = info["pom_deploy"]
     if meta is None:
         console.print("No pom-deploy metadata (not exported by pom-export).")

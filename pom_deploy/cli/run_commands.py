@@ -16,10 +16,13 @@ from .common import stderr_console
 
 
 def register(commands) -> None:
-    run = commands.add_parser("run", help="stream a file of tokens through a step graph, chunk by chunk",
-                              description="Stream INPUT (.npy, (batch, tokens, dim) or (tokens, dim); int token ids (batch, tokens) or (tokens,) "
-                                          "for a token LM) through a step graph "
-                                          "(pom-export --step), carrying each layer's state between chunks.")
+    run = commands.add_parser(
+        "run",
+        help="stream a file of tokens through a step graph, chunk by chunk",
+        description="Stream INPUT (.npy, (batch, tokens, dim) or (tokens, dim); int token ids (batch, tokens) or (tokens,) "
+        "for a token LM) through a step graph "
+        "(pom-export --step), carrying each layer's state between chunks.",
+    )
     run.add_argument("model", type=Path, help="step graph (.onnx) or TensorRT engine")
     run.add_argument("--input", type=Path, required=True, help=".npy file of tokens")
     run.add_argument("--chunk", type=int, help="tokens per step, whole frames for a block-causal model "

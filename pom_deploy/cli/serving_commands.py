@@ -23,17 +23,21 @@ def register(subparsers) -> None:
                       help="python (runs anything pom_deploy.load opens; default), onnxruntime, or tensorrt (engines)")
     repo.add_argument("--name", default="pom", help="model name in the repository (default pom)")
     repo.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
-    repo.add_argument("--max-batch", type=int, help=f"Triton max_batch_size (default min({DEFAULT_MAX_BATCH}, the export's max batch); 0: no batching)")
+    repo.add_argument("--max-batch", type=int,
+                      help=f"Triton max_batch_size (default min({DEFAULT_MAX_BATCH}, the export's max batch); 0: no batching)")
     repo.add_argument("--device", choices=("cpu", "gpu"), help="instance kind (default gpu for onnxruntime/tensorrt, cpu for python)")
     repo.add_argument("--strategy", choices=STRATEGIES, default="oldest", help="step graphs: sequence batcher strategy (default oldest)")
-    repo.add_argument("--idle-timeout", type=float, default=10.0, metavar="S", help="step graphs: drop a sequence idle this long (default 10 s)")
+    repo.add_argument("--idle-timeout", type=float, default=10.0, metavar="S",
+                      help="step graphs: drop a sequence idle this long (default 10 s)")
     repo.add_argument("--max-sequences", type=int, default=64,
                       help="step graphs, oldest strategy: sequences open at once per instance (default 64; more wait in Triton's backlog)")
     repo.add_argument("--queue-delay-us", type=int, default=500, help="how long the batcher waits to fill a batch (default 500)")
     repo.add_argument("--threads", type=int, default=1, help="python backend: onnxruntime threads per instance (default 1)")
     repo.add_argument("--max-chunk", type=int, metavar="TOKENS",
                       help="python step graphs: most tokens per request (default: the export profile's largest chunk)")
-    repo.add_argument("--plugin", metavar="LIB", help="tensorrt: the pom plugin library to ship with the engine (default: the one it was built with)")
+    repo.add_argument(
+        "--plugin", metavar="LIB", help="tensorrt: the pom plugin library to ship with the engine (default: the one it was built with)"
+    )
     repo.add_argument("--force", action="store_true", help="replace REPO/NAME if it exists")
     repo.set_defaults(func=run_triton_repo)
 

@@ -53,6 +53,6 @@ def fit_frames(config: ExportConfig, model: nn.Module) -> ExportConfig:
                           f"{frames} tokens, more than the config's maximum of {high}")
     units = (max(1, math.ceil(low / multiple)), 0, high // multiple)
     fitted = DimSpec(units[0], min(units[2], max(units[0], round(opt / multiple))), units[2], multiple)
-    whole = lambda size: max(multiple, math.ceil(size / multiple) * multiple)  # noqa: E731
+    whole = lambda size: max(multiple, math.ceil(size / multiple) * multiple)
     sizes = [{k: whole(v) if k == config.stream_dim else v for k, v in s.items()} for s in config.verify_sizes]
     return replace(config, dims={**config.dims, config.stream_dim: fitted}, verify_sizes=sizes)

@@ -94,7 +94,8 @@ def _traced_function_body(key: tuple, dtype: torch.dtype, opset: int, overload: 
                                     optimize=True, verbose=False)
     graph = program.model_proto.graph
     constants = [onnx.helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
-    names = ["x"] + (["coeff"] if variant == "v2" else []) + (["mask"] if mode == "masked" else []) + (["cos", "sin"] if rope != "none" else [])
+    names = (["x"] + (["coeff"] if variant == "v2" else []) + (["mask"] if mode == "masked" else [])
+             + (["cos", "sin"] if rope != "none" else []))
     function = onnx.helper.make_function(
         OP_DOMAIN, OP_TYPE,
         inputs=[i.name for i in graph.input], outputs=[o.name for o in graph.output],

@@ -231,7 +231,7 @@ class StepGraph(GraphBuilder):
         return dims
 
     def _data_specs(self) -> list[cfg.InputSpec]:
-        rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d  # noqa: E731
+        rename = lambda d: CHUNK_DIM if d == self.config.stream_dim else d
         return [replace(s, dims=tuple(rename(d) for d in s.dims)) for s in self.config.inputs]
 
     def shape_config(self) -> cfg.ExportConfig:

@@ -94,15 +94,17 @@ def dit_config(model: ClassConditionalDiTPoM) -> ExportConfig:
             InputSpec("class_label", ("batch",), dtype="int64", kind="index", high=num_classes),
         ],
         outputs=["noise"], dims={"batch": BATCH, "height": side, "width": side},
-        verify_sizes=[{"batch": 3, "height": 6 * model.patch, "width": 4 * model.patch}, {"batch": 1, "height": model.patch, "width": 3 * model.patch}],
+        verify_sizes=[{"batch": 3, "height": 6 * model.patch, "width": 4 * model.patch},
+                      {"batch": 1, "height": model.patch, "width": 3 * model.patch}],
     )
 
 
 def resolve(model: nn.Module, config: ExportConfig | str | Path | None = None, mask: str = "none",
-            cross: bool = False, choices: InputChoices = InputChoices()) -> tuple[ExportConfig, nn.Module]:
+            cross: bool = False, choices: InputChoices | None = None) -> tuple[ExportConfig, nn.Module]:
     """The config for ``model`` and the module to export (a bare layer gets a call wrapper).
     A config (file) wins over everything; then a program's own inputs, a bare layer's, a
     registered config, and last the inputs read from the model (``input_reading``)."""
+    choices = choices if choices is not None else InputChoices()
     if isinstance(config, (str, Path)):
         config = config_from_file(config)
     if config is not None:

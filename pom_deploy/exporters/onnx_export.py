@@ -117,7 +117,9 @@ def export_onnx(
         exported = copy.deepcopy(target).to(torch_dtype) if torch_dtype != torch.float32 else target
 
     with stages("trace"):
-        builder = StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
+        builder = (
+            StepGraph(exported, export_config, torch_dtype, chunks_as_blocks) if step else FullGraph(exported, export_config, torch_dtype)
+        )
         program = builder.export(opset, fused_ops)
 
     with stages("optimize"):

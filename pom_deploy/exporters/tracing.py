@@ -24,7 +24,8 @@ def exporter_error(exc: BaseException) -> str:
 @contextlib.contextmanager
 def quiet_exporter():
     """The exporter logs progress and torchvision notices through logging and stdout."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx.experimental.symbolic_shapes")]
+    loggers = [logging.getLogger(n)
+               for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "torch.fx.experimental.symbolic_shapes")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -63,7 +63,9 @@ class VerificationReport:
                 f"(relative to the scale) / rtol {self.rtol:g}; nothing written")
 
 
-def verify(builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused_ops: bool = False) -> VerificationReport:
+def verify(
+    builder: GraphBuilder, path: Path, reference: nn.Module, atol: float, rtol: float, fused_ops: bool = False
+) -> VerificationReport:
     """Verify the file ``builder`` exported against ``reference`` (the float32 module)."""
     check = verify_step if isinstance(builder, StepGraph) else verify_full
     report = VerificationReport(atol, rtol)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ArchitectureError
 from . import functional as P
-from .functional import rotate_half  # noqa: F401  (the convention, importable with the layer)
+from .functional import rotate_half  # noqa: F401 - re-exported: the convention, importable with the layer
 from .layers import PoMv2, _require
 
 
@@ -43,9 +43,11 @@ class PoMv2RoPE(PoMv2):
         self.rope_2d, self.max_seq_len, self.max_h, self.max_w, self.rope_base = rope_2d, max_seq_len, max_h, max_w, rope_base
         rope_dim = self._po_dim
         multiple = 4 if rope_2d else 2
-        _require(rope_dim % multiple == 0, f"dim * expand ({rope_dim}) must be divisible by {multiple} for {'2' if rope_2d else '1'}-D RoPE")
+        _require(rope_dim % multiple == 0,
+                 f"dim * expand ({rope_dim}) must be divisible by {multiple} for {'2' if rope_2d else '1'}-D RoPE")
         if n_sel_heads > 1:
-            _require(n_sel_heads % multiple == 0, f"n_sel_heads ({n_sel_heads}) must be divisible by {multiple} for {'2' if rope_2d else '1'}-D RoPE")
+            _require(n_sel_heads % multiple == 0,
+                     f"n_sel_heads ({n_sel_heads}) must be divisible by {multiple} for {'2' if rope_2d else '1'}-D RoPE")
             _require(self.head_dim >= multiple, f"head_dim ({self.head_dim}) must be >= {multiple} for RoPE with n_sel_heads > 1")
         if rope_2d:
             for name, table in zip(("row_cos", "row_sin", "col_cos", "col_sin"), precompute_freqs_2d(rope_dim, max_h, max_w, rope_base)):

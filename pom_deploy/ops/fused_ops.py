@@ -117,7 +117,8 @@ def _register_schema() -> None:
         doc="Polynomial features of x and their mean over tokens, accumulated in float32 "
             "(docs/poly_aggregate.md). Inputs: x (B, N, C), then coeff (C, K) for v2, then mask (B, N) for masked, "
             "then cos, sin (B or 1, N, C/2) for rope.",
-        inputs=[OpSchema.FormalParameter("inputs", "T", param_option=OpSchema.FormalParameterOption.Variadic, is_homogeneous=True, min_arity=1)],
+        inputs=[OpSchema.FormalParameter("inputs", "T", param_option=OpSchema.FormalParameterOption.Variadic,
+                                         is_homogeneous=True, min_arity=1)],
         outputs=[OpSchema.FormalParameter("y", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "x, coefficients, mask and output")],
         attributes=[
@@ -125,10 +126,13 @@ def _register_schema() -> None:
             OpSchema.Attribute("degree", OpSchema.AttrType.INT, "polynomial degree K"),
             OpSchema.Attribute("mode", string, "mean, causal or masked"),
             # Optional without a schema default, so that writers leave them off at 0 and "none".
-            OpSchema.Attribute("frame_tokens", OpSchema.AttrType.INT, "causal: tokens per frame (block-causal); absent or 0: off", required=False),
+            OpSchema.Attribute("frame_tokens", OpSchema.AttrType.INT, "causal: tokens per frame (block-causal); absent or 0: off",
+                               required=False),
             OpSchema.Attribute("rope", string, 'none, 1d or 2d: rotate the features by cos, sin; absent: "none"', required=False),
-            OpSchema.Attribute("plugin_version", onnx.helper.make_attribute("plugin_version", ref.PLUGIN_VERSION), "for TensorRT's plugin lookup"),
-            OpSchema.Attribute("plugin_namespace", onnx.helper.make_attribute("plugin_namespace", ref.PLUGIN_NAMESPACE), "for TensorRT's plugin lookup"),
+            OpSchema.Attribute("plugin_version", onnx.helper.make_attribute("plugin_version", ref.PLUGIN_VERSION),
+                               "for TensorRT's plugin lookup"),
+            OpSchema.Attribute("plugin_namespace", onnx.helper.make_attribute("plugin_namespace", ref.PLUGIN_NAMESPACE),
+                               "for TensorRT's plugin lookup"),
         ],
     ))
 

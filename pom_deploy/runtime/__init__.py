@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from . import onnxrt  # noqa: F401  (registers the onnxruntime backend)
+from . import onnxrt  # noqa: F401 - imported to register the onnxruntime backend
 from .base import BACKENDS, Backend, backend_class, register_backend
 from .session import Session, StreamingSession
 

@@ -87,7 +87,8 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multi
     if str(value.dtype) != spec.dtype:
         raise RuntimeInputError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
     if value.ndim != len(spec.shape):
-        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {shape_text(spec.shape)}, got shape {tuple(value.shape)}")
+        raise RuntimeInputError(f"input {spec.name!r} must have {len(spec.shape)} dims {shape_text(spec.shape)}, "
+                                f"got shape {tuple(value.shape)}")
     for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
         if isinstance(want, int):
             if want != got:
@@ -104,4 +105,6 @@ def check_feed(spec: TensorSpec, value: np.ndarray, bound: dict[str, int], multi
         smallest, largest = value.min(), value.max()
         if smallest < low or largest >= high:
             bad = smallest if smallest < low else largest
-            raise RuntimeInputError(f"input {spec.name!r} holds {bad}, outside its range [{low}, {high}) (the model indexes a table of that size)")
+            raise RuntimeInputError(
+                f"input {spec.name!r} holds {bad}, outside its range [{low}, {high}) (the model indexes a table of that size)"
+            )

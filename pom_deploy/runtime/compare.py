@@ -7,7 +7,6 @@ uses these for an ONNX file against its engine, and a new backend's tests can to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 

@@ -48,8 +48,11 @@ def _step_section(config) -> list[str]:
         "",
     ]
     if seq.state:
-        text += ["A chunk may hold any number of tokens.",
-                 f"Implicit state (zero at the start of a sequence): {', '.join(f'`{s.input_name}` <- `{s.output_name}`' for s in seq.state)}.", ""]
+        text += [
+            "A chunk may hold any number of tokens.",
+            f"Implicit state (zero at the start of a sequence): {', '.join(f'`{s.input_name}` <- `{s.output_name}`' for s in seq.state)}.",
+            "",
+        ]
     else:
         params = config.parameters
         text += [f"A chunk holds 1 to {params['max_chunk'].string_value} tokens. The python model keeps each sequence's state "
@@ -73,7 +76,8 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
             "",
         ]
     if options.backend == "onnxruntime":
-        return ["## Running it", "", f"`tritonserver --model-repository=REPO` in NVIDIA's container ({_NGC}), which has the onnxruntime backend.", ""]
+        return ["## Running it", "",
+                f"`tritonserver --model-repository=REPO` in NVIDIA's container ({_NGC}), which has the onnxruntime backend.", ""]
     lines = [
         "## TensorRT engine",
         "",
@@ -89,7 +93,8 @@ def _backend_section(options: RepoOptions, sidecar: dict | None, plugin_library:
             f"TensorRT, with `{AUTOREGISTER_LIBRARY}`, which registers it when Triton's TensorRT backend loads it "
             "(after TensorRT itself, so not by `LD_PRELOAD`):",
             "",
-            f"- `tritonserver --model-repository=/models --backend-config=tensorrt,plugins=/models/{options.name}/plugins/{AUTOREGISTER_LIBRARY}`",
+            "- `tritonserver --model-repository=/models "
+            f"--backend-config=tensorrt,plugins=/models/{options.name}/plugins/{AUTOREGISTER_LIBRARY}`",
             "",
         ]
     return lines

@@ -98,7 +98,8 @@ def max_batch_size(spec: GraphSpec, options: RepoOptions, profile_max_batch: int
         return 0
     if not batchable:
         if options.max_batch:
-            raise ServingError(f"--max-batch {options.max_batch}: the graph's batch dim is fixed, so Triton cannot batch it (use --max-batch 0)")
+            raise ServingError(f"--max-batch {options.max_batch}: the graph's batch dim is fixed, "
+                               "so Triton cannot batch it (use --max-batch 0)")
         return 0
     limit = profile_max_batch or max((t.max_shape[0] for t in spec.inputs if t.max_shape), default=None)
     wanted = options.max_batch or min(DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)

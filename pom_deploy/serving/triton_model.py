@@ -226,4 +226,5 @@ def generated_model_py(spec: GraphSpec) -> str:
             f"for folder in os.environ.get({SITE_FOLDERS_VARIABLE!r}, \"\").split(os.pathsep):\n"
             "    if folder:\n"
             "        site.addsitedir(folder)  # also runs its .pth files (an editable install's hook)\n\n"
-            "from pom_deploy.serving.triton_model import TritonPythonModel  # noqa: E402,F401\n")
+            "from pom_deploy.serving.triton_model import TritonPythonModel  "
+            "# noqa: E402,F401 - after the site folders; Triton looks the class up here\n")

@@ -42,9 +42,9 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError(f"device {device!r}: {path} is a TensorRT engine, which runs on its GPU only "
                                           f"({' or '.join(DEVICES)}); open the ONNX file it was built from for {device}")
         trt = require_tensorrt()
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: PLC0415
-        from polygraphy.exception import PolygraphyException  # noqa: PLC0415
-        from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+        from polygraphy.exception import PolygraphyException
+        from polygraphy.logger import G_LOGGER
 
         self.path = path
         self.sidecar = read_sidecar(path)
@@ -92,7 +92,7 @@ class TensorRTBackend(Backend):
         return list(self.spec.outputs) if self.spec is not None else self._io_specs(input_mode=False)
 
     def _io_specs(self, input_mode: bool) -> list[TensorSpec]:
-        import tensorrt as trt  # noqa: PLC0415
+        import tensorrt as trt
 
         engine = self.runner.engine
         mode = trt.TensorIOMode.INPUT if input_mode else trt.TensorIOMode.OUTPUT
@@ -120,7 +120,7 @@ class TensorRTBackend(Backend):
             if index != self._profile:
                 self.runner.set_profile(index)
                 self._profile = index
-        from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+        from polygraphy.exception import PolygraphyException
 
         try:
             return self.runner.infer({n: feeds[n] for n in names}, copy_outputs_to_host=copy_outputs_to_host)
@@ -147,7 +147,7 @@ def _to_host(value) -> np.ndarray:
     if hasattr(value, "detach"):  # torch.Tensor
         value = value.detach()
         if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: move the bits
-            import torch  # noqa: PLC0415
+            import torch
 
             return value.view(torch.int16).cpu().numpy().view(by_name("bfloat16").numpy())
         return value.cpu().numpy().copy()
@@ -159,11 +159,11 @@ def _device_copy(value):
     caller fed torch tensors)."""
     if hasattr(value, "clone"):
         copy = value.clone()
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.cuda.current_stream().synchronize()  # TensorRT reads it on another stream
         return copy
-    from polygraphy import cuda  # noqa: PLC0415
+    from polygraphy import cuda
 
     array = cuda.DeviceArray(shape=tuple(value.shape), dtype=value._dtype)
     cuda.wrapper().memcpy(dst=array.ptr, src=value.ptr, nbytes=value.nbytes, kind=cuda.MemcpyKind.DeviceToDevice)

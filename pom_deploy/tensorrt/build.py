@@ -229,11 +229,11 @@ def _parse_source(onnx_path: Path, strip: bool, inline: bool):
 
 
 def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, strong: bool, flag: str | None, trt) -> None:
-    from polygraphy.backend.common import SaveBytes  # noqa: PLC0415
-    from polygraphy.backend.trt import (  # noqa: PLC0415
+    from polygraphy.backend.common import SaveBytes
+    from polygraphy.backend.trt import (
         CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig, Profile,
     )
-    from polygraphy.exception import PolygraphyException  # noqa: PLC0415
+    from polygraphy.exception import PolygraphyException
 
     options = plan.options
     trt_profiles = []
@@ -248,7 +248,8 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
     if options.hardware_compatibility:
         level = getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPATIBILITY[options.hardware_compatibility], None)
         if level is None:
-            raise EngineBuildError(f"--hardware-compatibility {options.hardware_compatibility} needs a newer TensorRT than {trt.__version__}")
+            raise EngineBuildError(f"--hardware-compatibility {options.hardware_compatibility} "
+                                   f"needs a newer TensorRT than {trt.__version__}")
         config_kwargs["hardware_compatibility_level"] = level
     if options.version_compatible:
         config_kwargs["version_compatible"] = True
@@ -281,7 +282,7 @@ def _build_with_polygraphy(plan: BuildPlan, parse_path: str, destination: Path, 
 
 @contextlib.contextmanager
 def _quiet_polygraphy(verbose: bool):
-    from polygraphy.logger import G_LOGGER  # noqa: PLC0415
+    from polygraphy.logger import G_LOGGER
 
     before = G_LOGGER.module_severity
     if not verbose:

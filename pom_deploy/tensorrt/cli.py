@@ -26,18 +26,22 @@ def register(subparsers) -> None:
     build.add_argument("onnx", help="exported ONNX file (with pom-deploy metadata)")
     build.add_argument("-o", "--output", help="engine path (default: the ONNX path with .engine)")
     precision = build.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="allow fp16 layers (TensorRT 10.x; on 11.x export in fp16)")
-    precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="allow bf16 layers (TensorRT 10.x; on 11.x export in bf16)")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="allow fp16 layers (TensorRT 10.x; on 11.x export in fp16)")
+    precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                           help="allow bf16 layers (TensorRT 10.x; on 11.x export in bf16)")
     build.add_argument("--strongly-typed", action="store_true", default=None,
                        help="types come from the ONNX graph (default when it carries fp16/bf16, and always on TensorRT 11)")
     build.add_argument("--profile", action="append", metavar="NAME:MIN,OPT,MAX[;NAME:...]", default=None,
                        help="one optimization profile; inputs not named keep the metadata's ranges (their shared dims follow); "
                             "repeat for several profiles. e.g. x:1x1x32,1x256x32,4x4096x32")
     plugin = build.add_mutually_exclusive_group()
-    plugin.add_argument("--plugin", metavar="LIB", help="pom plugin library (default: $POM_DEPLOY_PLUGIN, next to the package, plugins/build/)")
+    plugin.add_argument("--plugin", metavar="LIB",
+                        help="pom plugin library (default: $POM_DEPLOY_PLUGIN, next to the package, plugins/build/)")
     plugin.add_argument("--no-plugin", action="store_true", help="build PolyAggregate from its ONNX function body (unfused)")
     build.add_argument("--workspace", metavar="SIZE", help="builder workspace limit, e.g. 512M, 2G")
-    build.add_argument("--hardware-compatibility", choices=sorted(HARDWARE_COMPATIBILITY), help="run on other GPUs (ampere+: sm_80 and newer)")
+    build.add_argument("--hardware-compatibility", choices=sorted(HARDWARE_COMPATIBILITY),
+                       help="run on other GPUs (ampere+: sm_80 and newer)")
     build.add_argument("--version-compatible", action="store_true", help="run on later TensorRT versions of the same major")
     build.add_argument("--dla-core", type=int, metavar="N", help="build for DLA core N (Jetson Orin; needs --fp16)")
     build.add_argument("--optimization-level", type=int, metavar="0-5", help="builder optimization level (TensorRT default 3)")
@@ -53,7 +57,8 @@ def register(subparsers) -> None:
     cmp.add_argument("onnx", help="the ONNX file the engine was built from")
     cmp.add_argument("--engine", required=True, help="the TensorRT engine")
     precision = cmp.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="fp16 tolerances (default: the engine's precision)")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="fp16 tolerances (default: the engine's precision)")
     precision.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="bf16 tolerances")
     cmp.add_argument("--atol", type=float, help="tolerance relative to each output's scale, its largest |value| (default by precision)")
     cmp.add_argument("--rtol", type=float, help="relative tolerance (default by precision)")
@@ -81,7 +86,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def run_build_engine(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     options = build_options(args)
     plan = plan_build(args.onnx, args.output, options)  # bad files/options fail here, on any machine
@@ -104,7 +109,7 @@ def run_build_engine(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     if args.atol is not None and args.atol < 0 or args.rtol is not None and args.rtol < 0:
         raise ComparisonError("--atol/--rtol must be >= 0")
@@ -120,7 +125,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def report_table(report):
     """A rich table of a CompareReport (one row per output)."""
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.shapes.items())
     table = Table(title=f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g}; inputs: {shapes})")

@@ -21,7 +21,7 @@ INSTALL_HINT = (
 def require_tensorrt() -> Any:
     """The ``tensorrt`` module, or one clear error saying what to install."""
     try:
-        import tensorrt  # noqa: PLC0415
+        import tensorrt
     except Exception:  # ImportError, or a broken install failing to load libnvinfer
         raise BackendUnavailableError(INSTALL_HINT) from None
     try:
@@ -53,7 +53,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def gpu_info() -> dict[str, str]:
     """Name and compute capability (``"8.7"``) of the current CUDA device."""
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         if torch.cuda.is_available():
             major, minor = torch.cuda.get_device_capability()
@@ -65,9 +65,9 @@ def gpu_info() -> dict[str, str]:
 
 def _gpu_info_cudart() -> dict[str, str]:
     """Same through the CUDA runtime that Polygraphy loads (no torch with CUDA needed)."""
-    import ctypes  # noqa: PLC0415
+    import ctypes
 
-    from polygraphy import cuda  # noqa: PLC0415
+    from polygraphy import cuda
 
     lib = cuda.wrapper().handle
     device = ctypes.c_int(0)

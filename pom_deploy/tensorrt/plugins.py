@@ -72,7 +72,7 @@ def inline_function_bodies(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every call of a model-local function replaced by that call's own body
     (the ONNX inliner resolves domain, name and overload), for a parser that keys functions by
     name only."""
-    from onnx.inliner import inline_local_functions  # noqa: PLC0415
+    from onnx.inliner import inline_local_functions
 
     return inline_local_functions(model)
 

@@ -128,7 +128,8 @@ def derive_profiles(inputs: list[TensorSpec], overrides: list[dict[str, ShapeRan
 
 def _bind(spec: TensorSpec, rng: ShapeRange, bound: dict, index: int) -> None:
     if len(rng.min) != len(spec.shape):
-        raise ProfileError(f"profile {index}: input {spec.name!r} has {len(spec.shape)} dims {shape_text(spec.shape)}, the profile gives {len(rng.min)} ({rng})")
+        raise ProfileError(f"profile {index}: input {spec.name!r} has {len(spec.shape)} dims {shape_text(spec.shape)}, "
+                           f"the profile gives {len(rng.min)} ({rng})")
     for axis, dim in enumerate(spec.shape):
         triple = (rng.min[axis], rng.opt[axis], rng.max[axis])
         if isinstance(dim, int):

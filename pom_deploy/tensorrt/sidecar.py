@@ -69,7 +69,8 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         raise ModelLoadError(f"{path}: not a pom-deploy engine sidecar")
     if data.get("format_version", 0) > SIDECAR_FORMAT_VERSION:
-        raise ModelLoadError(f"{path}: sidecar format {data['format_version']} is newer than this pom-deploy understands; upgrade pom-deploy")
+        raise ModelLoadError(f"{path}: sidecar format {data['format_version']} is newer than this pom-deploy understands; "
+                             "upgrade pom-deploy")
     return data
 
 
@@ -92,7 +93,8 @@ def compatibility_problems(sidecar: dict[str, Any], environment: dict[str, str])
     vb, vh = version_tuple(built), version_tuple(here)
     if options.get("version_compatible"):
         if not vb or not vh or vb[0] != vh[0] or vh < vb:
-            problems.append(f"TensorRT {built} (version-compatible: runs on {vb[0] if vb else '?'}.x from {built} on), this machine has {here}")
+            problems.append(f"TensorRT {built} (version-compatible: runs on {vb[0] if vb else '?'}.x from {built} on), "
+                            f"this machine has {here}")
     elif vb[:3] != vh[:3]:
         problems.append(f"TensorRT {built}, this machine has {here}")
     cc_built, cc_here = sidecar.get("compute_capability", "?"), environment["compute_capability"]
@@ -101,7 +103,8 @@ def compatibility_problems(sidecar: dict[str, Any], environment: dict[str, str])
         if version_tuple(cc_here) < (8, 0):
             problems.append(f"GPUs of compute capability 8.0 or newer (ampere+), this GPU ({environment['gpu_name']}) is {cc_here}")
     elif cc_built != cc_here:
-        problems.append(f"{sidecar.get('gpu_name', '?')} (compute capability {cc_built}), this GPU ({environment['gpu_name']}) is {cc_here}")
+        problems.append(f"{sidecar.get('gpu_name', '?')} (compute capability {cc_built}), "
+                        f"this GPU ({environment['gpu_name']}) is {cc_here}")
     return problems
 
 

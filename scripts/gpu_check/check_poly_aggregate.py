@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's pom_deploy, installed or not
-from pom_deploy.ops import poly_aggregate_abi as abi  # noqa: E402
-from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate  # noqa: E402
+from pom_deploy.ops import poly_aggregate_abi as abi  # noqa: E402 - imported after sys.path gains this checkout
+from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate  # noqa: E402 - imported after sys.path gains this checkout
 SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 700, 32, 16), (3, 130, 7, 1), (2, 5000, 96, 4),
           (1, 20001, 4, 2)]
 # Enough to catch a blocking error in a variant: partial blocks, K = 16, a long carry chain.
@@ -167,7 +167,7 @@ class Kernels:
             self.workspace = torch.empty(size, dtype=torch.uint8, device=self.target.device)
         if out is None:
             out = torch.empty(abi.output_shape(batch, tokens, channels, mode), dtype=x.dtype, device=x.device)
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        ptr = lambda t: None if t is None else t.data_ptr()
         status = self.lib.pomPolyAggregateLaunchEx(
             ctypes.byref(desc), ptr(x), ptr(coeff), ptr(mask), ptr(cos), ptr(sin), out.data_ptr(),
             self.workspace.data_ptr(), self.workspace.numel(), self.target.stream())
@@ -234,7 +234,7 @@ def bound_excess(actual: np.ndarray, expected: np.ndarray, bound: np.ndarray) ->
 def oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, frame_tokens=0, rope="none", cos=None,
                      sin=None) -> tuple[np.ndarray, np.ndarray]:
     """The float64 oracle's output and the error bound of any correct implementation."""
-    as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)  # noqa: E731
+    as64 = lambda a: None if a is None else np.asarray(a, dtype=np.float64)
     args = (as64(x), degree, variant, mode, as64(coeff), as64(mask))
     options = {"frame_tokens": frame_tokens, "rope": rope, "cos": as64(cos), "sin": as64(sin)}
     return poly_aggregate(*args, **options), error_bound(*args, dtype=dtype, **options)

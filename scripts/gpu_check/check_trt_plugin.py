@@ -25,10 +25,10 @@ except ImportError:  # make_model stays usable (and tested) without TensorRT
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_poly_aggregate import abi, bound_excess, oracle_and_bound, to_device, to_float64  # noqa: E402
+from check_poly_aggregate import abi, bound_excess, oracle_and_bound, to_device, to_float64  # noqa: E402 - imported after sys.path gains the checkout and this folder
 
-from pom_deploy.dtypes import by_name  # noqa: E402
-from pom_deploy.ops.poly_aggregate import (  # noqa: E402
+from pom_deploy.dtypes import by_name  # noqa: E402 - imported after sys.path gains the checkout and this folder
+from pom_deploy.ops.poly_aggregate import (  # noqa: E402 - imported after sys.path gains the checkout and this folder
     OP_DOMAIN,
     OP_TYPE,
     PLUGIN_NAMESPACE,

@@ -87,7 +87,7 @@ def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offse
     expected = abi.run_cpu_emulation(cpu, x, degree, variant, mode, coeff, mask, **extra)
     first = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
     second = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
-    bits = lambda a: a.view(np.uint8)  # noqa: E731
+    bits = lambda a: a.view(np.uint8)
     if not np.array_equal(bits(first), bits(second)):
         return "two launches differ (not deterministic)", first
     if not np.array_equal(bits(first), bits(expected)):
