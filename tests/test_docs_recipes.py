@@ -53,6 +53,9 @@ SKIPS = [  # (does it apply to the command's words, why it is not run)
     (lambda w: "pytest" in w, "the test suite itself"),
     (lambda w: any("scripts/bench_" in x for x in w), "a benchmark: minutes of both CPUs (docs/benchmarks.md reports its runs)"),
     (lambda w: w[0] == "docker", "needs Docker, NVIDIA's Triton container and a GPU"),
+    (lambda w: w[:2] == ["pom-deploy", "build-ops"],
+     "compiles native libraries for minutes and needs onnxruntime's C API header (DIR) or nvcc; "
+     "tests/test_native_tools.py and tests/test_cpu_kernel.py run it"),
     (lambda w: "build-engine" in w or "--engine" in w or "tensorrt" in w or any(x.endswith(".engine") for x in w),
      "needs TensorRT and a GPU"),
     (lambda w: w[:2] in (["pom-deploy", "triton-repo"], ["pom-deploy", "serve"]) and not SERVE_EXTRA,

@@ -111,7 +111,8 @@ def test_build_ops_plans_cuda_only_where_it_can(no_libraries, monkeypatch, tmp_p
         "#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE\n#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE\n"
     )
     plan = native_build.plan_build(tmp_path, onnxruntime=False, arch="87;90", tensorrt_include=trt)
-    assert plan.libraries == [native_build.CUDA_LIBRARY] and plan.architectures == ["87", "90"]
+    # with TensorRT's headers: the plugin library and the one that registers it on a plain dlopen
+    assert plan.libraries == [native_build.CUDA_LIBRARY, native_build.AUTOREGISTER_LIBRARY] and plan.architectures == ["87", "90"]
     assert "-DCMAKE_CUDA_ARCHITECTURES=87;90" in native_build.cmake_arguments(plan, tmp_path / "b")
     assert native_build.tensorrt_header_version(trt) == "11.1.0"
 

@@ -45,7 +45,7 @@ def test_matches_upstream(name, index):
             if equal:  # upstream's call-counting mean agrees with ours for equal frames
                 np.testing.assert_allclose(y.numpy(), data[f"call{index}.y{f}"], **TOL)
                 np.testing.assert_allclose(state["mean"].numpy(), data[f"call{index}.h{f}"], **TOL)
-            assert state["count"].tolist() == [sum(frames[: f + 1])] * x.shape[0]
+            assert state["count"].tolist() == [[sum(frames[: f + 1])]] * x.shape[0]  # count (batch, 1)
         # Ours always equals the block-causal full forward, for any frame sizes.
         x_all = torch.cat([torch.from_numpy(data[f"call{index}.x{f}"]) for f in range(len(frames))], dim=1)
         ids = torch.repeat_interleave(torch.arange(len(frames)), torch.tensor(frames))
