@@ -51,8 +51,12 @@ SERVE_EXTRA = all(importlib.util.find_spec(m) is not None for m in ("tritonclien
 SKIPS = [  # (does it apply to the command's words, why it is not run)
     (lambda w: w[:2] == ["pip", "install"], "installs packages (CI installs the same extras before the tests)"),
     (lambda w: "pytest" in w, "the test suite itself"),
+    (lambda w: "ruff" in w, "the linter: .ci/run runs it before the tests"),
+    (lambda w: "evil.pt2" in w, "a malicious archive, shown refused: tests/test_security.py runs such files"),
     (lambda w: any("scripts/bench_" in x for x in w), "a benchmark: minutes of both CPUs (docs/benchmarks.md reports its runs)"),
     (lambda w: w[0] == "docker", "needs Docker, NVIDIA's Triton container and a GPU"),
+    (lambda w: w[0] == "pom-export" and len(w) > 1 and w[1] in ("lm.pt", "classifier.pt2", "net.pt"),
+     "the reader's own model (no config): tests/test_user_models.py exports such models with the same flags"),
     (lambda w: w[:2] == ["pom-deploy", "build-ops"],
      "compiles native libraries for minutes and needs onnxruntime's C API header (DIR) or nvcc; "
      "tests/test_native_tools.py and tests/test_cpu_kernel.py run it"),

@@ -100,9 +100,14 @@ class BlockCausalMask:
     frame_tokens: int
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """16-bit features computed in float32; float64 (references, oracles) stays float64."""
+    return x.to(torch.promote_types(x.dtype, ACCUM_DTYPE))
+
+
 def v1_features(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively; in float32."""
-    chunks = list(F.gelu(x.to(ACCUM_DTYPE)).unflatten(-1, (degree, -1)).unbind(-2))  # a fixed count of equal chunks, any width
+    """v1: GELU(x) split into ``degree`` channel chunks, multiplied cumulatively; in float32 at least."""
+    chunks = list(F.gelu(_at_least_float32(x)).unflatten(-1, (degree, -1)).unbind(-2))  # a fixed count of equal chunks, any width
     for j in range(1, degree):
         chunks[j] = chunks[j] * chunks[j - 1]
     return torch.cat(chunks, dim=-1)
@@ -114,8 +119,8 @@ def v2_activation(x: torch.Tensor) -> torch.Tensor:
 
 
 def v2_features(x: torch.Tensor, coeff: torch.Tensor) -> torch.Tensor:
-    """v2: sum_k coeff[:, k-1] * act(x)^k, k = 1..K, by Horner's rule; in float32."""
-    a = v2_activation(x.to(ACCUM_DTYPE))
+    """v2: sum_k coeff[:, k-1] * act(x)^k, k = 1..K, by Horner's rule; in float32 at least."""
+    a = v2_activation(_at_least_float32(x))
     coeff = coeff.to(a.dtype)
     degree = coeff.shape[-1]
     acc = coeff[:, degree - 1]
