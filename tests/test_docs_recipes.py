@@ -220,7 +220,9 @@ def serve_once(command: list[str], folder: Path, env: dict) -> str:
         python_models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt") if 'backend: "python"' in p.read_text())
         assert python_models, f"{repository} holds no python-backend model to serve"
         deadline = time.monotonic() + SERVE_STARTUP_S
-        while not all(_ready(http_port, f"models/{name}") for name in python_models):
+        # ready: Triton says every python model is, and serve says it is serving (a stop sent while
+        # serve still waits inside its start is an interrupted start, exit 130, not a stop)
+        while not (all(_ready(http_port, f"models/{name}") for name in python_models) and b"serving" in log_path.read_bytes()):
             assert process.poll() is None, f"`pom-deploy serve` exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"not ready within {SERVE_STARTUP_S} s:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
