@@ -43,7 +43,8 @@ from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.runtime import load
 from pom_deploy.runtime.onnxrt import OnnxRuntimeBackend
 from test_plugin_poly_aggregate import (
-    CPU_EXTENDED, SHAPES, _assert_close, _extended_id, _run_extended, host_emulation, nan_propagates_as_in_the_oracle,
+    CPU_EXTENDED, SHAPES, SIDE_FLOAT32, _assert_close, _extended_id, _run_extended, host_emulation,
+    nan_propagates_as_in_the_oracle, side_inputs_of,
 )
 from test_export_numerics import overflow_cases, overflow_layer  # noqa: F401 - overflow_layer: a fixture, found by name
 from tolerances import FP16_RELATIVE_TO_PEAK, MODEL_ATOL
@@ -88,6 +89,15 @@ def test_kernel_matches_oracle(kernel_lib, shape, variant, mode, dtype):
 
 @pytest.mark.parametrize("case", host_emulation.extended_cases(CPU_EXTENDED), ids=_extended_id)
 def test_kernel_rope_and_frames_match_oracle(kernel_lib, case):
+    y, check = _run_extended(kernel_lib, case, abi.run_cpu_kernel)
+    check(y)
+
+
+@pytest.mark.parametrize("case", SIDE_FLOAT32, ids=_extended_id)
+def test_kernel_reads_float32_side_inputs_under_16bit_x(kernel_lib, case):
+    """coeff, mask, cos and sin in float32 under an fp16/bf16 x (values 16 bits cannot hold):
+    within the bound of the oracle given the exact float32 values."""
+    side_inputs_of(case)
     y, check = _run_extended(kernel_lib, case, abi.run_cpu_kernel)
     check(y)
 

@@ -4,6 +4,7 @@ plugin and kernels include). Parsing the headers, these tests keep the two in ag
 
 from __future__ import annotations
 
+import ctypes
 import re
 from pathlib import Path
 
@@ -97,3 +98,14 @@ def test_abi_codes_match_the_c_enums():
     assert abi.MAX_DEGREE == int(max_degree.group(1))
     max_rope_degree = re.search(r"#define\s+POM_MAX_ROPE_DEGREE\s+(\d+)", (HEADERS / "polyAggregate.h").read_text())
     assert abi.MAX_ROPE_DEGREE == int(max_rope_degree.group(1))
+
+
+def test_desc_fields_match_the_c_struct():
+    """The ctypes ``Desc`` lays out PomPolyAggregateDesc's fields in the header's order and widths
+    (names differ in case only), appended fields such as sideInputsFloat32 included."""
+    text = cpp_without_comments((HEADERS / "polyAggregate.h").read_text())
+    body = re.search(r"typedef\s+struct\s*\{(.*?)\}\s*PomPolyAggregateDesc\s*;", text, re.DOTALL).group(1)
+    fields = re.findall(r"\b(int32_t|int64_t)\s+(\w+)\s*;", body)
+    widths = {"int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64}
+    snake = [re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() for _, name in fields]
+    assert [(name, widths[kind]) for (kind, _), name in zip(fields, snake)] == list(abi.Desc._fields_)

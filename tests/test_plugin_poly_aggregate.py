@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pom_deploy.dtypes import by_name
 from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate
 
@@ -171,8 +172,9 @@ CPU_EXTENDED = EXTENDED + [[1, 20001, 4, 2, 0, "1d", 1], [1, 20000, 4, 2, 2000, 
 
 def _extended_id(case) -> str:
     (batch, tokens, channels, degree), variant, mode, dtype, options = case
+    sides = f"-sides{options['side_dtype']}" if options.get("side_dtype") else ""
     return (f"B{batch}-N{tokens}-C{channels}-K{degree}-F{options['frame_tokens']}-rope{options['rope']}"
-            f"-tables{options['table_batch']}-{variant}-{mode}-{dtype}")
+            f"-tables{options['table_batch']}-{variant}-{mode}-{dtype}{sides}")
 
 
 def _run_extended(lib, case, runner):
@@ -336,6 +338,79 @@ def test_kernel_source_misaligned_input_falls_back_to_scalar_loads(host_kernels,
         problem, _ = host_emulation.compare_case(host_kernels, emulation_lib, (2, 300, 16, 2), "v2", mode, dtype, rope="1d",
                                                  misaligned_tables=True)
         assert problem is None, problem
+        # float32 tables two elements (8 bytes) off under a 16-bit x: 4 pairs of x fit 8 bytes, but
+        # 4 float32 angles need 16, so the tables' own alignment must narrow the vector to 2.
+        problem, _ = host_emulation.compare_case(host_kernels, emulation_lib, (2, 300, 16, 2), "v2", mode, dtype, rope="1d",
+                                                 misaligned_tables=2, side_dtype="float32")
+        assert problem is None, problem
+
+
+# ---------------------------------------------------------------- float32 side inputs under a 16-bit x
+
+# coeff, mask, cos and sin in float32 under an fp16/bf16 x, as a 16-bit TensorRT 10.x build may
+# feed them (sideInputsFloat32): masked without RoPE reads coeff and a fractional mask, the causal
+# chain coeff and per-batch 1d tables, masked 2d all four. Their values are not 16-bit numbers.
+SIDE_FLOAT32_CASES = [
+    ((2, 300, 16, 3), "v2", "masked", {"frame_tokens": 0, "rope": "none", "table_batch": 1, "side_dtype": "float32"}),
+    ((2, 300, 16, 2), "v2", "causal", {"frame_tokens": 0, "rope": "1d", "table_batch": 2, "side_dtype": "float32"}),
+    ((1, 257, 16, 2), "v2", "masked", {"frame_tokens": 0, "rope": "2d", "table_batch": 1, "side_dtype": "float32"}),
+]
+SIDE_FLOAT32 = [(shape, variant, mode, dtype, options)
+                for shape, variant, mode, options in SIDE_FLOAT32_CASES for dtype in ("float16", "bfloat16")]
+
+
+def side_inputs_of(case) -> list[np.ndarray]:
+    """The case's coeff, mask, cos and sin (those it has), checked to be float32 values that the
+    case's 16-bit dtype cannot hold (else the case could not tell float32 reads from 16-bit ones)."""
+    shape, variant, mode, dtype, options = case
+    sides = [*host_emulation.inputs_for(shape, variant, mode, dtype, **options)[1:],
+             *host_emulation.tables_for(shape, variant, mode, dtype, **options)]
+    sides = [side for side in sides if side is not None]
+    storage = by_name(dtype).numpy()
+    for side in sides:
+        assert side.dtype == np.float32 and not np.array_equal(side.astype(storage).astype(np.float32), side)
+    return sides
+
+
+@pytest.mark.parametrize("case", SIDE_FLOAT32, ids=_extended_id)
+def test_float32_side_inputs_under_16bit_x(host_kernels, emulation_lib, case):
+    """The kernels' source (host emulation) == the CPU emulation bit for bit, twice, and both are
+    within the error bound of the oracle given the exact float32 side values."""
+    shape, variant, mode, dtype, options = case
+    side_inputs_of(case)
+    problem, y = host_emulation.compare_case(host_kernels, emulation_lib, shape, variant, mode, dtype, **options)
+    assert problem is None, problem
+    assert y.dtype == by_name(dtype).numpy()
+    _run_extended(emulation_lib, case, abi.run_cpu_emulation)[1](y)
+
+
+def test_16bit_side_inputs_miss_the_bound_of_the_exact_ones(emulation_lib):
+    """Why float32 side inputs matter: the causal RoPE case with its side inputs rounded to x's
+    16 bits (what a 16-bit build fed the plugin before) misses the oracle's bound for the exact values."""
+    for dtype in ("float16", "bfloat16"):
+        case = next(c for c in SIDE_FLOAT32 if c[2] == "causal" and c[3] == dtype)
+        shape, variant, mode, _, options = case
+        x, coeff, _ = host_emulation.inputs_for(shape, variant, mode, dtype, **options)
+        cos, sin = side_inputs_of(case)[1:]
+        storage = by_name(dtype).numpy()
+        extra = {"frame_tokens": options["frame_tokens"], "rope": options["rope"]}
+        rounded = abi.run_cpu_emulation(emulation_lib, x, shape[3], variant, mode, coeff.astype(storage),
+                                        cos=cos.astype(storage), sin=sin.astype(storage), **extra)
+        args = (_as64(x), shape[3], variant, mode, _as64(coeff), None)
+        tables = {"cos": _as64(cos), "sin": _as64(sin), **extra}
+        error = np.abs(rounded.astype(np.float64) - poly_aggregate(*args, **tables))
+        assert np.any(error > error_bound(*args, dtype=dtype, **tables)), dtype
+
+
+def test_side_inputs_of_mixed_or_third_dtypes_are_refused(emulation_lib):
+    x = np.ones((1, 4, 4), dtype=np.float16)
+    coeff = np.ones((4, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="share one dtype"):
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v2", "masked", coeff, np.ones((1, 4), dtype=np.float16))
+    with pytest.raises(ValueError, match="float16 .x's dtype. or float32, got float64"):
+        abi.run_cpu_emulation(emulation_lib, x, 2, "v2", "mean", coeff.astype(np.float64))
+    with pytest.raises(ValueError, match="float32 .x's dtype. or float32, got float16"):
+        abi.run_cpu_emulation(emulation_lib, x.astype(np.float32), 2, "v2", "mean", coeff.astype(np.float16))
 
 
 def test_host_emulation_reports_misaligned_vector_access(plugin_tmp):
@@ -760,7 +835,7 @@ def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_saniti
     """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype,
     and RoPE (tables shared and per batch row) and block-causal configurations."""
     output = _plugin_host_test(which, "emulation", plugin_tmp, host_kernels_sanitized)
-    assert "enqueue checked against the C ABI launch for 30 configurations" in output
+    assert "enqueue checked against the C ABI launch for 35 configurations" in output
 
 
 # ---------------------------------------------------------------- GPU check scripts, CPU parts

@@ -4,7 +4,8 @@
  * Used by the TensorRT plugin, by tests and benchmarks through ctypes, and by the CPU
  * emulation (same blocking and float32 accumulation order, no GPU needed).
  * All tensors are contiguous (row-major): x (B, N, C), coeff (C, K), mask (B, N), cos and sin
- * (B or 1, N, C/2), y (B, 1, C) for mean/masked and (B, N, C) for causal, all of the same dtype.
+ * (B or 1, N, C/2), y (B, 1, C) for mean/masked and (B, N, C) for causal, all of the same dtype
+ * -- except that coeff, mask, cos and sin may be float32 whatever x is (sideInputsFloat32).
  * N counts the context tokens only (queries of cross-mixing stay outside the op).
  */
 #ifndef POM_POLY_AGGREGATE_H
@@ -69,7 +70,8 @@ typedef enum
     POM_ERROR_BAD_FRAME_TOKENS = -12,
     POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE = -13,
     POM_ERROR_OUT_OF_MEMORY = -14,  /* CPU kernel: its scratch memory could not be allocated */
-    POM_ERROR_PARALLEL_FOR = -15    /* CPU kernel: the caller's parallel loop reported a failure */
+    POM_ERROR_PARALLEL_FOR = -15,   /* CPU kernel: the caller's parallel loop reported a failure */
+    POM_ERROR_BAD_SIDE_DTYPE = -16  /* sideInputsFloat32 is neither 0 nor 1 */
 } PomStatus;
 
 /* Largest supported degree K (PoM uses 2..5; the upstream Triton kernels allow <= 16). */
@@ -91,6 +93,9 @@ typedef struct
     int64_t frameTokens;  /* F: 0 off; > 0 block-causal over frames of F tokens (mode causal, N % F == 0) */
     int32_t rope;         /* PomRope; not none needs v2, degree <= POM_MAX_ROPE_DEGREE, cos and sin */
     int32_t ropePerBatch; /* 0: cos/sin are (1, N, C/2), shared by the batch; 1: (B, N, C/2) */
+    /* 0: coeff, mask, cos and sin in dtype (the original behaviour); 1: float32 whatever dtype is,
+       so that a 16-bit x keeps exact coefficients, mask weights and rotation angles. */
+    int32_t sideInputsFloat32;
 } PomPolyAggregateDesc;
 
 /* POM_SUCCESS or the PomStatus saying what is wrong with the description. */

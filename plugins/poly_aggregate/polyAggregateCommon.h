@@ -70,6 +70,13 @@ inline int dtypeBytes(int32_t dtype)
     return dtype == POM_DTYPE_FLOAT32 ? 4 : 2;
 }
 
+//! PomDType of the side inputs coeff, mask, cos and sin: float32 when the description says so,
+//! else x's dtype.
+inline int32_t sideDType(PomPolyAggregateDesc const& d)
+{
+    return d.sideInputsFloat32 != 0 ? POM_DTYPE_FLOAT32 : d.dtype;
+}
+
 inline int validate(PomPolyAggregateDesc const& d)
 {
     if (d.batch < 0 || d.tokens < 0 || d.channels < 0)
@@ -91,6 +98,10 @@ inline int validate(PomPolyAggregateDesc const& d)
     if (d.dtype != POM_DTYPE_FLOAT32 && d.dtype != POM_DTYPE_FLOAT16 && d.dtype != POM_DTYPE_BFLOAT16)
     {
         return POM_ERROR_BAD_DTYPE;
+    }
+    if (d.sideInputsFloat32 != 0 && d.sideInputsFloat32 != 1)
+    {
+        return POM_ERROR_BAD_SIDE_DTYPE;
     }
     if (d.variant == POM_VARIANT_V1 && d.channels % d.degree != 0)
     {
@@ -152,6 +163,7 @@ inline char const* statusText(int status)
     case POM_ERROR_TOKENS_NOT_FRAME_MULTIPLE: return "tokens must be a multiple of frame_tokens";
     case POM_ERROR_OUT_OF_MEMORY: return "out of host memory for the CPU kernel's scratch";
     case POM_ERROR_PARALLEL_FOR: return "the parallel loop given to the CPU kernel failed";
+    case POM_ERROR_BAD_SIDE_DTYPE: return "sideInputsFloat32 must be 0 (side inputs in dtype) or 1 (float32)";
     default: return nullptr;
     }
 }
@@ -247,24 +259,28 @@ inline int64_t planSplits(PomPolyAggregateDesc const& d)
     return d.tokens / segmentTokens(d) * ceilDiv(segmentTokens(d), kReduceTokensPerSplit);
 }
 
-//! Whether `vec` columns per thread is possible: fits a 16-byte load, divides the runs of
-//! columns, and keeps the thread's float32 registers (v1: K x V features; v2: K x V
-//! coefficients, twice with RoPE) within the accumulator budget.
+//! Whether `vec` columns per thread is possible: fits a 16-byte load (x's, and the RoPE tables'
+//! in their own dtype), divides the runs of columns, and keeps the thread's float32 registers
+//! (v1: K x V features; v2: K x V coefficients, twice with RoPE) within the accumulator budget.
 inline bool vecFits(PomPolyAggregateDesc const& d, int vec)
 {
     bool const rope = d.rope != POM_ROPE_NONE;
     return vec * dtypeBytes(d.dtype) <= kMaxVecBytes && planColumns(d) % vec == 0
         && planChannelStride(d) % vec == 0 && d.degree * vec * (rope ? 2 : 1) <= kMaxAccumulators
-        && (!rope || vec <= kMaxRopeVec);
+        && (!rope || (vec <= kMaxRopeVec && vec * dtypeBytes(sideDType(d)) <= kMaxVecBytes));
 }
 
-//! Widest vector allowed by shapes and by `alignedBytes`, the largest power of two that
-//! divides every tensor address the vector loads/stores touch.
-inline int chooseVec(PomPolyAggregateDesc const& d, int alignedBytes)
+//! Widest vector allowed by shapes and by the alignments: `dataAlignedBytes`, the largest power
+//! of two dividing every address of x (and y) the vector loads/stores touch, and
+//! `tableAlignedBytes`, the same for the RoPE tables (read in sideDType, so their vectors are
+//! 4 V bytes when they are float32 under a 16-bit x); ignored without RoPE.
+inline int chooseVec(PomPolyAggregateDesc const& d, int dataAlignedBytes, int tableAlignedBytes)
 {
+    bool const rope = d.rope != POM_ROPE_NONE;
     for (int vec = 8; vec > 1; vec /= 2)
     {
-        if (vecFits(d, vec) && alignedBytes % (vec * dtypeBytes(d.dtype)) == 0)
+        if (vecFits(d, vec) && dataAlignedBytes % (vec * dtypeBytes(d.dtype)) == 0
+            && (!rope || tableAlignedBytes % (vec * dtypeBytes(sideDType(d))) == 0))
         {
             return vec;
         }

@@ -154,8 +154,8 @@ void tokenFeatures(Problem const& p, int64_t b, int64_t n, int64_t c0, int64_t w
     {
         return;
     }
-    Tensor const cosines{p.cos, d.dtype};
-    Tensor const sines{p.sin, d.dtype};
+    Tensor const cosines{p.cos, sideDType(d)};
+    Tensor const sines{p.sin, sideDType(d)};
     int64_t const pairs = d.channels / 2;
     int64_t const half = d.rope == POM_ROPE_1D ? pairs : d.channels / 4;
     int64_t const angles = ((d.ropePerBatch != 0 ? b : 0) * d.tokens + n) * pairs;
@@ -221,7 +221,7 @@ void sumTile(void* data, size_t index)
         std::vector<float> sum(width, 0.0F);
         std::vector<float> feat(width);
         std::vector<float> row(d.channels);
-        Tensor const mask{p.mask, d.dtype};
+        Tensor const mask{p.mask, sideDType(d)};
         float weightSum = 0.0F;
         bool const chained = d.mode == POM_MODE_CAUSAL && d.frameTokens == 0;
         bool const fused = d.variant == POM_VARIANT_V2 && d.rope == POM_ROPE_NONE;
@@ -385,7 +385,7 @@ int run(PomPolyAggregateDesc const& d, void const* x, void const* coeff, void co
     }
     p.channelTiles = ceilDiv(d.channels, p.tileChannels);
     p.coef.resize(d.variant == POM_VARIANT_V2 ? d.degree * d.channels : 0);
-    Tensor const coefficients{coeff, d.dtype};
+    Tensor const coefficients{coeff, sideDType(d)};
     for (int64_t c = 0; c < static_cast<int64_t>(p.coef.size()) / std::max(d.degree, 1); ++c)
     {
         for (int k = 0; k < d.degree; ++k)

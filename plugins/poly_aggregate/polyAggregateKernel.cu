@@ -188,6 +188,7 @@ struct KernelArgs
     int32_t mode;
     int32_t rope;
     int32_t ropePerBatch;
+    int32_t sideFloat32; // coeff, mask, cos and sin are float32 whatever T is (sideInputsFloat32)
     Plan plan;
     float* partial;    // mean/masked/block-causal: [B][splits][C]
     float* maskSums;   // masked: [B][splits]
@@ -198,13 +199,34 @@ struct KernelArgs
     float* chunkTotal; // causal look-back: chunk totals, same layout
 };
 
+//! Element i of a side input (coeff, mask): float32 or T as the launch says. The branch is
+//! uniform over the whole launch, so it costs no divergence and no kernel instantiations.
+template <typename T>
+__device__ __forceinline__ float sideAt(KernelArgs const& a, void const* side, int64_t i)
+{
+    return a.sideFloat32 ? static_cast<float const*>(side)[i] : Convert<T>::toFloat(static_cast<T const*>(side)[i]);
+}
+
+//! V consecutive entries of a RoPE table (cos or sin), cached in L2, in its own dtype.
+template <typename T, int V>
+__device__ __forceinline__ void loadTable(KernelArgs const& a, void const* table, int64_t i, float (&dst)[V])
+{
+    if (a.sideFloat32)
+    {
+        loadVec<float, V, false>(static_cast<float const*>(table) + i, dst);
+    }
+    else
+    {
+        loadVec<T, V, false>(static_cast<T const*>(table) + i, dst);
+    }
+}
+
 //! Coefficients of the thread's V channels for v2 (zeros for v1), held in registers. With
 //! RoPE, rows [0, MAXK/2) hold the pairs' first channels' and rows [MAXK/2, MAXK) the partners'.
 template <typename T, int V, int MAXK, bool kRope>
 __device__ __forceinline__ void loadCoefficients(
     KernelArgs const& a, int64_t first, bool active, float (&coef)[MAXK][V])
 {
-    T const* coeff = static_cast<T const*>(a.coeff);
 #pragma unroll
     for (int k = 0; k < MAXK; ++k)
     {
@@ -215,7 +237,7 @@ __device__ __forceinline__ void loadCoefficients(
         {
             bool const used = active && a.variant == POM_VARIANT_V2 && power < a.degree;
             int64_t const channel = first + member * a.plan.channelStride + v;
-            coef[k][v] = used ? Convert<T>::toFloat(coeff[channel * a.degree + power]) : 0.0F;
+            coef[k][v] = used ? sideAt<T>(a, a.coeff, channel * a.degree + power) : 0.0F;
         }
     }
 }
@@ -241,8 +263,8 @@ __device__ __forceinline__ void featuresAt(KernelArgs const& a, int64_t b, int64
         int64_t const angles = ((a.ropePerBatch ? b : 0) * a.tokens + n) * (a.channels / 2) + col0;
         float cosines[V];
         float sines[V];
-        loadVec<T, V, false>(static_cast<T const*>(a.cos) + angles, cosines);
-        loadVec<T, V, false>(static_cast<T const*>(a.sin) + angles, sines);
+        loadTable<T, V>(a, a.cos, angles, cosines);
+        loadTable<T, V>(a, a.sin, angles, sines);
         rotatedPairFeatures<V, MAXK>(a.degree, raw, coef, cosines, sines, feat);
     }
     else
@@ -304,14 +326,14 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm) reduceKernel(K
 
     float sum[MAXK][V] = {};
     float maskSum = 0.0F;
-    T const* mask = masked ? static_cast<T const*>(a.mask) + b * a.tokens : nullptr;
+    int64_t const maskRow = b * a.tokens;
     int64_t begin = 0;
     int64_t end = 0;
     splitTokens(p, split, begin, end);
 #pragma unroll 2
     for (int64_t n = begin + ty; n < end; n += kBlockLanes)
     {
-        float const weight = masked ? Convert<T>::toFloat(mask[n]) : 1.0F;
+        float const weight = masked ? sideAt<T>(a, a.mask, maskRow + n) : 1.0F;
         maskSum += weight;
         if (active)
         {
@@ -831,8 +853,10 @@ extern "C" int pomPolyAggregateLaunchEx(PomPolyAggregateDesc const* desc, void c
     }
 
     // Causal (block-causal too) writes y with vector stores, and RoPE loads the tables as
-    // vectors; mean/masked outputs are written per element.
-    int const aligned = alignmentOf({x, d.mode == POM_MODE_CAUSAL ? y : x, cos, sin});
+    // vectors (in their own dtype, so their alignment is checked apart); mean/masked outputs
+    // are written per element.
+    int const dataAligned = alignmentOf({x, d.mode == POM_MODE_CAUSAL ? y : x});
+    int const tableAligned = alignmentOf({cos, sin});
     KernelArgs a{};
     a.x = x;
     a.coeff = coeff;
@@ -848,7 +872,8 @@ extern "C" int pomPolyAggregateLaunchEx(PomPolyAggregateDesc const* desc, void c
     a.mode = d.mode;
     a.rope = d.rope;
     a.ropePerBatch = d.ropePerBatch != 0 ? 1 : 0;
-    a.plan = makePlan(d, chooseVec(d, aligned));
+    a.sideFloat32 = d.sideInputsFloat32;
+    a.plan = makePlan(d, chooseVec(d, dataAligned, tableAligned));
     auto* base = static_cast<unsigned char*>(workspace);
     if (chained(d))
     {

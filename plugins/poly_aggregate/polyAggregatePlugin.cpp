@@ -491,7 +491,14 @@ bool PolyAggregatePlugin::supportsFormatCombination(
         int32_t dtype = 0;
         return toPomDType(desc.type, dtype);
     }
-    return desc.type == inOut[0].desc.type;
+    DataType const xType = inOut[0].desc.type;
+    if (pos >= nbInputs)
+    {
+        return desc.type == xType; // y
+    }
+    // coeff, mask, cos and sin: x's type or float32 (exact coefficients, weights and angles under
+    // a 16-bit x), all of one type. TensorRT has chosen inOut[0, pos) before it asks about pos.
+    return (desc.type == xType || desc.type == DataType::kFLOAT) && (pos == 1 || desc.type == inOut[1].desc.type);
 }
 
 size_t PolyAggregatePlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
@@ -573,6 +580,8 @@ int32_t PolyAggregatePlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc
         return -1;
     }
     PomPolyAggregateDesc d = describe(mConfig, inputDesc[0].dims, dtype);
+    // supportsFormatCombination gave the side inputs (from input 1 on) one type: x's or float32.
+    d.sideInputsFloat32 = mConfig.nbInputs() > 1 && inputDesc[1].type == DataType::kFLOAT ? 1 : 0;
     bool const rope = mConfig.rope != POM_ROPE_NONE;
     int32_t const cosIndex = mConfig.cosIndex();
     // Tables of batch 1 are shared by the batch rows (onShapeChange checked the shapes).

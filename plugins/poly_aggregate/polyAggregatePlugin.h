@@ -6,8 +6,9 @@
  * optional frame_tokens (kINT32, default 0) and rope (kCHAR "none"|"1d"|"2d", default "none");
  * plugin_version / plugin_namespace are accepted and ignored (they select the creator).
  * Inputs: x (B, N, C), then coeff (C, K) for v2, then mask (B, N) for masked, then cos and sin
- * (B or 1, N, C/2) with RoPE; one dtype (fp32, fp16 or bf16), linear format. Output: (B, 1, C)
- * for mean/masked, (B, N, C) for causal (block-causal too).
+ * (B or 1, N, C/2) with RoPE; x in fp32, fp16 or bf16, the other inputs all in x's type or all in
+ * fp32 (exact under a 16-bit x), linear format. Output in x's type: (B, 1, C) for mean/masked,
+ * (B, N, C) for causal (block-causal too).
  * Builds against TensorRT 10.3+ headers (the V3 interfaces are in NvInferRuntime.h there).
  */
 #ifndef POM_POLY_AGGREGATE_PLUGIN_H

@@ -57,13 +57,13 @@ struct FeatureSource
         : d(desc)
         , plan(p)
         , x{in.x, desc.dtype}
-        , cos{in.cos, desc.dtype}
-        , sin{in.sin, desc.dtype}
+        , cos{in.cos, sideDType(desc)}
+        , sin{in.sin, sideDType(desc)}
         , col(column)
     {
         if (d.variant == POM_VARIANT_V2)
         {
-            Tensor const coeff{in.coeff, d.dtype};
+            Tensor const coeff{in.coeff, sideDType(d)};
             bool const rope = d.rope != POM_ROPE_NONE;
             for (int m = 0; m < (rope ? 2 : 1); ++m)
             {
@@ -125,7 +125,7 @@ void reduceCpu(PomPolyAggregateDesc const& d, Plan const& p, Inputs const& in, v
 {
     int const kAcc = p.channelsPerColumn;
     bool const masked = d.mode == POM_MODE_MASKED;
-    Tensor const maskTensor{in.mask, d.dtype};
+    Tensor const maskTensor{in.mask, sideDType(d)};
     std::vector<float> partial(static_cast<size_t>(p.splits * d.channels));
     std::vector<float> maskSums(static_cast<size_t>(p.splits));
     for (int64_t b = 0; b < d.batch; ++b)

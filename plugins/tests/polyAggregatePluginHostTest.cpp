@@ -23,6 +23,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace nvinfer1;
@@ -234,7 +235,8 @@ struct OpConfig
     //! Fields as the ONNX parser passes them; frame_tokens and rope only when not default, as in
     //! a node that leaves them out.
     void addOptional(Fields& fields) const;
-    PomPolyAggregateDesc desc(int64_t batch, int64_t tokens, int64_t channels, int32_t degree, int32_t dtype) const
+    PomPolyAggregateDesc desc(
+        int64_t batch, int64_t tokens, int64_t channels, int32_t degree, int32_t dtype, bool sideFloat32 = false) const
     {
         PomPolyAggregateDesc d{};
         d.batch = batch;
@@ -247,6 +249,7 @@ struct OpConfig
         d.frameTokens = frameTokens;
         d.rope = rope == "none" ? POM_ROPE_NONE : (rope == "1d" ? POM_ROPE_1D : POM_ROPE_2D);
         d.ropePerBatch = tablesPerBatch ? 1 : 0;
+        d.sideInputsFloat32 = sideFloat32 ? 1 : 0;
         return d;
     }
     std::string name() const
@@ -333,7 +336,8 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, OpConfig const& op)
     int32_t const wrongNbInputs = nbInputs == 1 ? 2 : nbInputs - 1;
     CHECK(b->getOutputShapes(inputs, wrongNbInputs, nullptr, 0, &output, 1, exprs) != 0);
 
-    // Formats: linear fp32/fp16/bf16, every tensor (cos and sin too) of x's type.
+    // Formats: linear fp32/fp16/bf16, every tensor (cos and sin too) of x's type; the float32
+    // side inputs are checked below.
     int64_t const tokens = op.frameTokens > 0 ? 2 * op.frameTokens : 5;
     std::vector<DynamicPluginTensorDesc> inOut;
     inOut.push_back(tensor(DataType::kHALF, {2, tokens, 8}));
@@ -368,9 +372,46 @@ void testShapesAndTypes(IPluginCreatorV3One& creator, OpConfig const& op)
     inOut[0].desc.format = TensorFormat::kHWC8;
     CHECK(!b->supportsFormatCombination(0, inOut.data(), nbInputs, 1));
     inOut[0].desc.format = TensorFormat::kLINEAR;
+    if (nbInputs > 1)
+    {
+        // Side inputs (coeff, mask, cos, sin) all float32 under a 16-bit x: accepted, output in x's type.
+        for (DataType type : {DataType::kHALF, DataType::kBF16})
+        {
+            for (int32_t pos = 0; pos < nb; ++pos)
+            {
+                inOut[pos].desc.type = pos == 0 || pos >= nbInputs ? type : DataType::kFLOAT;
+                CHECK(b->supportsFormatCombination(pos, inOut.data(), nbInputs, 1));
+            }
+            inOut[nb - 1].desc.type = DataType::kFLOAT;
+            CHECK(!b->supportsFormatCombination(nb - 1, inOut.data(), nbInputs, 1)); // y is x's type
+            // A third type (bf16 under fp16 x, fp16 under bf16 x) is refused.
+            inOut[1].desc.type = type == DataType::kHALF ? DataType::kBF16 : DataType::kHALF;
+            CHECK(!b->supportsFormatCombination(1, inOut.data(), nbInputs, 1));
+            if (nbInputs > 2)
+            {
+                // Mixed side types are refused, either way round.
+                inOut[1].desc.type = DataType::kFLOAT;
+                inOut[nbInputs - 1].desc.type = type;
+                CHECK(!b->supportsFormatCombination(nbInputs - 1, inOut.data(), nbInputs, 1));
+                inOut[1].desc.type = type;
+                inOut[nbInputs - 1].desc.type = DataType::kFLOAT;
+                CHECK(!b->supportsFormatCombination(nbInputs - 1, inOut.data(), nbInputs, 1));
+            }
+        }
+        // A 16-bit side input under a float32 x is refused (it would lose precision for nothing).
+        inOut[0].desc.type = DataType::kFLOAT;
+        inOut[1].desc.type = DataType::kHALF;
+        CHECK(!b->supportsFormatCombination(1, inOut.data(), nbInputs, 1));
+        inOut[1].desc.type = DataType::kFLOAT;
+        CHECK(b->supportsFormatCombination(1, inOut.data(), nbInputs, 1));
+        for (auto& t : inOut)
+        {
+            t.desc.type = DataType::kHALF;
+        }
+    }
     if (rope)
     {
-        // sin of another type than x, or not linear, is refused.
+        // sin of another type than cos (and x), or not linear, is refused.
         inOut[firstTable + 1].desc.type = DataType::kFLOAT;
         CHECK(!b->supportsFormatCombination(firstTable + 1, inOut.data(), nbInputs, 1));
         inOut[firstTable + 1].desc.type = DataType::kHALF;
@@ -630,7 +671,9 @@ PluginTensorDesc plainDesc(DataType type, std::vector<int64_t> const& dims)
     return tensor(type, dims).desc;
 }
 
-void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type)
+//! enqueue == the C ABI launch, bit for bit. sideType: of coeff, mask, cos and sin (x's type, or
+//! kFLOAT under a 16-bit x).
+void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type, DataType sideType)
 {
     // A shape inside a larger profile: blocks cut short at the token and channel ends.
     std::string const& variant = op.variant;
@@ -662,17 +705,17 @@ void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type
     inputs.back()->upload(x);
     if (variant == "v2")
     {
-        std::vector<uint8_t> const coeff = tensorBytes(type, channels * degree, 2, false);
-        in.push_back(plainDesc(type, {channels, degree}));
-        profile.push_back(tensor(type, {channels, degree}));
+        std::vector<uint8_t> const coeff = tensorBytes(sideType, channels * degree, 2, false);
+        in.push_back(plainDesc(sideType, {channels, degree}));
+        profile.push_back(tensor(sideType, {channels, degree}));
         inputs.push_back(std::make_unique<DeviceBuffer>(coeff.size()));
         inputs.back()->upload(coeff);
     }
     if (mode == "masked")
     {
-        std::vector<uint8_t> const mask = tensorBytes(type, batch * tokens, 3, true);
-        in.push_back(plainDesc(type, {batch, tokens}));
-        profile.push_back(tensor(type, {4, 1000}));
+        std::vector<uint8_t> const mask = tensorBytes(sideType, batch * tokens, 3, true);
+        in.push_back(plainDesc(sideType, {batch, tokens}));
+        profile.push_back(tensor(sideType, {4, 1000}));
         inputs.push_back(std::make_unique<DeviceBuffer>(mask.size()));
         inputs.back()->upload(mask);
     }
@@ -681,9 +724,9 @@ void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type
         int64_t const tableBatch = op.tablesPerBatch ? batch : 1;
         for (int64_t seed : {4, 5}) // cos, then sin
         {
-            std::vector<uint8_t> const table = tensorBytes(type, tableBatch * tokens * channels / 2, seed, false);
-            in.push_back(plainDesc(type, {tableBatch, tokens, channels / 2}));
-            profile.push_back(tensor(type, {tableBatch, tokens, channels / 2}));
+            std::vector<uint8_t> const table = tensorBytes(sideType, tableBatch * tokens * channels / 2, seed, false);
+            in.push_back(plainDesc(sideType, {tableBatch, tokens, channels / 2}));
+            profile.push_back(tensor(sideType, {tableBatch, tokens, channels / 2}));
             profile.back().max.d[0] = op.tablesPerBatch ? 4 : 1;
             profile.back().max.d[1] = 1000;
             inputs.push_back(std::make_unique<DeviceBuffer>(table.size()));
@@ -713,7 +756,8 @@ void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type
     CHECK(runtime->enqueue(in.data(), &out, inputPointers.data(), outputs, workspace.ptr, nullptr) == 0);
 
     // The same op through the C ABI, with its own workspace.
-    PomPolyAggregateDesc const desc = op.desc(batch, tokens, channels, degree, pomDType(type));
+    PomPolyAggregateDesc const desc
+        = op.desc(batch, tokens, channels, degree, pomDType(type), sideType == DataType::kFLOAT && type != DataType::kFLOAT);
     DeviceBuffer directWorkspace(pomPolyAggregateWorkspaceSize(&desc));
     DeviceBuffer direct(outBytes);
     bool const rope = op.rope != "none";
@@ -738,7 +782,8 @@ void testEnqueue(IPluginCreatorV3One& creator, OpConfig const& op, DataType type
     CHECK(written);
     if (fromPlugin != fromAbi || !written)
     {
-        std::cerr << "enqueue mismatch: " << op.name() << " dtype " << static_cast<int>(type) << std::endl;
+        std::cerr << "enqueue mismatch: " << op.name() << " dtype " << static_cast<int>(type) << " side dtype "
+                  << static_cast<int>(sideType) << std::endl;
     }
 }
 
@@ -796,7 +841,7 @@ int main()
         {
             for (DataType type : {DataType::kFLOAT, DataType::kHALF, DataType::kBF16})
             {
-                testEnqueue(*creator, op, type);
+                testEnqueue(*creator, op, type, type);
                 ++configurations;
             }
         }
@@ -804,9 +849,23 @@ int main()
         {
             for (DataType type : {DataType::kFLOAT, DataType::kHALF})
             {
-                testEnqueue(*creator, op, type);
+                testEnqueue(*creator, op, type, type);
                 ++configurations;
             }
+        }
+        // float32 coeff, mask, cos and sin under a 16-bit x: reduce (masked, every side input),
+        // the causal chain and block-causal, with RoPE; bf16 once.
+        std::vector<std::pair<OpConfig, DataType>> const float32Sides{
+            {ops[5], DataType::kHALF},
+            {extended[1], DataType::kHALF},
+            {extended[2], DataType::kHALF},
+            {extended[2], DataType::kBF16},
+            {extended[3], DataType::kHALF},
+        };
+        for (auto const& [op, type] : float32Sides)
+        {
+            testEnqueue(*creator, op, type, DataType::kFLOAT);
+            ++configurations;
         }
         std::cout << "enqueue checked against the C ABI launch for " << configurations << " configurations"
                   << std::endl;

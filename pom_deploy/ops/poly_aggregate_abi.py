@@ -39,6 +39,7 @@ class Desc(ctypes.Structure):
         ("frame_tokens", ctypes.c_int64),
         ("rope", ctypes.c_int32),
         ("rope_per_batch", ctypes.c_int32),
+        ("side_inputs_float32", ctypes.c_int32),  # coeff, mask, cos and sin in float32 whatever x is
     ]
 
 
@@ -46,15 +47,23 @@ TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)  # PomTask
 PARALLEL_FOR = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, TASK, ctypes.c_void_p, ctypes.c_size_t)  # PomParallelFor
 
 
-def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str):
-    """(x, coeff, mask) rounded to ``dtype``, so the float64 oracle sees exactly what a kernel sees."""
+def make_inputs(seed: int, batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str,
+                side_dtype: str | None = None):
+    """(x, coeff, mask): x rounded to ``dtype``, coeff and mask to ``side_dtype`` (default ``dtype``),
+    so the float64 oracle sees exactly what a kernel sees. A float32 ``side_dtype`` under a 16-bit
+    x gives a fractional mask, whose weights 16 bits would round (a 0/1 mask is exact in any dtype)."""
     rng = np.random.default_rng(seed)
     storage = by_name(dtype).numpy()
+    side = by_name(side_dtype or dtype).numpy()
+    fractional_mask = side_dtype is not None and side_dtype != dtype
     x = (3.0 * rng.standard_normal((batch, tokens, channels))).astype(storage)
     coeff = None
     if variant == "v2":  # shrink high powers so that a^K (a up to 6) stays in fp16 range
-        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(storage)
-    mask = (rng.random((batch, tokens)) < 0.6).astype(storage) if mode == "masked" else None
+        coeff = (rng.uniform(-1.0, 1.0, (channels, degree)) * 4.0 ** -np.arange(degree)).astype(side)
+    mask = None
+    if mode == "masked":
+        draws = rng.random((batch, tokens))
+        mask = (draws if fractional_mask else draws < 0.6).astype(side)
     return x, coeff, mask
 
 
@@ -66,9 +75,23 @@ def make_rope_tables(seed: int, table_batch: int, tokens: int, channels: int, dt
 
 
 def make_desc(batch: int, tokens: int, channels: int, degree: int, variant: str, mode: str, dtype: str,
-              frame_tokens: int = 0, rope: str = "none", rope_per_batch: bool = False) -> Desc:
+              frame_tokens: int = 0, rope: str = "none", rope_per_batch: bool = False,
+              side_inputs_float32: bool = False) -> Desc:
     return Desc(batch, tokens, channels, degree, VARIANTS[variant], MODES[mode], DTYPES[dtype], frame_tokens,
-                ROPES[rope], int(rope_per_batch))
+                ROPES[rope], int(rope_per_batch), int(side_inputs_float32))
+
+
+def side_inputs_float32(x: np.ndarray, *sides: np.ndarray | None) -> bool:
+    """Whether the side inputs given (coeff, mask, cos, sin; None for absent ones) are float32
+    under an x of another dtype -- the C ABI's sideInputsFloat32 -- rather than in x's dtype.
+    ValueError for side inputs of mixed dtypes or of a third dtype."""
+    dtypes = {np.dtype(side.dtype) for side in sides if side is not None}
+    if len(dtypes) > 1:
+        raise ValueError(f"coeff, mask, cos and sin must share one dtype, got {sorted(d.name for d in dtypes)}")
+    side = dtypes.pop() if dtypes else np.dtype(x.dtype)
+    if side != x.dtype and side != np.float32:
+        raise ValueError(f"coeff, mask, cos and sin must be {np.dtype(x.dtype).name} (x's dtype) or float32, got {side.name}")
+    return side != x.dtype
 
 
 def output_shape(batch: int, tokens: int, channels: int, mode: str) -> tuple[int, int, int]:
@@ -125,8 +148,9 @@ def _call(lib: ctypes.CDLL, entry: str, arguments: dict, parallel_for=None) -> n
     x, cos, sin, mode = arguments["x"], arguments["cos"], arguments["sin"], arguments["mode"]
     batch, tokens, channels = x.shape
     per_batch = cos is not None and cos.shape[0] == batch and batch != 1
+    float32_sides = side_inputs_float32(x, *(arguments[k] for k in ("coeff", "mask", "cos", "sin")))
     desc = make_desc(batch, tokens, channels, arguments["degree"], arguments["variant"], mode, np.dtype(x.dtype).name,
-                     arguments["frame_tokens"], arguments["rope"], per_batch)
+                     arguments["frame_tokens"], arguments["rope"], per_batch, float32_sides)
     # The host emulation's concurrent blocks (POM_CUDA_HOST_PROCESSES > 1) write from forked processes.
     shared = entry == "host_launch" and int(os.environ.get("POM_CUDA_HOST_PROCESSES", "1") or 1) > 1
     y = _zeros(output_shape(batch, tokens, channels, mode), x.dtype, shared)
@@ -175,8 +199,9 @@ def _runner(entry: str, doc: str, *, takes_parallel_for: bool = False):
 
 
 run_cpu_emulation = _runner("cpu_emulation", """Run the test-only CPU emulation of the CUDA kernels
-(plugins/tests/polyAggregateCpuEmulation.cpp) on contiguous arrays of one dtype (float32, float16 or
-bfloat16). cos and sin (B or 1, N, C/2) for rope "1d" or "2d"; tables of batch B are read per batch row.""")
+(plugins/tests/polyAggregateCpuEmulation.cpp) on contiguous arrays: x in float32, float16 or bfloat16,
+coeff, mask, cos and sin in x's dtype or all in float32. cos and sin (B or 1, N, C/2) for rope "1d" or
+"2d"; tables of batch B are read per batch row.""")
 
 run_host_launch = _runner("host_launch", """Run pomPolyAggregateLaunch(Ex) on host arrays: for
 polyAggregateKernel.cu built against the host emulation of CUDA (plugins/tests/cuda_host), whose

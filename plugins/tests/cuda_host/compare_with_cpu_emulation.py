@@ -33,20 +33,22 @@ def _seed(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rop
 
 
 def inputs_for(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rope: str = "none",
-               table_batch: int = 1):
-    """The deterministic inputs (x, coeff, mask) of one case (the pytest cases use the same seeds)."""
+               table_batch: int = 1, side_dtype: str | None = None):
+    """The deterministic inputs (x, coeff, mask) of one case (the pytest cases use the same seeds);
+    coeff and mask in ``side_dtype`` (default: x's)."""
     batch, tokens, channels, degree = shape
     seed = _seed(shape, variant, mode, dtype, frame_tokens, rope, table_batch)
-    return abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
+    return abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype, side_dtype)
 
 
 def tables_for(shape, variant: str, mode: str, dtype: str, frame_tokens: int = 0, rope: str = "none",
-               table_batch: int = 1):
-    """The case's RoPE tables (cos, sin), (table_batch, N, C/2); (None, None) without RoPE."""
+               table_batch: int = 1, side_dtype: str | None = None):
+    """The case's RoPE tables (cos, sin), (table_batch, N, C/2), in ``side_dtype`` (default: x's);
+    (None, None) without RoPE."""
     if rope == "none":
         return None, None
     seed = _seed(shape, variant, mode, dtype, frame_tokens, rope, table_batch) + 1
-    return abi.make_rope_tables(seed, table_batch, shape[1], shape[2], dtype)
+    return abi.make_rope_tables(seed, table_batch, shape[1], shape[2], side_dtype or dtype)
 
 
 def extended_cases(specs):
@@ -63,26 +65,29 @@ def extended_cases(specs):
     return cases
 
 
-def misaligned(array: np.ndarray) -> np.ndarray:
-    """A copy of `array` whose data starts one element past an aligned address."""
-    base = np.empty(array.size + 1, dtype=array.dtype)
-    view = base[1:].reshape(array.shape)
+def misaligned(array: np.ndarray, elements: int = 1) -> np.ndarray:
+    """A copy of `array` whose data starts `elements` elements past an aligned address."""
+    base = np.empty(array.size + elements, dtype=array.dtype)
+    view = base[elements:].reshape(array.shape)
     view[...] = array
     return view
 
 
 def compare_case(kernels, cpu, shape, variant: str, mode: str, dtype: str, offset: bool = False,
-                 frame_tokens: int = 0, rope: str = "none", table_batch: int = 1, misaligned_tables: bool = False):
+                 frame_tokens: int = 0, rope: str = "none", table_batch: int = 1, misaligned_tables: int = 0,
+                 side_dtype: str | None = None):
     """(problem, output): problem is None when the host-emulated kernels match the CPU emulation
-    bit for bit, twice, else says how they do not; output is the kernels' first result."""
-    options = {"frame_tokens": frame_tokens, "rope": rope, "table_batch": table_batch}
+    bit for bit, twice, else says how they do not; output is the kernels' first result.
+    misaligned_tables: cos and sin start that many elements past an aligned address; side_dtype:
+    coeff, mask, cos and sin in that dtype (float32 under a 16-bit x) rather than x's."""
+    options = {"frame_tokens": frame_tokens, "rope": rope, "table_batch": table_batch, "side_dtype": side_dtype}
     x, coeff, mask = inputs_for(shape, variant, mode, dtype, **options)
     cos, sin = tables_for(shape, variant, mode, dtype, **options)
     degree = shape[3]
     if offset:
         x = misaligned(x)
     if misaligned_tables:
-        cos, sin = misaligned(cos), misaligned(sin)
+        cos, sin = misaligned(cos, int(misaligned_tables)), misaligned(sin, int(misaligned_tables))
     extra = {"frame_tokens": frame_tokens, "rope": rope, "cos": cos, "sin": sin}
     expected = abi.run_cpu_emulation(cpu, x, degree, variant, mode, coeff, mask, **extra)
     first = abi.run_host_launch(kernels, x, degree, variant, mode, coeff, mask, **extra)
