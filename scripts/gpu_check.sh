@@ -13,7 +13,7 @@
 #    plus the CPU emulation library.
 # 2. Checks the kernels on the GPU against the float64 oracle and the CPU emulation, and
 #    their determinism, for every mode, variant and dtype on odd shapes, RoPE 1d/2d and
-#    block-causal frames included.
+#    block-causal frames included, and fp16/bf16 x with float32 coeff, mask, cos and sin.
 # 3. Benchmarks them at B=4, N=16384, C=2048 fp16 (plain ops, v2 with RoPE 2d, block-causal
 #    frames of 256 tokens): bandwidth vs the measured device copy
 #    bandwidth, time vs PyTorch eager and torch.compile (--no-compile skips the latter); then
@@ -21,7 +21,9 @@
 # 4. With TensorRT headers (TENSORRT_INCLUDE_DIR or TensorRT_ROOT; no TensorRT libraries needed):
 #    the plugin's host-side test, whose enqueue runs on the GPU. With the Python tensorrt
 #    package as well: ONNX -> TensorRT engine -> enqueue, loading the plugin both ways
-#    (load_library, and the autoregister library by dlopen); then pom-deploy's own builds: a
+#    (load_library, and the autoregister library by dlopen), fp16/bf16 nodes with float32 side
+#    inputs, and (10.x) the types a weakly typed --fp16/--bf16 build gives the plugin's inputs;
+#    then pom-deploy's own builds: a
 #    --no-plugin engine of two PoM layers of different degrees and a version-compatible engine.
 # Needs nvcc, a C++ compiler, python with torch, numpy, ml_dtypes (and onnx for 4); uses
 # cmake when present, else builds with nvcc and g++ directly.

@@ -543,6 +543,7 @@ def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels,
     assert result.returncode == 0, report
     cases = len(gpu_check.SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + len(abi.MODES)
     cases += len(gpu_check.extended_cases(gpu_check.EXTENDED_SHAPES))
+    cases += len(gpu_check.extended_cases(gpu_check.SIDE_FLOAT32_SHAPES, ("float16", "bfloat16"), "float32"))
     assert f"correctness ({cases}/{cases} passed" in result.stdout, report
     checks = 72 + len(gpu_check.extended_cases(gpu_check.VARIANT_EXTENDED_SHAPES))
     assert (f"tuning variant lanes64 (-DPOM_BLOCK_COLS=4 -DPOM_BLOCK_LANES=64): {checks}/{checks} correctness checks"
@@ -551,6 +552,7 @@ def test_gpu_check_script_end_to_end_on_host_emulation(plugin_tmp, host_kernels,
         assert table in result.stdout, report
     for row in ("causal rope 2d", "mean rope 2d", "causal F=256", "causal rope 2d F=256"):  # benchmark rows
         assert row in result.stdout, report
+    assert "rope 2d tables/batch sides float32" in result.stdout, report  # the float32 side inputs ran
 
 
 def test_gpu_check_build_stage_without_gpu(plugin_tmp):
@@ -889,3 +891,13 @@ def test_gpu_check_scripts_cpu_parts():
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attributes.get("frame_tokens", 0) == frame_tokens
         assert attributes.get("rope", b"none") == rope.encode()
+
+    # float32 side inputs under an fp16 x (what the check builds strongly typed): the node's input types.
+    for variant, mode, frame_tokens, rope, _ in check_trt_plugin.SIDE_FLOAT32:
+        model = onnx.load_from_string(check_trt_plugin.make_model(variant, mode, 3, "float16", channels=12,
+                                                                  frame_tokens=frame_tokens, rope=rope,
+                                                                  side_dtype="float32"))
+        onnx.checker.check_model(model)
+        types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+        assert types.pop("x") == model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+        assert set(types.values()) == {onnx.TensorProto.FLOAT} and len(types) >= 2

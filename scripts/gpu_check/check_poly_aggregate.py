@@ -4,7 +4,8 @@
    tokens off the 128/256 blocking, a misaligned x that forces scalar loads), and RoPE 1d/2d
    and block-causal cases (EXTENDED_SHAPES), against the float64 oracle, against the CPU
    emulation (same blocking: only erfcf's last bits may differ), and run twice for
-   bit-identical results (determinism).
+   bit-identical results (determinism); and fp16/bf16 x with float32 coeff, mask, cos and sin
+   (SIDE_FLOAT32_SHAPES, values 16 bits cannot hold), as a 16-bit TensorRT 10.x build may feed them.
 2. Benchmark at B=4, N=16384, C=2048: kernel bandwidth vs the device's measured copy
    bandwidth (torch copy_ of the same bytes), and time vs PyTorch eager and torch.compile, for
    every plain op and v2 with RoPE 2d (mean, causal) and block-causal frames of 256 tokens.
@@ -48,6 +49,9 @@ EXTENDED_SHAPES = [(2, 300, 16, 2, 0, "1d", 2), (1, 257, 8, 3, 0, "2d", 1), (2, 
                    (1, 130, 4, 8, 0, "1d", 1), (1, 20001, 4, 2, 0, "1d", 1), (2, 300, 12, 2, 60, "none", 1),
                    (1, 768, 15, 3, 256, "none", 1), (2, 600, 8, 2, 600, "none", 1), (1, 700, 5, 5, 1, "none", 1),
                    (2, 4000, 96, 2, 400, "2d", 2)]
+# float32 coeff, mask, cos and sin under a 16-bit x, in the EXTENDED_SHAPES form: every mode
+# without RoPE (a fractional mask), RoPE 2d with tables per batch row, RoPE 1d with frames.
+SIDE_FLOAT32_SHAPES = [(2, 5000, 96, 3, 0, "none", 1), (2, 5000, 128, 2, 0, "2d", 2), (2, 4000, 64, 2, 400, "1d", 1)]
 VARIANT_EXTENDED_SHAPES = [(2, 600, 16, 2, 0, "2d", 2), (2, 1000, 24, 2, 200, "1d", 1)]
 BENCH_SHAPE = (4, 16384, 2048, 2)  # (batch, tokens, channels, degree) of the goal, float16
 BENCH_FRAME_TOKENS = 256
@@ -161,7 +165,11 @@ class Kernels:
         batch, tokens, channels = x.shape
         dtype = str(x.dtype).removeprefix("torch.")
         per_batch = cos is not None and cos.shape[0] == batch and batch != 1
-        desc = abi.make_desc(batch, tokens, channels, degree, variant, mode, dtype, frame_tokens, rope, per_batch)
+        # The inputs here are made by this script: side inputs all float32, or all of x's dtype.
+        sides = [t for t in (coeff, mask, cos, sin) if t is not None]
+        float32_sides = x.dtype != torch.float32 and any(t.dtype == torch.float32 for t in sides)
+        desc = abi.make_desc(batch, tokens, channels, degree, variant, mode, dtype, frame_tokens, rope, per_batch,
+                             float32_sides)
         size = self.lib.pomPolyAggregateWorkspaceSize(ctypes.byref(desc))
         if self.workspace.numel() < size:
             self.workspace = torch.empty(size, dtype=torch.uint8, device=self.target.device)
@@ -248,34 +256,39 @@ def compiler_flags(name: str) -> str:
     return " ".join(f"-D{macro}={value}" for macro, value in TUNING_VARIANTS[name].items())
 
 
-def extended_cases(shapes) -> list[tuple]:
-    """(shape, variant, mode, dtype, frame_tokens, rope, table batch) of each extended shape: RoPE
-    for v2 (the kernels' RoPE is v2's), frames in mode causal only, every dtype."""
-    return [((b, n, c, k), v, m, d, f, rope, tables) for b, n, c, k, f, rope, tables in shapes
-            for v in (("v2",) if rope != "none" else abi.VARIANTS)
-            for m in (("causal",) if f else abi.MODES) for d in abi.DTYPES]
+def extended_cases(shapes, dtypes=tuple(abi.DTYPES), side_dtype=None) -> list[tuple]:
+    """(shape, variant, mode, dtype, frame_tokens, rope, table batch, side dtype) of each extended
+    shape: RoPE for v2 (the kernels' RoPE is v2's), frames in mode causal only, each of ``dtypes``;
+    v2 only with float32 side inputs (v1 has no coeff, and its mask is covered by v2's)."""
+    return [((b, n, c, k), v, m, d, f, rope, tables, side_dtype) for b, n, c, k, f, rope, tables in shapes
+            for v in (("v2",) if rope != "none" or side_dtype else abi.VARIANTS)
+            for m in (("causal",) if f else abi.MODES) for d in dtypes]
 
 
-def case_label(shape, frame_tokens=0, rope="none", table_batch=1) -> str:
+def case_label(shape, frame_tokens=0, rope="none", table_batch=1, side_dtype=None) -> str:
     label = "B{} N{} C{} K{}".format(*shape)
     if rope != "none":
         label += f" rope {rope}" + (" tables/batch" if table_batch > 1 else "")
-    return label + (f" F{frame_tokens}" if frame_tokens else "")
+    label += f" F{frame_tokens}" if frame_tokens else ""
+    return label + (f" sides {side_dtype}" if side_dtype else "")
 
 
 def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool = True,
-                      extended=EXTENDED_SHAPES) -> list[tuple]:
+                      extended=EXTENDED_SHAPES, side_float32=SIDE_FLOAT32_SHAPES) -> list[tuple]:
     target = kernels.target
     rows = []
-    cases = [(s, v, m, d, 0, "none", 1) for s in target.shapes(shapes) for v in abi.VARIANTS for m in abi.MODES
+    cases = [(s, v, m, d, 0, "none", 1, None) for s in target.shapes(shapes) for v in abi.VARIANTS for m in abi.MODES
              for d in abi.DTYPES]
     cases += extended_cases(target.shapes(extended))
-    for shape, variant, mode, dtype, frame_tokens, rope, table_batch in cases:
+    cases += extended_cases(target.shapes(side_float32), ("float16", "bfloat16"), "float32")
+    for shape, variant, mode, dtype, frame_tokens, rope, table_batch, side_dtype in cases:
         batch, tokens, channels, degree = shape
         key = (shape, variant, mode, dtype) + ((frame_tokens, rope, table_batch) if (frame_tokens or rope != "none") else ())
+        key += (side_dtype,) if side_dtype else ()
         seed = zlib.crc32(repr(key).encode())
-        x, coeff, mask = abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype)
-        cos, sin = abi.make_rope_tables(seed + 1, table_batch, tokens, channels, dtype) if rope != "none" else (None, None)
+        x, coeff, mask = abi.make_inputs(seed, batch, tokens, channels, degree, variant, mode, dtype, side_dtype)
+        cos, sin = (abi.make_rope_tables(seed + 1, table_batch, tokens, channels, side_dtype or dtype)
+                    if rope != "none" else (None, None))
         options = {"frame_tokens": frame_tokens, "rope": rope}
         expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, cos=cos, sin=sin, **options)
         xd, cd, md, cosd, sind = (to_device(a, target.device) for a in (x, coeff, mask, cos, sin))
@@ -289,8 +302,8 @@ def check_correctness(kernels: Kernels, cpu_lib, shapes=SHAPES, misaligned: bool
         # Both within `bound` of the oracle (only erfcf's last bits differ), so within 2 * bound.
         emulation = bound_excess(to_float64(first), emulated, 2 * bound)
         ok = deterministic and oracle <= 1 and emulation <= 1
-        rows.append((case_label(shape, frame_tokens, rope, table_batch), variant, mode, dtype, oracle, emulation,
-                     deterministic, ok))
+        rows.append((case_label(shape, frame_tokens, rope, table_batch, side_dtype), variant, mode, dtype, oracle,
+                     emulation, deterministic, ok))
 
     # Misaligned x (offset by one element): the launcher must fall back to scalar loads.
     for mode in abi.MODES if misaligned else ():
@@ -448,7 +461,7 @@ def main() -> int:
         ["shape", "variant", "mode", "dtype", "vs oracle", "vs CPU emulation", "deterministic", "ok"],
         [[s, v, m, d, f"{o:.3f}", f"{e:.3f}", str(det), "PASS" if ok else "FAIL"]
          for s, v, m, d, o, e, det, ok in results
-         if not ok or s.startswith(("B2 N5000", "misaligned", "B2 N4000"))],
+         if not ok or s.startswith(("B2 N5000", "misaligned", "B2 N4000")) or "sides" in s],
     )
 
     inputs = benchmark_inputs(target)
@@ -474,7 +487,7 @@ def main() -> int:
         for name, variant_kernels, variant_cpu in args.variant:
             builds[name] = Kernels(variant_kernels, target)
             checked = check_correctness(builds[name], abi.load(variant_cpu), VARIANT_SHAPES, misaligned=False,
-                                        extended=VARIANT_EXTENDED_SHAPES)
+                                        extended=VARIANT_EXTENDED_SHAPES, side_float32=())
             bad = [r for r in checked if not r[-1]]
             failures += bad
             print(f"tuning variant {name} ({compiler_flags(name)}): {len(checked) - len(bad)}/{len(checked)} "

@@ -5,12 +5,18 @@ Needs the Python `tensorrt` package and a plugin library built with TensorRT's h
 does); `--load dlopen` loads libpom_deploy_plugins_autoregister.so, next to the plugin library,
 with ctypes.CDLL (its load-time registration, as Polygraphy --plugins and trtexec --staticPlugins
 load libraries). Run each in its own process. Exits non-zero on a failure.
+
+Besides every configuration in x's dtype, fp16/bf16 x with float32 coeff, mask, cos and sin
+(SIDE_FLOAT32) in a strongly typed build, against the oracle of the exact float32 values; and, on
+TensorRT 10.x, the fp32 node in a weakly typed --fp16/--bf16 build, printing the types TensorRT
+chose for the plugin's inputs (float32 side inputs are now allowed; TensorRT picks).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import sys
 from pathlib import Path
 
@@ -39,24 +45,30 @@ from pom_deploy.ops.poly_aggregate import (  # noqa: E402 - imported after sys.p
 # Configurations beyond the plain ones: (variant, mode, frame_tokens, rope, cos/sin batch 1 or B).
 EXTENDED = [("v2", "mean", 0, "2d", 1), ("v2", "causal", 0, "1d", 2), ("v2", "masked", 0, "1d", 1),
             ("v1", "causal", 60, "none", 1), ("v2", "causal", 100, "2d", 1)]
+# float32 side inputs under a 16-bit x: coeff and mask; coeff and per-batch tables (the causal
+# chain); all four (masked RoPE); coeff and shared tables with frames (block-causal).
+SIDE_FLOAT32 = [("v2", "masked", 0, "none", 1), ("v2", "causal", 0, "1d", 2), ("v2", "masked", 0, "2d", 1),
+                ("v2", "causal", 100, "2d", 1)]
 
 
 def make_model(variant: str, mode: str, degree: int, dtype: str, frame_tokens: int = 0, rope: str = "none",
-               channels: int | None = None) -> bytes:
+               channels: int | None = None, side_dtype: str | None = None) -> bytes:
     """One PolyAggregate node with dynamic batch and tokens, as the exporter emits it: frame_tokens
     and rope only when not default (so the plain nodes are those written before they existed).
     With RoPE, cos and sin are (tables_batch, tokens, channels / 2), tables_batch being 1 or batch;
-    `channels` fixes C (needed for the tables' last dimension)."""
+    `channels` fixes C (needed for the tables' last dimension). coeff, mask, cos and sin are of
+    ``side_dtype`` (default: ``dtype``, x's and y's)."""
     elem = by_name(dtype).onnx
+    side = by_name(side_dtype or dtype).onnx
     width = "channels" if channels is None else channels
     inputs = [oh.make_tensor_value_info("x", elem, ["batch", "tokens", width])]
     if variant == "v2":
-        inputs.append(oh.make_tensor_value_info("coeff", elem, [width, degree]))
+        inputs.append(oh.make_tensor_value_info("coeff", side, [width, degree]))
     if mode == "masked":
-        inputs.append(oh.make_tensor_value_info("mask", elem, ["batch", "tokens"]))
+        inputs.append(oh.make_tensor_value_info("mask", side, ["batch", "tokens"]))
     if rope != "none":
         half = "half_channels" if channels is None else channels // 2
-        inputs += [oh.make_tensor_value_info(name, elem, ["tables_batch", "tokens", half]) for name in ("cos", "sin")]
+        inputs += [oh.make_tensor_value_info(name, side, ["tables_batch", "tokens", half]) for name in ("cos", "sin")]
     out_tokens = "tokens" if mode == "causal" else 1
     output = oh.make_tensor_value_info("y", elem, ["batch", out_tokens, width])
     optional = {**({"frame_tokens": frame_tokens} if frame_tokens else {}), **({"rope": rope} if rope != "none" else {})}
@@ -69,16 +81,21 @@ def make_model(variant: str, mode: str, degree: int, dtype: str, frame_tokens: i
 
 
 def build_engine(logger, model: bytes, channels: int, degree: int, variant: str, mode: str, frame_tokens: int = 0,
-                 rope: str = "none", table_batch: int = 1) -> bytes:
+                 rope: str = "none", table_batch: int = 1, weak_precision: str | None = None) -> bytes:
+    """A strongly typed engine of the node, or with ``weak_precision`` ("fp16"/"bf16", TensorRT
+    10.x only) a weakly typed one with that builder flag, detailed for the engine inspector."""
     builder = trt.Builder(logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # precision from the ONNX types
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if weak_precision is None and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # precision from the ONNX types
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model):
         raise RuntimeError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
     config = builder.create_builder_config()
+    if weak_precision is not None:
+        config.set_flag(trt.BuilderFlag.FP16 if weak_precision == "fp16" else trt.BuilderFlag.BF16)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
     # Tokens from one frame (or token) to 1024 (the largest multiple of frame_tokens below it).
     least = max(frame_tokens, 1)
@@ -111,6 +128,53 @@ def run_engine(runtime, engine_bytes: bytes, feeds: dict[str, torch.Tensor], out
     if not context.execute_async_v3(stream.cuda_stream):
         raise RuntimeError("enqueue failed")
     stream.synchronize()
+
+
+def plugin_input_types(runtime, engine_bytes: bytes) -> list[str]:
+    """The formats and types TensorRT chose for the PolyAggregate layer's inputs (engine inspector)."""
+    inspector = runtime.deserialize_cuda_engine(engine_bytes).create_engine_inspector()
+    layers = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get("Layers", [])
+    plugin = [layer for layer in layers if isinstance(layer, dict) and OP_TYPE in json.dumps(layer)]
+    return [str(tensor.get("Format/Datatype", tensor)) for layer in plugin for tensor in layer.get("Inputs", [])]
+
+
+def check_side_inputs(logger, runtime) -> int:
+    """fp16/bf16 x with float32 side inputs (strongly typed, against the oracle), and the types a
+    weakly typed 10.x build gives the plugin; the number of failures."""
+    failures = 0
+    batch, tokens, channels, degree = 2, 300, 12, 3
+    for variant, mode, frame_tokens, rope, table_batch in SIDE_FLOAT32:
+        options = {"frame_tokens": frame_tokens, "rope": rope}
+        label = mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
+        for dtype in ("float16", "bfloat16"):
+            x, coeff, mask = abi.make_inputs(7, batch, tokens, channels, degree, variant, mode, dtype, "float32")
+            cos, sin = abi.make_rope_tables(8, table_batch, tokens, channels, "float32") if rope != "none" else (None, None)
+            feeds = {name: to_device(a) for name, a in (("x", x), ("coeff", coeff), ("mask", mask), ("cos", cos),
+                                                         ("sin", sin)) if a is not None}
+            out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype, device="cuda")
+            try:
+                model = make_model(variant, mode, degree, dtype, channels=channels, side_dtype="float32", **options)
+                engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch, **options)
+                run_engine(runtime, engine, feeds, out)
+                expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, cos=cos, sin=sin,
+                                                   **options)
+                excess = bound_excess(to_float64(out), expected, bound)
+                status = "PASS" if excess <= 1 else "FAIL"
+            except RuntimeError as error:
+                excess, status = float("nan"), f"ERROR {error}"
+            failures += status != "PASS"
+            print(f"  {variant} {label:18} {dtype:8} float32 side inputs: error/bound {excess:.3f} {status}")
+        if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10.x: which types does a weakly typed build choose?
+            for precision in ("fp16", "bf16"):
+                try:
+                    model = make_model(variant, mode, degree, "float32", channels=channels, **options)
+                    engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch,
+                                          weak_precision=precision, **options)
+                    print(f"  {variant} {label:18} fp32 node, --{precision}: plugin inputs {plugin_input_types(runtime, engine)}")
+                except RuntimeError as error:
+                    failures += 1
+                    print(f"  {variant} {label:18} fp32 node, --{precision}: ERROR {error}")
+    return failures
 
 
 def main() -> int:
@@ -159,6 +223,7 @@ def main() -> int:
             failures += status != "PASS"
             label = mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
             print(f"  {variant} {label:18} {dtype:8} error/bound {excess:.3f} {status}")
+    failures += check_side_inputs(logger, runtime)
     print(f"TensorRT plugin ({args.load}): {'all passed' if failures == 0 else f'{failures} FAILED'}")
     return 1 if failures else 0
 
