@@ -635,7 +635,7 @@ def test_rope_and_frames_with_concurrent_blocks(build, plugin_tmp, host_kernels,
          "--shapes", "[]", "--extended", json.dumps(CONCURRENT_EXTENDED)], capture_output=True, text=True, env=env)
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
-    cases = 6 + len(host_emulation.extended_cases(CONCURRENT_EXTENDED)) + 6
+    cases = 6 + len(host_emulation.extended_cases(CONCURRENT_EXTENDED)) + 12  # + misaligned and float32 tables
     assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
     sleeps = [int(n) for n in re.findall(r"in 4 process\(es\), (\d+) spin-wait sleeps", result.stderr)]
     assert len(sleeps) >= cases and max(sleeps) > 0, "no RoPE causal chunk ever waited: nothing ran concurrently"
@@ -663,7 +663,7 @@ def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitize
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
     cases = len(HOST_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
-    cases += len(host_emulation.extended_cases(ASAN_EXTENDED)) + 6
+    cases += len(host_emulation.extended_cases(ASAN_EXTENDED)) + 12  # + misaligned and float32 tables
     assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
 
 
@@ -835,7 +835,8 @@ def test_plugin_library_hands_out_its_creator_through_get_creators_only(plugin_t
 @pytest.mark.parametrize("which", ["oldest", "newest"])
 def test_plugin_enqueue_on_host_emulation(which, plugin_tmp, host_kernels_sanitized):
     """enqueue as TensorRT calls it, against a direct C ABI launch, for every variant, mode, dtype,
-    and RoPE (tables shared and per batch row) and block-causal configurations."""
+    RoPE (tables shared and per batch row) and block-causal configurations, and float32 side inputs
+    under fp16/bf16 x."""
     output = _plugin_host_test(which, "emulation", plugin_tmp, host_kernels_sanitized)
     assert "enqueue checked against the C ABI launch for 35 configurations" in output
 

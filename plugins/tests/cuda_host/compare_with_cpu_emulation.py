@@ -8,7 +8,8 @@ Every variant, mode and dtype of every (batch, tokens, channels, degree) shape, 
 twice (determinism), plus x offset by one element (the launcher must fall back to scalar
 loads). --extended adds RoPE and block-causal cases, [batch, tokens, channels, degree,
 frame_tokens, rope, batch of the cos/sin tables] each (see ``extended_cases``), and cos/sin
-offset by one element. tests/test_plugin_poly_aggregate.py runs it under AddressSanitizer, so an
+offset by one element, and fp16/bf16 x with float32 coeff, mask, cos and sin.
+tests/test_plugin_poly_aggregate.py runs it under AddressSanitizer, so an
 out-of-bounds access in a kernel aborts it. Needs pom-deploy importable (installed, or this
 checkout on the path) for its ctypes binding of the C ABI.
 """
@@ -118,6 +119,9 @@ def main() -> int:
     cases += extended_cases(extended)
     if extended:  # cos and sin one element off: scalar loads of the tables
         cases += [([2, 300, 16, 2], "v2", m, d, {"rope": "1d", "misaligned_tables": True})
+                  for m in abi.MODES for d in ("float16", "bfloat16")]
+        # float32 coeff, mask, cos and sin under a 16-bit x (4-byte table elements), tables per batch row.
+        cases += [([2, 300, 16, 2], "v2", m, d, {"rope": "1d", "table_batch": 2, "side_dtype": "float32"})
                   for m in abi.MODES for d in ("float16", "bfloat16")]
     failures = []
     for shape, variant, mode, dtype, options in cases:
