@@ -21,6 +21,37 @@ os.environ.setdefault(ORT_OPS_ENV, ORT_OPS_OFF)
 
 UPSTREAM_DIR = Path(__file__).parent / "fixtures" / "upstream"
 
+# --- the CPUs shared by parallel workers (the README's `pytest -n 2`) -------------------------
+# pytest-xdist runs test files in WORKERS processes: each gets its share of the CPUs for torch,
+# onnxruntime and the processes it starts (CLI runs, servers, nvcc), so the workers together
+# never run more threads than there are CPUs.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+WORKER_THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+
+
+def _share_the_cpus() -> None:
+    import onnxruntime as ort
+
+    os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)  # torch in the processes tests start
+    torch.set_num_threads(WORKER_THREADS)
+    plain_options, plain_session = ort.SessionOptions, ort.InferenceSession
+
+    class WorkerSessionOptions(plain_options):
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = WORKER_THREADS  # a test may still set its own count
+            self.inter_op_num_threads = 1
+
+    class WorkerInferenceSession(plain_session):
+        def __init__(self, path_or_bytes, sess_options=None, *args, **kwargs):
+            super().__init__(path_or_bytes, sess_options or WorkerSessionOptions(), *args, **kwargs)
+
+    ort.SessionOptions, ort.InferenceSession = WorkerSessionOptions, WorkerInferenceSession
+
+
+if WORKERS > 1:
+    _share_the_cpus()
+
 
 def upstream_cases() -> list[str]:
     return sorted(p.stem for p in UPSTREAM_DIR.glob("*.json"))
@@ -120,13 +151,37 @@ def exported_lm(tmp_path_factory, causal_lm):
     return export_onnx(causal_lm, folder / "lm.step.onnx", step=True, config=folder / "lm.json")
 
 
-# --- the CUDA kernels' all-architecture build, started early in the background ---------------
-# nvcc for 9 architectures is over a minute of CPU while most tests keep one of CI's two cores
-# busy: started once collection shows a selected test needs it, it overlaps with them, and the
-# kernel_build fixture (tests/test_plugin_poly_aggregate.py) waits for it.
+# --- the CUDA kernels' CMake build, started early in the background ---------------------------
+# nvcc costs about 30 s of CPU per architecture: started once collection shows a selected test
+# needs it, it overlaps with the other tests, and the kernel_build fixture
+# (tests/test_plugin_poly_aggregate.py) waits for it. The project is configured as users get it
+# (the log's first "PolyAggregate CUDA architectures" line is the default list, which
+# test_kernels_compile_for_every_architecture checks), then built for KERNEL_TEST_ARCHITECTURES:
+# the oldest, Jetson Orin, Thor and PTX of the newest. The kernel source has no per-architecture
+# code, so the other SASS targets compile the same code (scripts/gpu_check.sh builds sm_90).
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 _KERNEL_BUILD: dict = {}
+
+
+def nvcc_version() -> tuple[int, int]:
+    import re
+    import subprocess
+
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    major, minor = re.search(r"release (\d+)\.(\d+)", out).groups()
+    return int(major), int(minor)
+
+
+def kernel_test_architectures() -> list[str]:
+    """What the kernel_build fixture builds: sm_75, Orin's sm_87, Thor's (sm_110 from CUDA 13,
+    sm_101 in 12.8/12.9) and PTX of the newest default architecture."""
+    version = nvcc_version()
+    if version >= (13, 0):
+        return ["75-real", "87-real", "110-real", "120-virtual"]
+    if version >= (12, 8):
+        return ["75-real", "87-real", "101-real", "120-virtual"]
+    return ["75-real", "87-real", "90-virtual"]
 
 
 def _start_kernel_build() -> None:
@@ -140,15 +195,19 @@ def _start_kernel_build() -> None:
     log = open(folder / "build.log", "wb")
     configure = ["cmake", "-S", str(PLUGINS_DIR), "-B", str(folder / "build"), "-DPOM_WITH_TENSORRT=OFF",
                  "-DPOM_WITH_ONNXRUNTIME=OFF", "-DBUILD_TESTING=OFF", f"-DCMAKE_CUDA_COMPILER={shutil.which('nvcc')}"]
-    build = ["cmake", "--build", str(folder / "build"), "-j", "1"]  # nvcc compiles its architectures on 2 threads
-    command = " ".join(f"'{part}'" for part in configure) + " && " + " ".join(f"'{part}'" for part in build)
+    configure.append(f"-DPOM_NVCC_THREADS={WORKER_THREADS if WORKERS > 1 else 0}")  # 0: nvcc takes every CPU
+    subset = configure + ["-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(kernel_test_architectures())]
+    build = ["cmake", "--build", str(folder / "build"), "-j", "1"]  # nvcc compiles its architectures in parallel
+    command = " && ".join(" ".join(f"'{part}'" for part in step) for step in (configure, subset, build))
     _KERNEL_BUILD.update(folder=folder, log=log, started=time.perf_counter(),
                          process=subprocess.Popen(["bash", "-c", command], stdout=log, stderr=subprocess.STDOUT,
                                                   start_new_session=True))
 
 
 def pytest_collection_modifyitems(session, config, items):
-    if any("kernel_build" in getattr(item, "fixturenames", ()) for item in items):
+    # Parallel workers each collect every test: there the fixture starts the build when a test
+    # needs it, and the other workers keep the CPUs busy meanwhile.
+    if WORKERS == 1 and any("kernel_build" in getattr(item, "fixturenames", ()) for item in items):
         _start_kernel_build()
 
 
@@ -168,7 +227,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def background_kernel_build() -> dict:
-    """{"library", "seconds"} of the all-architecture build, once it has finished."""
+    """{"library", "log", "seconds"} of the kernels' build, once it has finished."""
+    if "process" not in _KERNEL_BUILD:
+        _start_kernel_build()
     process = _KERNEL_BUILD.get("process")
     if process is None:
         pytest.skip("cmake, nvcc or g++ not found on PATH")
@@ -177,4 +238,6 @@ def background_kernel_build() -> dict:
     if returncode != 0:
         _KERNEL_BUILD["log"].flush()
         pytest.fail(f"the kernels' CMake build failed ({returncode}):\n{(_KERNEL_BUILD['folder'] / 'build.log').read_text()[-6000:]}")
-    return {"library": _KERNEL_BUILD["folder"] / "build" / "libpom_deploy_plugins.so", "seconds": seconds}
+    _KERNEL_BUILD["log"].flush()
+    return {"library": _KERNEL_BUILD["folder"] / "build" / "libpom_deploy_plugins.so",
+            "log": (_KERNEL_BUILD["folder"] / "build.log").read_text(), "seconds": seconds}

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import kernel_test_architectures, nvcc_version
 from pom_deploy.dtypes import by_name
 from pom_deploy.ops import poly_aggregate_abi as abi
 from pom_deploy.ops.poly_aggregate import error_bound, poly_aggregate
@@ -110,7 +111,7 @@ def host_kernels_sanitized(plugin_tmp) -> Path:
 def kernel_build(background_kernel_build) -> dict:
     """CMake build of the kernels + C ABI library for every target architecture (no TensorRT),
     started in the background when the session began (tests/conftest.py)."""
-    print(f"\nkernel library built for all architectures in {background_kernel_build['seconds']:.0f} s (in the background)")
+    print(f"\nkernel library built in {background_kernel_build['seconds']:.0f} s (in the background)")
     return background_kernel_build
 
 
@@ -499,8 +500,8 @@ def _tuning_build(plugin_tmp: Path, name: str) -> tuple[Path, Path]:
 
 
 # The GPU check's shapes for tuning variants, shortened (every barrier of the emulation wakes
-# 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 20-80 chunks.
-VARIANT_SHAPES = [(2, 300, 12, 2), (1, 700, 32, 16), (2, 1500, 96, 4), (1, 5001, 4, 2)]
+# 256 host threads): partial blocks, K = 16, several column tiles, a carry chain of 10-40 chunks.
+VARIANT_SHAPES = [(2, 300, 12, 2), (1, 300, 32, 16), (2, 600, 96, 4), (1, 2601, 4, 2)]
 # With other blockings: RoPE pairs across block shapes, frames across split sizes.
 VARIANT_EXTENDED = [[2, 600, 16, 2, 0, "2d", 2], [2, 1000, 24, 2, 200, "1d", 1]]
 
@@ -597,7 +598,7 @@ def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, e
         kernels, cpu = host_kernels._name, emulation_lib._name
     else:
         kernels, cpu = map(str, _tuning_build(plugin_tmp, build))
-    shapes = [(2, 300, 12, 2), (1, 5001, 4, 2), (2, 1500, 96, 4)]
+    shapes = [(2, 300, 12, 2), (1, 2601, 4, 2), (2, 600, 96, 4)]  # a chain of 21 causal chunks; several column tiles
     env = dict(os.environ, POM_CUDA_HOST_PROCESSES="4", POM_CUDA_HOST_VERBOSE="1")
     result = subprocess.run(
         [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", kernels,
@@ -613,6 +614,12 @@ def test_kernel_source_with_concurrent_blocks(build, plugin_tmp, host_kernels, e
 # Under the sanitizers: RoPE with both kinds of tables and the largest degree, frames of one
 # split, one frame over three splits, one-token frames, frames with RoPE.
 ASAN_EXTENDED = [EXTENDED[i] for i in (0, 1, 3, 6, 7, 8, 9)]
+# Under ASan (about 20x slower) the shapes keep every boundary the plain run has (one token,
+# tokens off the blocking, odd channels, the largest degree, two column tiles, a causal chain of
+# many chunks) at smaller sizes: the largest degree over 300 tokens instead of 700, a chain of
+# 21 chunks instead of 157.
+ASAN_SHAPES = [(2, 1, 6, 3), (1, 257, 5, 5), (2, 300, 12, 2), (1, 300, 32, 16), (3, 130, 7, 1), (1, 2601, 4, 2),
+               (2, 600, 64, 2)]
 
 # Token-causal with RoPE (the only chained launches in the run), and block-causal frames.
 CONCURRENT_EXTENDED = [[2, 300, 16, 2, 0, "1d", 2], [2, 1000, 24, 2, 200, "2d", 1], [1, 700, 5, 5, 1, "none", 1]]
@@ -650,19 +657,19 @@ def _sanitizer_preload() -> str:
 
 
 def test_kernel_source_under_address_sanitizer(plugin_tmp, host_kernels_sanitized):
-    """Every host-emulation case again, with the kernels built with ASan + UBSan: an access
-    outside x, y, the workspace or shared memory aborts the run."""
+    """The host-emulation cases again (ASAN_SHAPES), with the kernels built with ASan + UBSan: an
+    access outside x, y, the workspace or shared memory aborts the run."""
     preload = _sanitizer_preload()
     kernels = host_kernels_sanitized
     cpu = _build_cpu_emulation(plugin_tmp / "libpom_poly_aggregate_cpu_emulation_asan.so", *SANITIZERS)
     env = dict(os.environ, LD_PRELOAD=preload, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0")
     result = subprocess.run(
         [sys.executable, str(CUDA_HOST / "compare_with_cpu_emulation.py"), "--kernels", str(kernels), "--cpu", str(cpu),
-         "--shapes", json.dumps(HOST_SHAPES), "--extended", json.dumps(ASAN_EXTENDED)], capture_output=True, text=True,
+         "--shapes", json.dumps(ASAN_SHAPES), "--extended", json.dumps(ASAN_EXTENDED)], capture_output=True, text=True,
         env=env)
     report = result.stdout + result.stderr[-4000:]
     assert result.returncode == 0, report
-    cases = len(HOST_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
+    cases = len(ASAN_SHAPES) * len(abi.VARIANTS) * len(abi.MODES) * len(abi.DTYPES) + 6
     cases += len(host_emulation.extended_cases(ASAN_EXTENDED)) + 12  # + misaligned and float32 tables
     assert f"{cases} of {cases} cases bit-identical" in result.stdout, report
 
@@ -688,22 +695,25 @@ def _fatbin_architectures(library: Path) -> tuple[set[int], set[int]]:
     return sass, ptx
 
 
-def _nvcc_version() -> tuple[int, int]:
-    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
-    major, minor = re.search(r"release (\d+)\.(\d+)", out).groups()
-    return int(major), int(minor)
-
-
 def test_kernels_compile_for_every_architecture(kernel_build):
-    sass, ptx = _fatbin_architectures(kernel_build["library"])
-    expected = {75, 80, 86, 87, 89, 90}
-    version = _nvcc_version()
+    """CMake's default list is every architecture users run (SASS from Turing to Blackwell, Orin
+    and Thor included, PTX of the newest); the fixture's build of its oldest, Orin's, Thor's and
+    the newest PTX (conftest.kernel_test_architectures) gives exactly those in the library."""
+    default = re.search(r"PolyAggregate CUDA architectures: (\S+)", kernel_build["log"]).group(1).split(";")
+    expected = ["75-real", "80-real", "86-real", "87-real", "89-real", "90-real"]
+    version = nvcc_version()
     if version >= (13, 0):
-        expected |= {100, 110, 120}
+        expected += ["100-real", "110-real", "120-real", "120-virtual"]
     elif version >= (12, 8):
-        expected |= {100, 101, 120}
-    assert expected <= sass, f"missing SASS for {sorted(expected - sass)}"
-    assert max(ptx) == max(expected), "PTX of the newest architecture for later GPUs"
+        expected += ["100-real", "101-real", "120-real", "120-virtual"]
+    else:
+        expected += ["90-virtual"]
+    assert default == expected
+    built = kernel_test_architectures()
+    assert set(built) <= set(default)
+    sass, ptx = _fatbin_architectures(kernel_build["library"])
+    assert sass == {int(a.split("-")[0]) for a in built if a.endswith("-real")}
+    assert ptx == {int(a.split("-")[0]) for a in built if a.endswith("-virtual")}
 
 
 def test_kernel_library_c_abi_without_gpu(kernel_build):
