@@ -213,13 +213,14 @@ def test_graph_is_clean(tmp_path, mask):
     assert foldable == []
 
 
-def test_fused_and_decomposed_exports_agree(tmp_path):
+def test_fused_layer_exports_match_pytorch(tmp_path):
+    """One PolyAggregate node per layer, in every mode, equal to PyTorch (and so, within twice the
+    tolerance, to the decomposed exports, which test_layer_mask_kinds_match_torch checks)."""
     layer = spread_coefficients(PoMv2(16, 3, 2, 1, 4))
     x = torch.randn(2, 21, 16)
     mask = (torch.rand(2, 21) < 0.5).float()
     mask[:, 0] = 1
     for kind in ("none", "causal", "padding"):
-        plain = export_onnx(layer, tmp_path / f"{kind}.onnx", mask=kind, verify=False)  # verified in test_layer_mask_kinds_*
         fused = export_onnx(layer, tmp_path / f"{kind}.fused.onnx", mask=kind, fused_ops=True)
         model = onnx.load(str(fused.path))
         nodes = [n for n in model.graph.node if n.op_type == "PolyAggregate"]
@@ -229,7 +230,9 @@ def test_fused_and_decomposed_exports_agree(tmp_path):
         assert attrs["plugin_version"] == b"1" and attrs["degree"] == 3 and attrs["variant"] == b"v2"
         assert "CumSum" not in _ops(fused.path) and _function_cumsums(fused.path) == {nodes[0].overload: int(kind == "causal")}
         feeds = {"xq": x} if kind != "padding" else {"xq": x, "mask": mask}
-        np.testing.assert_allclose(_run(_ort(fused.path), **feeds), _run(_ort(plain.path), **feeds), atol=LAYER_ATOL, rtol=0)
+        with torch.no_grad():
+            expected = _call_layer(layer, kind, feeds).numpy()
+        np.testing.assert_allclose(_run(_ort(fused.path), **feeds), expected, atol=LAYER_ATOL, rtol=0)
 
 
 def _ops(path):
@@ -306,7 +309,7 @@ def test_cumsum_counts_are_those_of_the_tensorrt_docs(exported_video, exported_d
     step graphs or the DiT. The rest of the table is checked where those graphs are exported: one
     per token-causal layer, with or without RoPE, and none in the other modes
     (test_layer_mask_kinds_match_torch); with fused ops none in any graph, one in the token-causal
-    function bodies and none in the others (test_fused_and_decomposed_exports_agree,
+    function bodies and none in the others (test_fused_layer_exports_match_pytorch,
     test_fused_rope_layers_match_pytorch, test_fused_fp16_zoo_models_are_one_node_per_pom_layer_and_no_cumsum)."""
     full, step = exported_video
     assert "CumSum" not in _ops(full.path) + _ops(step.path) + _ops(exported_dit[1].path)
@@ -508,7 +511,7 @@ def test_fp16_layer_mask_kinds_within_one_percent(tmp_path, mask):
         assert _relative_to_peak(_run(session, **half), expected) <= FP16_RELATIVE_TO_PEAK
 
 
-def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
+def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch, exported_dit):
     """exporters.optimize skips one rewrite rule for speed (SlicesSplit) and reorders exact GELU's
     multiplications (same ops): the zoo's graphs must come out node for node as with the torch
     exporter's own optimizer."""
@@ -518,21 +521,18 @@ def test_optimizer_gives_the_exporters_graphs(tmp_path, monkeypatch):
         return [(n.op_type, n.domain) for n in onnx.load(str(path)).graph.node]
 
     real_export = torch.onnx.export
-    for name, step in (("dit_pom", False),):  # the zoo's largest graph: 2-D RoPE, modulation, patches
-        model = create_zoo_model(name, seed=0)
-        ours = export_onnx(model, tmp_path / f"{name}.onnx", step=step, verify=False)
-        with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours
-            patch.setattr(graphs.torch.onnx, "export", lambda *a, **k: real_export(*a, **{**k, "optimize": True}))
-            patch.setattr(onnx_export, "optimize", lambda model: None)
-            theirs = export_onnx(model, tmp_path / f"{name}.torch.onnx", step=step, verify=False)
-        assert nodes(ours.path) == nodes(theirs.path)
+    model, ours = exported_dit  # the zoo's largest graph: 2-D RoPE, modulation, patches
+    with monkeypatch.context() as patch:  # the exporter's own optimizer instead of ours
+        patch.setattr(graphs.torch.onnx, "export", lambda *a, **k: real_export(*a, **{**k, "optimize": True}))
+        patch.setattr(onnx_export, "optimize", lambda model: None)
+        theirs = export_onnx(model, tmp_path / "dit.torch.onnx", verify=False)
+    assert nodes(ours.path) == nodes(theirs.path)
 
 
-def test_exact_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path):
+def test_exact_gelu_is_written_in_the_order_onnxruntime_fuses(tmp_path, exported_video, video_model):
     """The MLPs' GELU runs as one onnxruntime kernel (BiasGelu: the Linear's bias add too), not as
     Div, Erf, Add, Mul, Mul over the hidden features (exporters/optimize.py)."""
-    model = create_zoo_model("video_pom", frame_tokens=4)
-    result = export_onnx(model, tmp_path / "v.onnx", verify=False)
+    model, (result, _) = video_model, exported_video
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "v.optimized.onnx")
     ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
