@@ -138,37 +138,53 @@ def plugin_input_types(runtime, engine_bytes: bytes) -> list[str]:
     return [str(tensor.get("Format/Datatype", tensor)) for layer in plugin for tensor in layer.get("Inputs", [])]
 
 
+BATCH, TOKENS, CHANNELS, DEGREE = 2, 300, 12, 3  # every checked node's problem
+
+
+def case_label(mode: str, frame_tokens: int, rope: str) -> str:
+    return mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
+
+
+def check_case(logger, runtime, variant: str, mode: str, dtype: str, frame_tokens: int, rope: str, table_batch: int,
+               seed: int, side_dtype: str | None = None) -> tuple[float, str]:
+    """Build one PolyAggregate node (x in ``dtype``, coeff, mask, cos and sin in ``side_dtype``,
+    default ``dtype``), run it on inputs drawn from ``seed`` (tables from ``seed + 1``) and compare
+    with the oracle: (error / bound, "PASS", "FAIL" or "ERROR ...")."""
+    options = {"frame_tokens": frame_tokens, "rope": rope}
+    side = side_dtype or dtype
+    x, coeff, mask = abi.make_inputs(seed, BATCH, TOKENS, CHANNELS, DEGREE, variant, mode, dtype, side_dtype)
+    cos, sin = abi.make_rope_tables(seed + 1, table_batch, TOKENS, CHANNELS, side) if rope != "none" else (None, None)
+    feeds = {name: to_device(a) for name, a in (("x", x), ("coeff", coeff), ("mask", mask), ("cos", cos), ("sin", sin))
+             if a is not None}
+    out = torch.empty((BATCH, TOKENS if mode == "causal" else 1, CHANNELS), dtype=feeds["x"].dtype, device="cuda")
+    try:
+        model = make_model(variant, mode, DEGREE, dtype, channels=CHANNELS, side_dtype=side_dtype, **options)
+        engine = build_engine(logger, model, CHANNELS, DEGREE, variant, mode, table_batch=table_batch, **options)
+        run_engine(runtime, engine, feeds, out)
+        expected, bound = oracle_and_bound(x, DEGREE, variant, mode, coeff, mask, dtype, cos=cos, sin=sin, **options)
+        excess = bound_excess(to_float64(out), expected, bound)
+        return excess, "PASS" if excess <= 1 else "FAIL"
+    except RuntimeError as error:
+        return float("nan"), f"ERROR {error}"
+
+
 def check_side_inputs(logger, runtime) -> int:
     """fp16/bf16 x with float32 side inputs (strongly typed, against the oracle), and the types a
     weakly typed 10.x build gives the plugin; the number of failures."""
     failures = 0
-    batch, tokens, channels, degree = 2, 300, 12, 3
     for variant, mode, frame_tokens, rope, table_batch in SIDE_FLOAT32:
         options = {"frame_tokens": frame_tokens, "rope": rope}
-        label = mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
+        label = case_label(mode, frame_tokens, rope)
         for dtype in ("float16", "bfloat16"):
-            x, coeff, mask = abi.make_inputs(7, batch, tokens, channels, degree, variant, mode, dtype, "float32")
-            cos, sin = abi.make_rope_tables(8, table_batch, tokens, channels, "float32") if rope != "none" else (None, None)
-            feeds = {name: to_device(a) for name, a in (("x", x), ("coeff", coeff), ("mask", mask), ("cos", cos),
-                                                         ("sin", sin)) if a is not None}
-            out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype, device="cuda")
-            try:
-                model = make_model(variant, mode, degree, dtype, channels=channels, side_dtype="float32", **options)
-                engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch, **options)
-                run_engine(runtime, engine, feeds, out)
-                expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, cos=cos, sin=sin,
-                                                   **options)
-                excess = bound_excess(to_float64(out), expected, bound)
-                status = "PASS" if excess <= 1 else "FAIL"
-            except RuntimeError as error:
-                excess, status = float("nan"), f"ERROR {error}"
+            excess, status = check_case(logger, runtime, variant, mode, dtype, frame_tokens, rope, table_batch, seed=7,
+                                        side_dtype="float32")
             failures += status != "PASS"
             print(f"  {variant} {label:18} {dtype:8} float32 side inputs: error/bound {excess:.3f} {status}")
         if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10.x: which types does a weakly typed build choose?
             for precision in ("fp16", "bf16"):
                 try:
-                    model = make_model(variant, mode, degree, "float32", channels=channels, **options)
-                    engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch,
+                    model = make_model(variant, mode, DEGREE, "float32", channels=CHANNELS, **options)
+                    engine = build_engine(logger, model, CHANNELS, DEGREE, variant, mode, table_batch=table_batch,
                                           weak_precision=precision, **options)
                     print(f"  {variant} {label:18} fp32 node, --{precision}: plugin inputs {plugin_input_types(runtime, engine)}")
                 except RuntimeError as error:
@@ -199,30 +215,12 @@ def main() -> int:
 
     runtime = trt.Runtime(logger)
     failures = 0
-    batch, tokens, channels, degree = 2, 300, 12, 3
     configs = [(v, m, 0, "none", 1) for v in ("v1", "v2") for m in ("mean", "causal", "masked")] + EXTENDED
     for variant, mode, frame_tokens, rope, table_batch in configs:
         for dtype in ("float32", "float16", "bfloat16"):
-            x, coeff, mask = abi.make_inputs(5, batch, tokens, channels, degree, variant, mode, dtype)
-            cos, sin = abi.make_rope_tables(6, table_batch, tokens, channels, dtype) if rope != "none" else (None, None)
-            feeds = {name: to_device(a) for name, a in (("x", x), ("coeff", coeff), ("mask", mask), ("cos", cos),
-                                                         ("sin", sin)) if a is not None}
-            out = torch.empty((batch, tokens if mode == "causal" else 1, channels), dtype=feeds["x"].dtype,
-                              device="cuda")
-            options = {"frame_tokens": frame_tokens, "rope": rope}
-            try:
-                model = make_model(variant, mode, degree, dtype, channels=channels, **options)
-                engine = build_engine(logger, model, channels, degree, variant, mode, table_batch=table_batch, **options)
-                run_engine(runtime, engine, feeds, out)
-                expected, bound = oracle_and_bound(x, degree, variant, mode, coeff, mask, dtype, cos=cos, sin=sin,
-                                                   **options)
-                excess = bound_excess(to_float64(out), expected, bound)
-                status = "PASS" if excess <= 1 else "FAIL"
-            except RuntimeError as error:
-                excess, status = float("nan"), f"ERROR {error}"
+            excess, status = check_case(logger, runtime, variant, mode, dtype, frame_tokens, rope, table_batch, seed=5)
             failures += status != "PASS"
-            label = mode + (f" rope {rope}" if rope != "none" else "") + (f" F={frame_tokens}" if frame_tokens else "")
-            print(f"  {variant} {label:18} {dtype:8} error/bound {excess:.3f} {status}")
+            print(f"  {variant} {case_label(mode, frame_tokens, rope):18} {dtype:8} error/bound {excess:.3f} {status}")
     failures += check_side_inputs(logger, runtime)
     print(f"TensorRT plugin ({args.load}): {'all passed' if failures == 0 else f'{failures} FAILED'}")
     return 1 if failures else 0
