@@ -21,7 +21,7 @@ os.environ.setdefault(ORT_OPS_ENV, ORT_OPS_OFF)
 
 UPSTREAM_DIR = Path(__file__).parent / "fixtures" / "upstream"
 
-# --- the CPUs shared by parallel workers (the README's `pytest -n 2`) -------------------------
+# --- the CPUs shared by parallel workers (the README's `pytest -n auto`) ----------------------
 # pytest-xdist runs test files in WORKERS processes: each gets its share of the CPUs for torch,
 # onnxruntime and the processes it starts (CLI runs, servers, nvcc), so the workers together
 # never run more threads than there are CPUs.
@@ -156,7 +156,7 @@ def exported_lm(tmp_path_factory, causal_lm):
 # needs it, it overlaps with the other tests, and the kernel_build fixture
 # (tests/test_plugin_poly_aggregate.py) waits for it. The project is configured as users get it
 # (the log's first "PolyAggregate CUDA architectures" line is the default list, which
-# test_kernels_compile_for_every_architecture checks), then built for KERNEL_TEST_ARCHITECTURES:
+# test_kernels_compile_for_every_architecture checks), then built for kernel_test_architectures():
 # the oldest, Jetson Orin, Thor and PTX of the newest. The kernel source has no per-architecture
 # code, so the other SASS targets compile the same code (scripts/gpu_check.sh builds sm_90).
 
@@ -235,9 +235,8 @@ def background_kernel_build() -> dict:
         pytest.skip("cmake, nvcc or g++ not found on PATH")
     returncode = process.wait()
     seconds = time.perf_counter() - _KERNEL_BUILD["started"]
-    if returncode != 0:
-        _KERNEL_BUILD["log"].flush()
-        pytest.fail(f"the kernels' CMake build failed ({returncode}):\n{(_KERNEL_BUILD['folder'] / 'build.log').read_text()[-6000:]}")
     _KERNEL_BUILD["log"].flush()
+    if returncode != 0:
+        pytest.fail(f"the kernels' CMake build failed ({returncode}):\n{(_KERNEL_BUILD['folder'] / 'build.log').read_text()[-6000:]}")
     return {"library": _KERNEL_BUILD["folder"] / "build" / "libpom_deploy_plugins.so",
             "log": (_KERNEL_BUILD["folder"] / "build.log").read_text(), "seconds": seconds}
