@@ -109,8 +109,8 @@ def host_kernels_sanitized(plugin_tmp) -> Path:
 
 @pytest.fixture(scope="session")
 def kernel_build(background_kernel_build) -> dict:
-    """CMake build of the kernels + C ABI library for every target architecture (no TensorRT),
-    started in the background when the session began (tests/conftest.py)."""
+    """CMake build of the kernels + C ABI library for conftest.kernel_test_architectures() (no
+    TensorRT), started in the background (tests/conftest.py)."""
     print(f"\nkernel library built in {background_kernel_build['seconds']:.0f} s (in the background)")
     return background_kernel_build
 
